@@ -1,0 +1,38 @@
+"""Helpers every CLI command shares: one-line errors, exit codes, socket discovery."""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_STARTUP = 3
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print a one-line reason to stderr and exit; never a traceback for user errors."""
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+AdminSocketOption = typer.Option(
+    None,
+    "--admin-socket",
+    help="Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).",
+)
+ConfigOption = typer.Option(
+    None, "--config", "-c", help="Config file (default: $AIGW_CONFIG, then the user config)."
+)
+JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+
+def env_admin_socket() -> str | None:
+    return os.environ.get("AIGW_ADMIN_SOCKET") or None

@@ -1,0 +1,265 @@
+"""The one exception tree of aigw, and the one place that turns an error into OpenAI error JSON.
+
+    GatewayError                     every error a client can see; status + OpenAI type/code
+    ├── InvalidRequestError          400 invalid_request_error (param names the field)
+    │   └── ContentFilteredError     400 code content_filtered
+    ├── AuthenticationError          401 invalid_api_key
+    ├── ModelNotFoundError           404 model_not_found
+    ├── NotFoundError                404 unknown route / admin object
+    ├── RequestTooLargeError         413 request_too_large
+    ├── RateLimitError               429 rate_limit_exceeded (+ retry-after)
+    ├── QuotaExceededError           429 insufficient_quota (+ x-should-retry: false)
+    ├── UpstreamStatusError          an upstream's own 4xx/5xx answer, body passed through
+    ├── UpstreamError                502 upstream unreachable / bad response
+    ├── NoHealthyTargetError         503 no_healthy_target (+ retry-after)
+    ├── ServiceUnavailableError      503 shutting down / state store down
+    └── UpstreamTimeoutError         504 upstream timeout
+
+Handlers never build error bodies themselves: they raise, and the proxy calls `error_body()`.
+`ConfigError` is separate: it is about files, not HTTP requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+    #: True when the failure says nothing about the target's health (e.g. the client's own 4xx).
+    client_fault: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    client_fault = True
+
+
+class ContentFilteredError(InvalidRequestError):
+    code = "content_filtered"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    client_fault = True
+
+
+class ModelNotFoundError(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    client_fault = True
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it.", param="model"
+        )
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+    client_fault = True
+
+
+class RequestTooLargeError(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+    client_fault = True
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+    client_fault = True
+
+    def __init__(
+        self, message: str, retry_after: float, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        merged = dict(headers or {})
+        merged.update(retry_after_headers(retry_after))
+        super().__init__(message, headers=merged)
+        self.retry_after = retry_after
+
+
+class QuotaExceededError(GatewayError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+    client_fault = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"x-should-retry": "false"})
+
+
+class UpstreamStatusError(GatewayError):
+    """The upstream answered with an error status; its body is passed to the client unchanged
+    when it is OpenAI-shaped, and wrapped otherwise."""
+
+    def __init__(
+        self, status: int, raw_body: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.raw_body = raw_body
+        message, etype, code, param = _parse_openai_error(raw_body)
+        if message is None:
+            etype = "invalid_request_error" if status < 500 else "server_error"
+            message = f"Upstream returned HTTP {status}"
+        self.type = etype or ("invalid_request_error" if status < 500 else "server_error")
+        super().__init__(message, param=param, code=code, headers=headers)
+        self.openai_shaped = _is_openai_error(raw_body)
+        # The target is at fault for 5xx and 429 (overloaded); a 4xx is the client's request.
+        self.client_fault = status < 500 and status != 429
+
+    def body(self) -> bytes:
+        if self.openai_shaped:
+            return self.raw_body
+        return super().body()
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class NoHealthyTargetError(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "no_healthy_target"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, headers=retry_after_headers(retry_after))
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class UpstreamTimeoutError(GatewayError):
+    status = 504
+    type = "server_error"
+    code = "upstream_timeout"
+
+
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """`retry-after` in whole seconds (HTTP wants an integer, never 0 when we must wait) and
+    `retry-after-ms` exact, as OpenAI sends them."""
+    seconds = max(seconds, 0.0)
+    return {
+        "retry-after": str(max(1, math.ceil(seconds))) if seconds > 0 else "0",
+        "retry-after-ms": str(math.ceil(seconds * 1000)),
+    }
+
+
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    ).encode()
+
+
+def error_event(err: GatewayError) -> bytes:
+    """The in-band SSE error event sent when a stream fails after its first byte."""
+    payload = {"error": {"message": err.message, "type": err.type, "param": err.param,
+                         "code": err.code}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _is_openai_error(raw: bytes) -> bool:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("error"), dict)
+
+
+def _parse_openai_error(raw: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None, None, None, None
+    if not isinstance(data, dict):
+        return None, None, None, None
+    err = data.get("error")
+    if isinstance(err, dict):
+        msg = err.get("message")
+        return (
+            str(msg) if msg is not None else None,
+            _str_or_none(err.get("type")),
+            _str_or_none(err.get("code")),
+            _str_or_none(err.get("param")),
+        )
+    if isinstance(err, str):  # Ollama and some others: {"error": "…"}
+        return err, None, None, None
+    return None, None, None, None
+
+
+def _str_or_none(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file; each has file, line, dotted key path and a hint."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(p.format() for p in problems))
+
+
+class ConfigProblem:
+    __slots__ = ("file", "hint", "key", "line", "message")
+
+    def __init__(
+        self, file: str, line: int | None, key: str, message: str, hint: str | None = None
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+        self.hint = hint
+
+    def format(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        if self.hint:
+            text += f" (Hint: {self.hint})"
+        return text
+
+    def __repr__(self) -> str:
+        return f"ConfigProblem({self.format()!r})"
