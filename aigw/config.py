@@ -1,13 +1,29 @@
 """Config: frozen dataclasses for every section of the YAML file, and `load_config()`.
 
 The dataclasses are the one table of settings: their defaults are the defaults, their field
-metadata (`doc`, `unit`, `choices`, `min`, `secret`) drives validation and the README reference.
+metadata (`doc`, `unit`, `choices`, `min`, `secret`, ...; see `_doc`) drives the loader's
+validation and the README reference (`describe_settings()`). There is no second schema.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import functools
+import math
+import os
+import re
+import types
+import typing
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from aigw.errors import ConfigError, ConfigProblem
 
 # --- units -------------------------------------------------------------------------------
 
@@ -28,13 +44,20 @@ PROVIDER_TYPES: tuple[str, ...] = ("openai", "mock")
 BUILTIN_HOOKS: tuple[str, ...] = ("validation", "content_filter", "audit")
 
 
-def _f(default: Any, doc: str, **meta: Any) -> Any:
-    """A config field: default value plus metadata read by the loader and the docs."""
+def _doc(doc: str, **meta: Any) -> dict[str, Any]:
+    """Field metadata read by the loader and the docs.
+
+    Keys: `doc` (required for every setting), `unit` ("duration" | "size"), `choices`, `min`,
+    `max`, `secret` (only from `${ENV}`), `secret_alt` (field to suggest instead of a secret),
+    `secret_url` (may hold a password: never echoed), `path` (`~` is expanded), `tenant_name`
+    (value is a tenant name), `tenant_keys` (mapping keys are tenant names), `inherit` (entries
+    inherit missing keys from the enclosing section), `internal` (not settable from YAML).
+    """
     meta["doc"] = doc
-    if isinstance(default, (dict, list, tuple)) or callable(default):
-        factory = default if callable(default) else (lambda d=default: type(d)(d))
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+    return meta
+
+
+_INTERNAL: dict[str, Any] = {"internal": True}
 
 
 class Secret:
@@ -68,38 +91,78 @@ class Secret:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = _f("127.0.0.1", "Address the OpenAI-compatible HTTP API listens on.")
-    port: int = _f(8080, "TCP port of the HTTP API.", min=0, max=65535)
-    admin_socket: str | None = _f(
-        None, "Path of the admin Unix socket; default `<user_runtime_dir>/aigw/admin.sock`."
+    host: str = field(
+        default="127.0.0.1", metadata=_doc("Address the OpenAI-compatible HTTP API listens on.")
     )
-    max_body_size: int = _f(8 * 1024 * 1024, "Largest request body accepted (413 above).",
-                            unit="size", min=1)
-    shutdown_timeout: float = _f(30.0, "How long a graceful stop waits for in-flight requests.",
-                                 unit="duration")
-    request_timeout: float = _f(600.0, "Deadline for one client request, failover included.",
-                                unit="duration", min=0.001)
-    access_log: bool = _f(False, "Log one line per request (never bodies or keys).")
+    port: int = field(default=8080, metadata=_doc("TCP port of the HTTP API.", min=0, max=65535))
+    admin_socket: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Path of the admin Unix socket; default `<user_runtime_dir>/aigw/admin.sock`.",
+            path=True,
+        ),
+    )
+    max_body_size: int = field(
+        default=8 * 1024 * 1024,
+        metadata=_doc("Largest request body accepted (413 above).", unit="size", min=1),
+    )
+    shutdown_timeout: float = field(
+        default=30.0,
+        metadata=_doc("How long a graceful stop waits for in-flight requests.", unit="duration"),
+    )
+    request_timeout: float = field(
+        default=600.0,
+        metadata=_doc(
+            "Deadline for one client request, failover included.", unit="duration", min=0.001
+        ),
+    )
+    access_log: bool = field(
+        default=False, metadata=_doc("Log one line per request (never bodies or keys).")
+    )
 
 
 @dataclass(frozen=True)
 class StateConfig:
-    backend: str = _f("sqlite", "Where quota usage and overrides live.", choices=BACKENDS)
-    path: str | None = _f(None, "SQLite file; default `<user_data_dir>/aigw/state.db`.")
-    url: str | None = _f(None, "Redis URL (`redis://host:port/db`), for backend: redis.",
-                         secret_url=True)
-    flush_interval: float = _f(1.0, "How often buffered usage is written to the store.",
-                               unit="duration", min=0.001)
-    on_failure: str = _f("fail_open", "When the shared store is unreachable: fail_open serves "
-                         "and reconciles later, fail_closed answers 503.",
-                         choices=("fail_open", "fail_closed"))
+    backend: str = field(
+        default="sqlite", metadata=_doc("Where quota usage and overrides live.", choices=BACKENDS)
+    )
+    path: str | None = field(
+        default=None,
+        metadata=_doc("SQLite file; default `<user_data_dir>/aigw/state.db`.", path=True),
+    )
+    url: str | None = field(
+        default=None,
+        repr=False,  # may hold a password
+        metadata=_doc("Redis URL (`redis://host:port/db`), for backend: redis.", secret_url=True),
+    )
+    flush_interval: float = field(
+        default=1.0,
+        metadata=_doc(
+            "How often buffered usage is written to the store.", unit="duration", min=0.001
+        ),
+    )
+    on_failure: str = field(
+        default="fail_open",
+        metadata=_doc(
+            "When the shared store is unreachable: fail_open serves "
+            "and reconciles later, fail_closed answers 503.",
+            choices=("fail_open", "fail_closed"),
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class AuthKey:
-    tenant: str = _f("", "Tenant this key authenticates as.", tenant_name=True)
-    key: Secret | None = _f(None, "The key itself, from `${ENV}` only.", secret=True)
-    key_sha256: str | None = _f(None, "Hex SHA-256 of the key, so no secret sits in the file.")
+    tenant: str = field(
+        default="", metadata=_doc("Tenant this key authenticates as.", tenant_name=True)
+    )
+    key: Secret | None = field(
+        default=None,
+        metadata=_doc("The key itself, from `${ENV}` only.", secret=True, secret_alt="key_sha256"),
+    )
+    key_sha256: str | None = field(
+        default=None, metadata=_doc("Hex SHA-256 of the key, so no secret sits in the file.")
+    )
 
     def digest(self) -> bytes:
         """SHA-256 digest of the key, whichever way it was given."""
@@ -113,78 +176,150 @@ class AuthKey:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    keys: tuple[AuthKey, ...] = _f((), "Tenant API keys; none = laptop mode (X-Aigw-Tenant).")
+    keys: tuple[AuthKey, ...] = field(
+        default=(), metadata=_doc("Tenant API keys; none = laptop mode (X-Aigw-Tenant).")
+    )
 
 
 @dataclass(frozen=True)
 class MockOptions:
-    latency: float = _f(0.0, "Delay before the first byte.", unit="duration")
-    chunk_delay: float = _f(0.0, "Delay between streamed chunks.", unit="duration")
-    failure_rate: float = _f(0.0, "Fraction of requests answered with HTTP 500.", min=0, max=1)
-    answer: str | None = _f(None, "Fixed answer; default echoes the last user message.")
-    seed: int | None = _f(None, "Seed for the failure draw (deterministic tests).")
+    latency: float = field(
+        default=0.0, metadata=_doc("Delay before the first byte.", unit="duration")
+    )
+    chunk_delay: float = field(
+        default=0.0, metadata=_doc("Delay between streamed chunks.", unit="duration")
+    )
+    failure_rate: float = field(
+        default=0.0, metadata=_doc("Fraction of requests answered with HTTP 500.", min=0, max=1)
+    )
+    answer: str | None = field(
+        default=None, metadata=_doc("Fixed answer; default echoes the last user message.")
+    )
+    seed: int | None = field(
+        default=None, metadata=_doc("Seed for the failure draw (deterministic tests).")
+    )
 
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    name: str = ""
-    type: str = _f("openai", "Provider kind.", choices=PROVIDER_TYPES)
-    base_url: str = _f("", "Base URL of an OpenAI-compatible API, ending in /v1.")
-    api_key: Secret | None = _f(None, "Sent as `Authorization: Bearer`, from `${ENV}` only.",
-                                secret=True)
-    headers: dict[str, str] = _f({}, "Extra headers sent upstream (values may use `${ENV}`).")
-    timeout: float = _f(300.0, "Read timeout: longest wait for the next byte.", unit="duration",
-                        min=0.001)
-    connect_timeout: float = _f(10.0, "TCP/TLS connect timeout.", unit="duration", min=0.001)
-    max_connections: int = _f(100, "Pooled keep-alive connections to this upstream.", min=1)
-    ca_file: str | None = _f(None, "Extra CA bundle (PEM) trusted for this upstream's TLS.")
-    mock: MockOptions = _f(MockOptions, "Options of the built-in mock provider (type: mock).")
+    name: str = field(default="", metadata=_INTERNAL)  # the key under providers:/models:
+    type: str = field(default="openai", metadata=_doc("Provider kind.", choices=PROVIDER_TYPES))
+    base_url: str = field(
+        default="", metadata=_doc("Base URL of an OpenAI-compatible API, ending in /v1.")
+    )
+    api_key: Secret | None = field(
+        default=None,
+        metadata=_doc("Sent as `Authorization: Bearer`, from `${ENV}` only.", secret=True),
+    )
+    headers: dict[str, str] = field(
+        default_factory=dict,
+        repr=False,  # values may carry credentials from ${ENV}
+        metadata=_doc("Extra headers sent upstream (values may use `${ENV}`)."),
+    )
+    timeout: float = field(
+        default=300.0,
+        metadata=_doc("Read timeout: longest wait for the next byte.", unit="duration", min=0.001),
+    )
+    connect_timeout: float = field(
+        default=10.0, metadata=_doc("TCP/TLS connect timeout.", unit="duration", min=0.001)
+    )
+    max_connections: int = field(
+        default=100, metadata=_doc("Pooled keep-alive connections to this upstream.", min=1)
+    )
+    ca_file: str | None = field(
+        default=None,
+        metadata=_doc("Extra CA bundle (PEM) trusted for this upstream's TLS.", path=True),
+    )
+    mock: MockOptions = field(
+        default_factory=MockOptions,
+        metadata=_doc("Options of the built-in mock provider (type: mock)."),
+    )
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    provider: str = _f("", "Name of a provider under `providers:`.")
-    model: str = _f("", "Model name sent upstream; default: the gateway model's name.")
-    weight: int = _f(1, "Relative share for weighted strategies.", min=1)
+    provider: str = field(default="", metadata=_doc("Name of a provider under `providers:`."))
+    model: str = field(
+        default="", metadata=_doc("Model name sent upstream; default: the gateway model's name.")
+    )
+    weight: int = field(default=1, metadata=_doc("Relative share for weighted strategies.", min=1))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = ""
-    strategy: str = _f("round_robin", "How a target is chosen.", choices=STRATEGIES)
-    targets: tuple[TargetConfig, ...] = _f((), "Where requests for this model go (at least one).")
-    fallbacks: tuple[str, ...] = _f((), "Other model names tried when every target failed.")
-    retries: int | None = _f(None, "Extra targets tried after a failure; default: all targets.",
-                             min=0)
+    name: str = field(default="", metadata=_INTERNAL)  # the key under providers:/models:
+    strategy: str = field(
+        default="round_robin", metadata=_doc("How a target is chosen.", choices=STRATEGIES)
+    )
+    targets: tuple[TargetConfig, ...] = field(
+        default=(), metadata=_doc("Where requests for this model go (at least one).")
+    )
+    fallbacks: tuple[str, ...] = field(
+        default=(), metadata=_doc("Other model names tried when every target failed.")
+    )
+    retries: int | None = field(
+        default=None,
+        metadata=_doc("Extra targets tried after a failure; default: all targets.", min=0),
+    )
 
 
 @dataclass(frozen=True)
 class HealthConfig:
-    error_rate_threshold: float = _f(0.5, "Window error rate that opens a target's circuit.",
-                                     min=0, max=1)
-    window: float = _f(60.0, "Sliding window for the error rate.", unit="duration", min=0.001)
-    min_requests: int = _f(10, "Requests in the window before the rate is judged.", min=1)
-    cooldown: float = _f(30.0, "First open-circuit pause; doubles on repeated trips.",
-                         unit="duration", min=0.001)
-    max_cooldown: float = _f(300.0, "Cap of the doubling cooldown.", unit="duration", min=0.001)
-    check_interval: float = _f(30.0, "Active probe period (`GET /models`); 0 = off.",
-                               unit="duration")
+    error_rate_threshold: float = field(
+        default=0.5, metadata=_doc("Window error rate that opens a target's circuit.", min=0, max=1)
+    )
+    window: float = field(
+        default=60.0,
+        metadata=_doc("Sliding window for the error rate.", unit="duration", min=0.001),
+    )
+    min_requests: int = field(
+        default=10, metadata=_doc("Requests in the window before the rate is judged.", min=1)
+    )
+    cooldown: float = field(
+        default=30.0,
+        metadata=_doc(
+            "First open-circuit pause; doubles on repeated trips.", unit="duration", min=0.001
+        ),
+    )
+    max_cooldown: float = field(
+        default=300.0, metadata=_doc("Cap of the doubling cooldown.", unit="duration", min=0.001)
+    )
+    check_interval: float = field(
+        default=30.0,
+        metadata=_doc("Active probe period (`GET /models`); 0 = off.", unit="duration"),
+    )
 
 
 @dataclass(frozen=True)
 class RateLimitRule:
-    requests_per_second: float = _f(0.0, "Sustained requests per second; 0 = unlimited.", min=0)
-    burst: int = _f(0, "Bucket size; default max(1, requests_per_second).", min=0)
-    tokens_per_minute: int = _f(0, "Tokens per minute; 0 = unlimited.", min=0)
+    requests_per_second: float = field(
+        default=0.0, metadata=_doc("Sustained requests per second; 0 = unlimited.", min=0)
+    )
+    burst: int = field(
+        default=0, metadata=_doc("Bucket size; default max(1, requests_per_second).", min=0)
+    )
+    tokens_per_minute: int = field(
+        default=0, metadata=_doc("Tokens per minute; 0 = unlimited.", min=0)
+    )
 
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    requests_per_second: float = _f(0.0, "Per-tenant requests per second; 0 = unlimited.", min=0)
-    burst: int = _f(0, "Per-tenant burst; default max(1, requests_per_second).", min=0)
-    tokens_per_minute: int = _f(0, "Per-tenant tokens per minute; 0 = unlimited.", min=0)
-    tenants: dict[str, RateLimitRule] = _f({}, "Per-tenant overrides (missing keys inherit).",
-                                           tenant_keys=True)
+    requests_per_second: float = field(
+        default=0.0, metadata=_doc("Per-tenant requests per second; 0 = unlimited.", min=0)
+    )
+    burst: int = field(
+        default=0, metadata=_doc("Per-tenant burst; default max(1, requests_per_second).", min=0)
+    )
+    tokens_per_minute: int = field(
+        default=0, metadata=_doc("Per-tenant tokens per minute; 0 = unlimited.", min=0)
+    )
+    tenants: dict[str, RateLimitRule] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "Per-tenant overrides (missing keys inherit).", tenant_keys=True, inherit=True
+        ),
+    )
 
     def rule_for(self, tenant: str) -> RateLimitRule:
         return self.tenants.get(tenant) or RateLimitRule(
@@ -194,20 +329,33 @@ class RateLimitConfig:
 
 @dataclass(frozen=True)
 class QuotaConfig:
-    default: int = _f(0, "Tokens per period per tenant; 0 = unlimited.", min=0)
-    period: str = _f("daily", "Calendar period the usage resets on.", choices=PERIODS)
-    timezone: str = _f("UTC", "IANA zone the periods are aligned to.")
-    tenants: dict[str, int] = _f({}, "Per-tenant limits (0 = unlimited).", tenant_keys=True)
-    default_max_tokens: int = _f(4096, "Completion tokens reserved when a request sets no "
-                                 "max_tokens.", min=1)
+    default: int = field(
+        default=0, metadata=_doc("Tokens per period per tenant; 0 = unlimited.", min=0)
+    )
+    period: str = field(
+        default="daily", metadata=_doc("Calendar period the usage resets on.", choices=PERIODS)
+    )
+    timezone: str = field(default="UTC", metadata=_doc("IANA zone the periods are aligned to."))
+    tenants: dict[str, int] = field(
+        default_factory=dict,
+        metadata=_doc("Per-tenant limits (0 = unlimited).", tenant_keys=True, min=0),
+    )
+    default_max_tokens: int = field(
+        default=4096,
+        metadata=_doc("Completion tokens reserved when a request sets no max_tokens.", min=1),
+    )
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    enabled: bool = _f(False, "Exact-match response cache.")
-    max_entries: int = _f(10000, "Most entries kept (LRU).", min=1)
-    max_bytes: int = _f(100 * 1024 * 1024, "Most bytes kept (LRU).", unit="size", min=1)
-    ttl: float = _f(300.0, "How long an entry lives.", unit="duration", min=0.001)
+    enabled: bool = field(default=False, metadata=_doc("Exact-match response cache."))
+    max_entries: int = field(default=10000, metadata=_doc("Most entries kept (LRU).", min=1))
+    max_bytes: int = field(
+        default=100 * 1024 * 1024, metadata=_doc("Most bytes kept (LRU).", unit="size", min=1)
+    )
+    ttl: float = field(
+        default=300.0, metadata=_doc("How long an entry lives.", unit="duration", min=0.001)
+    )
 
 
 @dataclass(frozen=True)
@@ -218,26 +366,49 @@ class HookSpec:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    enabled: bool = _f(True, "Serve Prometheus metrics on GET /metrics.")
-    tenant_label: bool = _f(True, "Label token counters by tenant (off bounds cardinality).")
+    enabled: bool = field(default=True, metadata=_doc("Serve Prometheus metrics on GET /metrics."))
+    tenant_label: bool = field(
+        default=True, metadata=_doc("Label token counters by tenant (off bounds cardinality).")
+    )
 
 
 @dataclass(frozen=True)
 class Config:
-    version: int = 1
-    server: ServerConfig = _f(ServerConfig, "HTTP listener, admin socket, limits.")
-    state: StateConfig = _f(StateConfig, "State store.")
-    auth: AuthConfig = _f(AuthConfig, "Tenant keys.")
-    providers: dict[str, ProviderConfig] = _f({}, "Upstream providers by name.")
-    models: dict[str, ModelConfig] = _f({}, "Model names clients use, and their targets.")
-    health: HealthConfig = _f(HealthConfig, "Target health tracking.")
-    rate_limit: RateLimitConfig = _f(RateLimitConfig, "Per-tenant rate limits.")
-    quota: QuotaConfig = _f(QuotaConfig, "Per-tenant token quotas.")
-    cache: CacheConfig = _f(CacheConfig, "Response cache.")
-    hooks: tuple[HookSpec, ...] = _f((), "Request/response hooks, in order.")
-    metrics: MetricsConfig = _f(MetricsConfig, "Prometheus metrics.")
+    version: int = field(default=1, metadata=_doc("Config format version; must be 1."))
+    server: ServerConfig = field(
+        default_factory=ServerConfig, metadata=_doc("HTTP listener, admin socket, limits.")
+    )
+    state: StateConfig = field(default_factory=StateConfig, metadata=_doc("State store."))
+    auth: AuthConfig = field(default_factory=AuthConfig, metadata=_doc("Tenant keys."))
+    providers: dict[str, ProviderConfig] = field(
+        default_factory=dict, metadata=_doc("Upstream providers by name.")
+    )
+    models: dict[str, ModelConfig] = field(
+        default_factory=dict, metadata=_doc("Model names clients use, and their targets.")
+    )
+    health: HealthConfig = field(
+        default_factory=HealthConfig, metadata=_doc("Target health tracking.")
+    )
+    rate_limit: RateLimitConfig = field(
+        default_factory=RateLimitConfig, metadata=_doc("Per-tenant rate limits.")
+    )
+    quota: QuotaConfig = field(
+        default_factory=QuotaConfig, metadata=_doc("Per-tenant token quotas.")
+    )
+    cache: CacheConfig = field(default_factory=CacheConfig, metadata=_doc("Response cache."))
+    hooks: tuple[HookSpec, ...] = field(
+        default_factory=lambda: (HookSpec("validation"),),
+        metadata=_doc(
+            "Request/response hooks, in order: a built-in name (`validation`, "
+            '`content_filter`, `audit`), `{name: {options}}` or `"module:Class"`; '
+            "`validation` runs first unless listed."
+        ),
+    )
+    metrics: MetricsConfig = field(
+        default_factory=MetricsConfig, metadata=_doc("Prometheus metrics.")
+    )
     #: Where this config came from ("<built-in default>" when no file was found).
-    source: str = "<built-in default>"
+    source: str = field(default="<built-in default>", metadata=_INTERNAL)
 
 
 def default_config() -> Config:
@@ -248,3 +419,973 @@ def default_config() -> Config:
             "mock": ModelConfig(name="mock", targets=(TargetConfig(provider="mock", model="mock"),))
         },
     )
+
+
+# --- units: durations and sizes ----------------------------------------------------------
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.ASCII)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)", re.IGNORECASE | re.ASCII)
+DURATION_HINT = "use a number of seconds or a number with a unit: 250ms, 30s, 5m, 1h, 1d"
+SIZE_HINT = "use a number of bytes or a number with a unit: 512KiB, 8MiB, 1GiB, 100MB"
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds from `250ms`, `30s`, `5m`, `1h`, `1d` or a plain number; None when invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = _DURATION_RE.fullmatch(text)
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)] if m else None
+
+
+def parse_size(value: object) -> int | None:
+    """Bytes from `8MiB`, `100MB`, `512KiB`, `1GiB` or a plain integer; None when invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return int(text)
+    m = _SIZE_RE.fullmatch(text)
+    return round(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]) if m else None
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling: 30s, 5m, 250ms (inverse of `parse_duration`)."""
+    if seconds == 0:
+        return "0s"
+    for unit, factor in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= factor and (seconds / factor).is_integer():
+            return f"{int(seconds / factor)}{unit}"
+    ms = seconds * 1000
+    if abs(ms - round(ms)) < 1e-9:
+        return f"{round(ms)}ms"
+    return f"{seconds:g}s"
+
+
+def format_size(size: int) -> str:
+    """The shortest exact spelling: 8MiB, 100MB, 1234B (inverse of `parse_size`)."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    for unit, factor in (("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+# --- loading -----------------------------------------------------------------------------
+
+_TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# `$${` is a literal `${`; anything else starting with `${` must be a valid reference.
+_ENV_TOKEN_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_ENV_REF_RE = re.compile(rf"({_ENV_NAME})(?::-(.*))?", re.DOTALL)
+_SECRET_REF_RE = re.compile(rf"\$\{{({_ENV_NAME})(:-.*)?\}}", re.DOTALL)
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_TAG = "tag:yaml.org,2002:"
+_INVALID: Any = object()  # a value that failed validation; its problem is already recorded
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, *, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read, validate and convert a YAML config file; `None` means the built-in default.
+
+    Every problem in the file is collected and raised together as one `ConfigError`.
+    `env` (default `os.environ`) resolves `${VAR}` references.
+    """
+    if path is None:
+        return default_config()
+    source = os.fspath(path)
+    try:
+        text = Path(source).expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(source, None, "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([ConfigProblem(source, None, "", f"cannot read: {reason}")]) from None
+    return parse_config(text, source, env=env)
+
+
+def parse_config(
+    text: str, source: str = "<string>", *, env: Mapping[str, str] | None = None
+) -> Config:
+    """`load_config` for YAML text already in memory; `source` names it in problems."""
+    loader = _Loader(source, os.environ if env is None else env)
+    config = loader.load(text)
+    if loader.problems or config is None:
+        loader.problems.sort(key=lambda p: p.line or 0)
+        raise ConfigError(loader.problems)
+    return config
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean '{match[0]}'?" if match else None
+
+
+def _one_of(word: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    if not choices:
+        return "none are defined"
+    listed = "one of: " + ", ".join(choices)
+    guess = _did_you_mean(word, choices)
+    return f"{guess} Expected {listed}" if guess else f"expected {listed}"
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+def _settable(cls: type) -> list[Field[Any]]:
+    return [f for f in fields(cls) if not f.metadata.get("internal")]
+
+
+def _value_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata of a collection field that applies to each of its values."""
+    return {k: meta[k] for k in ("unit", "choices", "min", "max") if k in meta}
+
+
+def _node_kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return {
+        "null": "nothing (null)",
+        "bool": "a boolean",
+        "int": "an integer",
+        "float": "a number",
+        "str": "a string",
+        "timestamp": "a date",
+    }.get(node.tag.removeprefix(_TAG), f"a {node.tag} value")
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "null"
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Loader:
+    """One pass over one file: converts nodes to dataclasses and collects every problem."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        self.problems: list[ConfigProblem] = []
+        self.lines: dict[str, int] = {}  # dotted key path -> line where it was written
+        self.empty_secrets: set[str] = set()  # secret paths whose variable was empty
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.resolver = yaml.resolver.Resolver()
+
+    def problem(self, line: int | None, key: str, message: str, hint: str | None = None) -> None:
+        self.problems.append(ConfigProblem(self.source, line, key, message, hint))
+
+    def line_of(self, path: str) -> int | None:
+        """Line of a key path, or of its nearest ancestor that was written in the file."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[: max(cut, 0)]
+        return None
+
+    # --- the document ---
+
+    def load(self, text: str) -> Config | None:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            # Only the parser's own words: its snippet of the line could show a secret.
+            words = "; ".join(str(w) for w in (exc.context, exc.problem) if w)
+            self.problem(mark.line + 1 if mark else None, "", f"YAML syntax error: {words}")
+            return None
+        except yaml.YAMLError as exc:
+            self.problem(None, "", f"YAML syntax error: {type(exc).__name__}")
+            return None
+        if root is None:
+            self.problem(None, "", "the file is empty", "start with `version: 1`")
+            return None
+        if not isinstance(root, yaml.MappingNode):
+            self.problem(
+                _line(root), "", f"the file must be a mapping of sections, not {_node_kind(root)}"
+            )
+            return None
+        config = self.dataclass(root, Config, "")
+        if config is _INVALID:
+            return None
+        config = replace(config, source=self.source)
+        config = self.check(config)
+        return config if isinstance(config, Config) else None
+
+    # --- generic conversion, driven by the dataclass fields ---
+
+    def value(self, node: yaml.Node, tp: Any, meta: Mapping[str, Any], path: str) -> Any:
+        tp, optional = _split_optional(tp)
+        origin = typing.get_origin(tp)
+        if origin is tuple and typing.get_args(tp)[0] is HookSpec:
+            return self.hooks(node, path)
+        if _is_null(node):
+            if optional:
+                return None
+            if origin is tuple:  # an empty collection or section is the same as none
+                return ()
+            if not (is_dataclass(tp) or origin is dict):
+                self.problem(_line(node), path, "a value is required here")
+                return _INVALID
+        if tp is Secret:
+            return self.secret(node, meta, path)
+        if isinstance(tp, type) and is_dataclass(tp):
+            return self.dataclass(node, tp, path)
+        if origin is dict:
+            return self.mapping(node, typing.get_args(tp)[1], meta, path, None)
+        if origin is tuple:
+            return self.sequence(node, typing.get_args(tp)[0], meta, path)
+        if tp is Any:
+            return self.plain(node, path)
+        return self.scalar_field(node, tp, meta, path)
+
+    def entries(self, node: yaml.MappingNode, path: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """The key/value nodes of a mapping; duplicate and non-scalar keys are problems."""
+        seen: set[str] = set()
+        merges = False
+        for key_node, _ in node.value:
+            if key_node.tag == _TAG + "merge":
+                merges = True
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problem(_line(key_node), path, "keys must be plain names")
+                continue
+            if key_node.value in seen:
+                sub = f"{path}.{key_node.value}" if path else key_node.value
+                self.problem(_line(key_node), sub, "duplicate key", "remove one of them")
+            seen.add(key_node.value)
+        if merges:  # `<<: *anchor`; explicit keys come after the merged ones, so they win
+            try:
+                self.constructor.flatten_mapping(node)
+            except yaml.YAMLError as exc:
+                self.problem(_line(node), path, f"bad merge key: {getattr(exc, 'problem', exc)}")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                out[key_node.value] = (key_node, value_node)
+                sub = f"{path}.{key_node.value}" if path else key_node.value
+                self.lines[sub] = _line(key_node)
+        return out
+
+    def dataclass(
+        self,
+        node: yaml.Node,
+        cls: type,
+        path: str,
+        *,
+        name: str | None = None,
+        inherited: Mapping[str, Any] | None = None,
+    ) -> Any:
+        given: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        if isinstance(node, yaml.MappingNode):
+            given = self.entries(node, path)
+        elif not _is_null(node):  # an empty section means all defaults
+            what = path or "the file"
+            self.problem(_line(node), path, f"{what} must be a mapping, not {_node_kind(node)}")
+            return _INVALID
+        settable = _settable(cls)
+        known = {f.name for f in settable}
+        for key, (key_node, _) in given.items():
+            if key not in known:
+                sub = f"{path}.{key}" if path else key
+                hint = _did_you_mean(key, known) or "known keys: " + ", ".join(sorted(known))
+                self.problem(_line(key_node), sub, f"unknown key '{key}'", hint)
+        hints = _hints(cls)
+        kwargs: dict[str, Any] = {} if name is None else {"name": name}
+        for f in settable:
+            if f.name in given:
+                sub = f"{path}.{f.name}" if path else f.name
+                value_node = given[f.name][1]
+                if f.metadata.get("inherit"):
+                    parent = {g.name: kwargs.get(g.name, _default(g)) for g in settable}
+                    item_tp = typing.get_args(hints[f.name])[1]
+                    value = self.mapping(value_node, item_tp, f.metadata, sub, parent)
+                else:
+                    value = self.value(value_node, hints[f.name], f.metadata, sub)
+                if value is not _INVALID:
+                    kwargs[f.name] = value
+            elif inherited is not None and f.name in inherited:
+                kwargs[f.name] = inherited[f.name]
+        return cls(**kwargs)
+
+    def mapping(
+        self,
+        node: yaml.Node,
+        item_tp: Any,
+        meta: Mapping[str, Any],
+        path: str,
+        inherited: Mapping[str, Any] | None,
+    ) -> Any:
+        if _is_null(node):
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(_line(node), path, f"expected a mapping, got {_node_kind(node)}")
+            return _INVALID
+        out: dict[str, Any] = {}
+        for key, (key_node, value_node) in self.entries(node, path).items():
+            sub = f"{path}.{key}"
+            if meta.get("tenant_keys") and not _TENANT_RE.fullmatch(key):
+                self.problem(_line(key_node), sub, f"invalid tenant name '{key}'", _TENANT_HINT)
+                continue
+            if not key or any(c.isspace() for c in key):
+                self.problem(_line(key_node), sub, "names must be non-empty, without spaces")
+                continue
+            if isinstance(item_tp, type) and is_dataclass(item_tp):
+                has_name = any(f.name == "name" for f in fields(item_tp))
+                value = self.dataclass(
+                    value_node,
+                    item_tp,
+                    sub,
+                    name=key if has_name else None,
+                    inherited=inherited,
+                )
+            else:
+                value = self.value(value_node, item_tp, _value_meta(meta), sub)
+            if value is not _INVALID:
+                out[key] = value
+        return out
+
+    def sequence(self, node: yaml.Node, item_tp: Any, meta: Mapping[str, Any], path: str) -> Any:
+        if not isinstance(node, yaml.SequenceNode):
+            hint = "write a YAML list: [a, b] or one `- item` per line"
+            self.problem(_line(node), path, f"expected a list, got {_node_kind(node)}", hint)
+            return _INVALID
+        items = []
+        for i, item_node in enumerate(node.value):
+            sub = f"{path}[{i}]"
+            self.lines[sub] = _line(item_node)
+            value = self.value(item_node, item_tp, _value_meta(meta), sub)
+            if value is not _INVALID:
+                items.append(value)
+        return tuple(items)
+
+    def plain(self, node: yaml.Node, path: str) -> Any:
+        """Free-form data (hook options): plain Python values, `${ENV}` resolved in strings."""
+        if isinstance(node, yaml.MappingNode):
+            return {
+                key: self.plain(value_node, f"{path}.{key}")
+                for key, (_, value_node) in self.entries(node, path).items()
+            }
+        if isinstance(node, yaml.SequenceNode):
+            return [self.plain(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        ok, value = self.scalar(node, path, keep_str=True)
+        return value if ok else None
+
+    def scalar(self, node: yaml.Node, path: str, *, keep_str: bool) -> tuple[bool, Any]:
+        """The Python value of a scalar node, with `${ENV}` resolved in strings.
+
+        A substituted string is read again as YAML unless `keep_str`, so `port: ${PORT}` works.
+        """
+        assert isinstance(node, yaml.ScalarNode)
+        if node.tag == _TAG + "str":
+            text = str(node.value)
+            if "${" not in text:
+                return True, text
+            ok, text = self.substitute(text, node, path)
+            if not ok:
+                return False, None
+            if keep_str:
+                return True, text
+            node = yaml.ScalarNode(
+                self.resolver.resolve(  # type: ignore[no-untyped-call]
+                    yaml.ScalarNode, text, (True, False)
+                ),
+                text,
+                node.start_mark,
+                node.end_mark,
+            )
+            if node.tag == _TAG + "str":
+                return True, text
+        try:
+            return True, self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            self.problem(_line(node), path, f"cannot read {_node_kind(node)}")
+            return False, None
+
+    def substitute(self, text: str, node: yaml.Node, path: str) -> tuple[bool, str]:
+        ok = True
+
+        def one(m: re.Match[str]) -> str:
+            nonlocal ok
+            token = m.group(0)
+            if token == "$${":
+                return "${"
+            ref = _ENV_REF_RE.fullmatch(m.group(1) or "")
+            if token == "${" or ref is None:
+                ok = False
+                self.problem(
+                    _line(node),
+                    path,
+                    "bad environment reference",
+                    "write ${VAR} or ${VAR:-default}; $${ is a literal ${",
+                )
+                return ""
+            name, default = ref.group(1), ref.group(2)
+            value = self.env.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is not None:
+                    return default
+                ok = False
+                self.problem(
+                    _line(node),
+                    path,
+                    f"environment variable {name} is not set",
+                    f"set it, or give a default: ${{{name}:-default}}",
+                )
+                return ""
+            return value
+
+        result = _ENV_TOKEN_RE.sub(one, text)
+        return ok, result
+
+    def scalar_field(self, node: yaml.Node, tp: Any, meta: Mapping[str, Any], path: str) -> Any:
+        want = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+        unit: str = meta.get("unit") or ""
+        if not isinstance(node, yaml.ScalarNode):
+            expected = {"duration": "a duration", "size": "a size"}.get(unit, want.get(tp, "?"))
+            self.problem(_line(node), path, f"expected {expected}, got {_node_kind(node)}")
+            return _INVALID
+        raw: Any
+        if tp is str and node.tag != _TAG + "str":
+            # A plain `model: 3.5` or `key_sha256: 1234…` means the characters as written.
+            ok, raw = True, str(node.value)
+        else:
+            ok, raw = self.scalar(node, path, keep_str=tp is str)
+        if not ok:
+            return _INVALID
+        line = _line(node)
+        value: Any
+        if unit == "duration":
+            value = parse_duration(raw)
+            if value is None:
+                self.problem(line, path, f"invalid duration {_show(raw)}", DURATION_HINT)
+                return _INVALID
+        elif unit == "size":
+            value = parse_size(raw)
+            if value is None:
+                self.problem(line, path, f"invalid size {_show(raw)}", SIZE_HINT)
+                return _INVALID
+        else:
+            value = raw
+            fits = {
+                bool: isinstance(raw, bool),
+                int: isinstance(raw, int) and not isinstance(raw, bool),
+                float: isinstance(raw, (int, float)) and not isinstance(raw, bool),
+                str: isinstance(raw, str),
+            }[tp]
+            if not fits:
+                hint = None
+                if "${" in str(node.value):
+                    hint = "the value came from an environment variable"
+                elif isinstance(raw, str):
+                    hint = "write it without quotes"
+                self.problem(line, path, f"expected {want[tp]}, got {_node_kind(node)}", hint)
+                return _INVALID
+            if tp is float:
+                value = float(raw)
+        return self.constrain(value, meta, path, line)
+
+    def constrain(self, value: Any, meta: Mapping[str, Any], path: str, line: int) -> Any:
+        unit: str = meta.get("unit") or ""
+        show: Callable[[Any], str] = {"duration": format_duration, "size": format_size}.get(
+            unit, lambda v: f"{v:g}" if isinstance(v, float) else str(v)
+        )
+        choices = meta.get("choices")
+        if choices is not None and value not in choices:
+            self.problem(line, path, f"unknown value {_show(value)}", _one_of(str(value), choices))
+            return _INVALID
+        if isinstance(value, float) and not math.isfinite(value):
+            self.problem(line, path, "must be a finite number")
+            return _INVALID
+        low, high = meta.get("min"), meta.get("max")
+        if unit and low is None:
+            low = 0
+        if isinstance(value, (int, float)) and low is not None and value < low:
+            if low == 0:
+                message = "must not be negative"
+            elif unit or low < 1:
+                message = f"must be at least {show(low)}"
+            else:
+                message = f"must be at least {show(low)}, got {show(value)}"
+            self.problem(line, path, message)
+            return _INVALID
+        if isinstance(value, (int, float)) and high is not None and value > high:
+            self.problem(line, path, f"must be at most {show(high)}, got {show(value)}")
+            return _INVALID
+        if meta.get("tenant_name") and not _TENANT_RE.fullmatch(value):
+            self.problem(line, path, f"invalid tenant name {_show(value)}", _TENANT_HINT)
+            return _INVALID
+        if meta.get("path") and isinstance(value, str):
+            value = os.path.expanduser(value)
+        return value
+
+    def secret(self, node: yaml.Node, meta: Mapping[str, Any], path: str) -> Any:
+        # Never show the value: not in messages, not in hints.
+        alt = meta.get("secret_alt")
+        hint = "write `${VAR}` and set VAR in the environment" + (
+            f", or use `{alt}`" if alt else ""
+        )
+        if not isinstance(node, yaml.ScalarNode) or node.tag != _TAG + "str":
+            self.problem(_line(node), path, f"expected `${{VAR}}`, got {_node_kind(node)}", hint)
+            return _INVALID
+        m = _SECRET_REF_RE.fullmatch(str(node.value))
+        if m is None:
+            self.problem(_line(node), path, "secrets may only come from the environment", hint)
+            return _INVALID
+        name, default = m.group(1), m.group(2)
+        if default not in (None, ":-"):
+            self.problem(
+                _line(node),
+                path,
+                "a secret's default must be empty: the default would be a secret in the file",
+                f"write ${{{name}}} or ${{{name}:-}}",
+            )
+            return _INVALID
+        value = self.env.get(name)
+        if value is None and default is None:
+            self.problem(
+                _line(node),
+                path,
+                f"environment variable {name} is not set",
+                f"set it, or write ${{{name}:-}} if the key is optional",
+            )
+            return _INVALID
+        if not value:
+            self.empty_secrets.add(path)
+            return None
+        return Secret(value)
+
+    def hooks(self, node: yaml.Node, path: str) -> Any:
+        if _is_null(node):
+            return (HookSpec("validation"),)
+        if not isinstance(node, yaml.SequenceNode):
+            hint = "write a list, e.g. [validation, {audit: {redact_pii: true}}]"
+            self.problem(_line(node), path, f"expected a list, got {_node_kind(node)}", hint)
+            return _INVALID
+        specs: list[HookSpec] = []
+        for i, item in enumerate(node.value):
+            sub = f"{path}[{i}]"
+            self.lines[sub] = _line(item)
+            options: dict[str, Any] = {}
+            if isinstance(item, yaml.ScalarNode) and item.tag == _TAG + "str":
+                name = str(item.value)
+            elif isinstance(item, yaml.MappingNode) and len(item.value) == 1:
+                key_node, options_node = item.value[0]
+                name = str(key_node.value)
+                if isinstance(options_node, yaml.MappingNode):
+                    options = self.plain(options_node, f"{sub}.{name}")
+                elif not _is_null(options_node):
+                    self.problem(
+                        _line(options_node),
+                        f"{sub}.{name}",
+                        f"hook options must be a mapping, got {_node_kind(options_node)}",
+                    )
+                    continue
+            else:
+                self.problem(
+                    _line(item),
+                    sub,
+                    f"a hook is a name or a one-key mapping, got {_node_kind(item)}",
+                    'write `audit`, `{audit: {redact_pii: true}}` or `"my_pkg.hooks:MyHook"`',
+                )
+                continue
+            if self.hook_name_ok(name, _line(item), sub):
+                if name in BUILTIN_HOOKS and any(s.name == name for s in specs):
+                    self.problem(_line(item), sub, f"hook '{name}' is listed twice")
+                    continue
+                specs.append(HookSpec(name, options))
+        if not any(s.name == "validation" for s in specs):
+            specs.insert(0, HookSpec("validation"))
+        return tuple(specs)
+
+    def hook_name_ok(self, name: str, line: int, path: str) -> bool:
+        if ":" not in name:
+            if name in BUILTIN_HOOKS:
+                return True
+            self.problem(
+                line, path, f"unknown built-in hook '{name}'", _one_of(name, BUILTIN_HOOKS)
+            )
+            return False
+        module_name, _, attr = name.partition(":")
+        if not module_name or not attr:
+            self.problem(line, path, f"'{name}' is not `module:Class`")
+            return False
+        import importlib
+
+        from aigw.hooks.base import Hook
+
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except Exception as exc:  # user code may fail any way on import
+            self.problem(
+                line,
+                path,
+                f"cannot import hook module '{module_name}': {type(exc).__name__}: {exc}",
+                "is the package installed in the same environment as aigw?",
+            )
+            return False
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None:
+            self.problem(line, path, f"module '{module_name}' has no attribute '{attr}'")
+            return False
+        if not (isinstance(obj, type) and issubclass(obj, Hook)):
+            self.problem(line, path, f"'{name}' is not a subclass of aigw.hooks.base.Hook")
+            return False
+        return True
+
+    # --- rules across fields ---
+
+    def check(self, config: Config) -> Config:
+        if config.version != 1:
+            self.rule(
+                "version",
+                f"unsupported config version {config.version}",
+                "this aigw reads `version: 1`",
+            )
+        self.check_providers(config)
+        config = self.check_models(config)
+        self.check_auth(config)
+        self.check_state(config.state)
+        self.check_misc(config)
+        return config
+
+    def check_providers(self, config: Config) -> None:
+        for name, provider in config.providers.items():
+            path = f"providers.{name}"
+            if f"{path}.type" in self.problem_keys():
+                continue  # the rules below depend on the type
+            if provider.type == "openai":
+                url = urlsplit(provider.base_url)
+                if not provider.base_url:
+                    self.rule(
+                        f"{path}.base_url",
+                        "an openai provider needs a base_url",
+                        "e.g. https://api.openai.com/v1 or http://127.0.0.1:11434/v1",
+                        at=path,
+                    )
+                elif url.scheme not in ("http", "https") or not url.netloc:
+                    # The URL is not echoed: it may carry credentials.
+                    self.rule(
+                        f"{path}.base_url",
+                        "base_url must be an http:// or https:// URL with a host",
+                    )
+            if provider.type != "mock" and f"{path}.mock" in self.lines:
+                self.rule(f"{path}.mock", "mock options only apply to a provider with type: mock")
+
+    def check_models(self, config: Config) -> Config:
+        if not config.models:
+            self.rule(
+                "models",
+                "no models are defined: clients would have nothing to call",
+                "add e.g. models: {mock: {targets: [{provider: mock}]}} "
+                "with providers: {mock: {type: mock}}",
+            )
+        models: dict[str, ModelConfig] = {}
+        for name, model in config.models.items():
+            path = f"models.{name}"
+            if not model.targets:
+                self.rule(
+                    f"{path}.targets",
+                    "a model needs at least one target",
+                    "targets: [{provider: <name>, model: <upstream model>}]",
+                )
+            targets = []
+            for i, target in enumerate(model.targets):
+                sub = f"{path}.targets[{i}].provider"
+                if not target.provider:
+                    self.rule(sub, "a target needs a provider")
+                elif target.provider not in config.providers:
+                    self.rule(
+                        sub,
+                        f"unknown provider '{target.provider}'",
+                        _one_of(target.provider, config.providers),
+                    )
+                targets.append(target if target.model else replace(target, model=name))
+            for i, fallback in enumerate(model.fallbacks):
+                sub = f"{path}.fallbacks[{i}]"
+                if fallback == name:
+                    self.rule(sub, "a model cannot fall back to itself")
+                elif fallback not in config.models:
+                    others = [m for m in config.models if m != name]
+                    self.rule(sub, f"unknown model '{fallback}'", _one_of(fallback, others))
+            models[name] = replace(model, targets=tuple(targets))
+        return replace(config, models=models)
+
+    def check_auth(self, config: Config) -> None:
+        first_with: dict[bytes, int] = {}  # key digest -> index of its first entry
+        for i, key in enumerate(config.auth.keys):
+            path = f"auth.keys[{i}]"
+            if not key.tenant:
+                self.rule(f"{path}.tenant", "a key needs a tenant", at=path)
+            has_key = f"{path}.key" in self.lines
+            has_sha = f"{path}.key_sha256" in self.lines
+            if has_key == has_sha:
+                both = "give either `key` or `key_sha256`, not both"
+                neither = "a key needs `key` (from ${ENV}) or `key_sha256`"
+                self.rule(path, both if has_key else neither)
+            elif f"{path}.key" in self.empty_secrets:
+                self.rule(
+                    f"{path}.key",
+                    "the key is empty: its environment variable is unset or empty",
+                    "an empty key would let anyone in; set the variable or remove the entry",
+                )
+            elif key.key_sha256 is not None and not _SHA256_RE.fullmatch(key.key_sha256):
+                self.rule(
+                    f"{path}.key_sha256",
+                    "key_sha256 must be 64 hex characters",
+                    'compute it with: printf %s "$KEY" | sha256sum',
+                )
+            elif key.key is not None or key.key_sha256 is not None:
+                # Duplicates are named by position only: the key itself is never shown.
+                digest = key.digest()
+                if digest in first_with:
+                    self.rule(
+                        path,
+                        f"the same key as auth.keys[{first_with[digest]}]",
+                        "each key must be unique; remove or change one of them",
+                    )
+                else:
+                    first_with[digest] = i
+
+    def check_state(self, state: StateConfig) -> None:
+        if state.backend == "redis" and not state.url:
+            self.rule(
+                "state.url",
+                "backend: redis needs a url",
+                "url: redis://127.0.0.1:6379/0",
+                at="state.backend",
+            )
+        if state.url and urlsplit(state.url).scheme not in _REDIS_SCHEMES:
+            # Not echoed: the URL may hold a password.
+            self.rule("state.url", "url must start with redis://, rediss:// or unix://")
+
+    def check_misc(self, config: Config) -> None:
+        zone = config.quota.timezone
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            self.rule(
+                "quota.timezone",
+                f"unknown timezone {_show(zone)}",
+                _did_you_mean(zone, zoneinfo.available_timezones())
+                or "use an IANA name like UTC or Europe/Paris",
+            )
+        health = config.health
+        if health.max_cooldown < health.cooldown:
+            self.rule(
+                "health.max_cooldown",
+                f"max_cooldown ({format_duration(health.max_cooldown)}) is shorter than "
+                f"cooldown ({format_duration(health.cooldown)})",
+            )
+
+    def problem_keys(self) -> set[str]:
+        return {p.key for p in self.problems}
+
+    def rule(self, key: str, message: str, hint: str | None = None, *, at: str = "") -> None:
+        """A problem found across fields: at the line of `at` (default `key`), and only when
+        conversion did not already report this key (one mistake, one message)."""
+        if key not in self.problem_keys():
+            self.problem(self.line_of(at or key), key, message, hint)
+
+
+_TENANT_HINT = "1 to 64 characters of A-Z a-z 0-9 . _ -"
+
+
+def _show(value: object) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _default(f: Field[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+# --- documentation -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the config reference."""
+
+    key: str  # dotted, with `<name>` for mapping keys and `[]` for list items
+    type: str
+    default: str  # as written in YAML; "" for sections
+    doc: str
+    choices: tuple[str, ...] = ()
+    bounds: str = ""  # e.g. "0 to 65535", "at least 1ms"
+
+
+def describe_settings() -> list[Setting]:
+    """Every setting, in file order, straight from the dataclasses."""
+    out: list[Setting] = []
+    _describe(Config, "", out)
+    return out
+
+
+def _describe(cls: type, prefix: str, out: list[Setting], *, inherited: bool = False) -> None:
+    hints = _hints(cls)
+    for f in _settable(cls):
+        key = prefix + f.name
+        tp, _ = _split_optional(hints[f.name])
+        origin = typing.get_origin(tp)
+        meta = f.metadata
+        out.append(
+            Setting(
+                key,
+                _type_name(tp, meta),
+                "inherited" if inherited else _default_text(f),
+                str(meta.get("doc", "")),
+                tuple(str(c) for c in meta.get("choices", ())),
+                _bounds_text(meta),
+            )
+        )
+        if isinstance(tp, type) and is_dataclass(tp):
+            _describe(tp, key + ".", out)
+            continue
+        args = typing.get_args(tp)
+        if origin is dict and isinstance(args[1], type) and is_dataclass(args[1]):
+            placeholder = "<tenant>" if meta.get("tenant_keys") else "<name>"
+            _describe(args[1], f"{key}.{placeholder}.", out, inherited=bool(meta.get("inherit")))
+        elif origin is tuple and args[0] is not HookSpec and is_dataclass(args[0]):
+            assert isinstance(args[0], type)
+            _describe(args[0], f"{key}[].", out)
+
+
+def _type_name(tp: Any, meta: Mapping[str, Any]) -> str:
+    if meta.get("secret"):
+        return "secret"
+    if meta.get("unit"):
+        return str(meta["unit"])
+    if meta.get("choices"):
+        return "choice"
+    if isinstance(tp, type) and is_dataclass(tp):
+        return "section"
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is dict:
+        item = args[1]
+        if isinstance(item, type) and is_dataclass(item):
+            return "mapping"
+        return f"mapping of {_type_name(item, {})}"
+    if origin is tuple:
+        item = args[0]
+        if item is HookSpec:
+            return "list of hooks"
+        if isinstance(item, type) and is_dataclass(item):
+            return "list"
+        return f"list of {_type_name(item, {})}"
+    if meta.get("path"):
+        return "path"
+    names = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    return names.get(tp, "value")
+
+
+def _default_text(f: Field[Any]) -> str:
+    value = _default(f)
+    unit = f.metadata.get("unit")
+    if is_dataclass(value):
+        return ""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if unit == "duration":
+        return format_duration(float(value))
+    if unit == "size":
+        return format_size(int(value))
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(getattr(v, "name", str(v)) for v in value) + "]"
+    if isinstance(value, str) and value == "":
+        return '""'
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _bounds_text(meta: Mapping[str, Any]) -> str:
+    show: Callable[[Any], str] = {"duration": format_duration, "size": format_size}.get(
+        meta.get("unit") or "", lambda v: f"{v:g}"
+    )
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and high is not None:
+        return f"{show(low)} to {show(high)}"
+    if low is not None and low > 0:
+        return f"at least {show(low)}"
+    return ""
+
+
+def config_reference_markdown() -> str:
+    """The README's config reference (between the config-reference markers)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        "The file is YAML. Durations are a number of seconds or a number with a unit "
+        "(`250ms`, `30s`, `5m`, `1h`, `1d`); sizes are a number of bytes or a number with a "
+        "unit (`512KiB`, `8MiB`, `1GiB`, `100MB`). `${VAR}` in any string is replaced by the "
+        "environment variable VAR (an error when it is unset); `${VAR:-default}` gives a "
+        "default; `$${` is a literal `${`. Secrets may only be written as `${VAR}` "
+        "(or `${VAR:-}` when optional). `~` is expanded in paths. Unknown keys are errors.",
+        "",
+        "| key | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    for s in describe_settings():
+        doc = s.doc
+        if s.choices:
+            doc += " One of: " + ", ".join(f"`{c}`" for c in s.choices) + "."
+        if s.bounds:
+            doc += f" Range: {s.bounds}."
+        default = f"`{s.default}`" if s.default not in ("", "inherited") else s.default
+        key = f"**`{s.key}`**" if s.type == "section" else f"`{s.key}`"
+        lines.append(f"| {key} | {s.type} | {cell(default)} | {cell(doc)} |")
+    return "\n".join(lines) + "\n"
