@@ -1,0 +1,451 @@
+"""Per-tenant token quotas: calendar periods, reserve → commit/release, runtime overrides.
+
+A request reserves its worst case (prompt estimate + max completion tokens) before it goes
+upstream; the answer's real usage then replaces the reservation (`commit`), or a failed request
+drops it (`release`). The store does check-and-reserve atomically, so many concurrent requests
+of one tenant can never push its recorded usage past the limit (as long as real usage stays
+within the reservation, which `max_tokens` bounds for the completion).
+
+Periods are calendar-aligned in `quota.timezone`: hourly, daily, weekly (Monday), monthly,
+never. Usage is keyed by the period's start (`daily:2024-03-10`), so a new period simply starts
+at zero; nothing sweeps old counters.
+
+Limits: a runtime override (`aigw quota set`, persisted in the store) wins over
+`quota.tenants[tenant]`, which wins over `quota.default`. 0 means unlimited; usage of unlimited
+tenants is still recorded so `aigw quota show` can show it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aigw.config import PERIODS, QuotaConfig
+from aigw.errors import InvalidRequestError, QuotaExceededError
+from aigw.hooks.base import Usage
+from aigw.state.base import Override, StateStore
+
+# --- tenant names ------------------------------------------------------------------------
+
+_TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+TENANT_RULE = "1-64 characters from A-Z, a-z, 0-9, '.', '_', '-'"
+
+
+class InvalidTenantName(InvalidRequestError, ValueError):
+    """A tenant name outside `[A-Za-z0-9._-]{1,64}`. A 400 for HTTP, a ValueError elsewhere."""
+
+    def __init__(self, name: str) -> None:
+        shown = name if len(name) <= 64 else name[:64] + "…"
+        super().__init__(f"Invalid tenant name {shown!r}: use {TENANT_RULE}.", param="tenant")
+        self.name = name
+
+
+def is_valid_tenant(name: str) -> bool:
+    return _TENANT_RE.fullmatch(name) is not None
+
+
+def validate_tenant(name: str) -> str:
+    """Return `name`, or raise `InvalidTenantName`."""
+    if _TENANT_RE.fullmatch(name) is None:
+        raise InvalidTenantName(name)
+    return name
+
+
+# --- periods -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodWindow:
+    """One calendar period: usage key, start and end (= next reset) in epoch seconds."""
+
+    period: str
+    key: str
+    start: float
+    end: float
+
+    def next_reset(self) -> str | None:
+        """The end as an ISO 8601 UTC string (`2024-03-11T04:00:00Z`); None for `never`."""
+        if math.isinf(self.end):
+            return None
+        return datetime.fromtimestamp(self.end, UTC).isoformat().replace("+00:00", "Z")
+
+
+_NEVER = PeriodWindow("never", "never", -math.inf, math.inf)
+
+
+def _midnight(day: date, tz: tzinfo) -> float:
+    # A midnight skipped by DST resolves (fold=0) to the transition instant: the day's start.
+    return datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
+
+
+def period_window(period: str, now: float, tz: tzinfo) -> PeriodWindow:
+    """The period containing `now`, aligned to the wall clock of `tz`.
+
+    Days, weeks and months are computed on local dates and converted at the end, so a day is
+    23 or 25 hours long across a DST change and months have their real length.
+    """
+    if period == "never":
+        return _NEVER
+    local = datetime.fromtimestamp(now, tz)
+    if period == "hourly":
+        # replace() keeps `fold`, so the repeated hour of a DST fall-back stays distinct.
+        start_local = local.replace(minute=0, second=0, microsecond=0)
+        start = start_local.timestamp()
+        return PeriodWindow(
+            period, f"hourly:{start_local.isoformat(timespec='minutes')}", start, start + 3600.0
+        )
+    today = local.date()
+    if period == "daily":
+        first, following, label = today, today + timedelta(days=1), today.isoformat()
+    elif period == "weekly":
+        first = today - timedelta(days=today.weekday())
+        following, label = first + timedelta(days=7), first.isoformat()
+    elif period == "monthly":
+        first = today.replace(day=1)
+        if first.month == 12:
+            following = first.replace(year=first.year + 1, month=1)
+        else:
+            following = first.replace(month=first.month + 1)
+        label = first.strftime("%Y-%m")
+    else:
+        raise ValueError(f"unknown quota period {period!r} (choose from {', '.join(PERIODS)})")
+    return PeriodWindow(period, f"{period}:{label}", _midnight(first, tz), _midnight(following, tz))
+
+
+# --- reservations and status -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Tokens held for one in-flight request. Commit or release it exactly once; repeated
+    calls are ignored."""
+
+    tenant: str
+    period_key: str
+    tokens: int
+    id: int
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStatus:
+    tenant: str
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    limit: int  # 0 = unlimited
+    period: str
+    percent_used: float
+    next_reset: str | None  # ISO 8601 UTC, None for `never`
+    reserved: int
+    source: str  # "config" | "override"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the manager -------------------------------------------------------------------------
+
+
+class QuotaManager:
+    """Quota enforcement for all tenants over one `StateStore`. Not thread-safe: use it from
+    the event loop thread (that is what makes in-process reservations atomic)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        config: QuotaConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        reservation_ttl: float = 3600.0,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        #: how long a shared store keeps a reservation of a crashed instance
+        self.reservation_ttl = reservation_ttl
+        self._ids = itertools.count(1)
+        self.reload(config)
+
+    def reload(self, config: QuotaConfig) -> None:
+        """Apply a new config (SIGHUP). Overrides and recorded usage are kept."""
+        if config.period not in PERIODS:
+            raise ValueError(f"unknown quota period {config.period!r}")
+        self._config = config
+        self._tz = ZoneInfo(config.timezone)
+        self._windows: dict[str, PeriodWindow] = {}
+
+    async def start(self) -> None:
+        """Nothing to warm up today: overrides are already loaded by the store's `open()`."""
+        return None
+
+    @property
+    def config(self) -> QuotaConfig:
+        return self._config
+
+    @property
+    def store(self) -> StateStore:
+        return self._store
+
+    def policy(self, tenant: str) -> tuple[int, str, str]:
+        """`(limit, period, source)` in force for a tenant."""
+        override = self._store.overrides.get(tenant)
+        if override is not None:
+            return override.tokens, override.period or self._config.period, "override"
+        return self._config.tenants.get(tenant, self._config.default), self._config.period, "config"
+
+    def window(self, period: str) -> PeriodWindow:
+        """The current window of `period`; recomputed only when the clock leaves it."""
+        now = self._clock()
+        window = self._windows.get(period)
+        if window is None or not (window.start <= now < window.end):
+            window = period_window(period, now, self._tz)
+            self._windows[period] = window
+        return window
+
+    # --- hot path -------------------------------------------------------------------------
+
+    async def reserve(self, tenant: str, tokens: int) -> Reservation:
+        """Hold `tokens` for a request, or raise `QuotaExceededError` when
+        used + reserved + tokens would pass the limit. Unlimited tenants get a no-op
+        reservation of 0 tokens (the store only notes the tenant's current period)."""
+        if _TENANT_RE.fullmatch(tenant) is None:
+            raise InvalidTenantName(tenant)
+        if tokens < 0:
+            raise ValueError("tokens must be >= 0")
+        limit, period, _ = self.policy(tenant)
+        window = self.window(period)
+        rid = next(self._ids)
+        if limit <= 0:
+            await self._store.reserve(
+                tenant, window.key, 0, 0, reservation_id=rid, ttl=self.reservation_ttl
+            )
+            return Reservation(tenant, window.key, 0, rid)
+        result = await self._store.reserve(
+            tenant, window.key, tokens, limit, reservation_id=rid, ttl=self.reservation_ttl
+        )
+        if not result.allowed:
+            raise QuotaExceededError(
+                _exceeded_message(tenant, limit, window, result.used, result.reserved, tokens)
+            )
+        return Reservation(tenant, window.key, tokens, rid)
+
+    async def commit(self, reservation: Reservation, usage: Usage | None) -> None:
+        """Replace the reservation by the real usage. With `usage=None` (the upstream reported
+        none) the reserved worst case is charged as total tokens."""
+        if reservation.done:
+            return
+        reservation.done = True
+        if usage is None:
+            prompt, completion, total = 0, 0, reservation.tokens
+        else:
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
+            total = usage.total_tokens or prompt + completion
+        await self._store.commit(
+            reservation.tenant,
+            reservation.period_key,
+            reservation.tokens,
+            prompt,
+            completion,
+            total,
+            reservation_id=reservation.id,
+        )
+
+    async def release(self, reservation: Reservation) -> None:
+        """The request failed before using anything: drop the reservation."""
+        if reservation.done:
+            return
+        reservation.done = True
+        if reservation.tokens:
+            await self._store.release(
+                reservation.tenant,
+                reservation.period_key,
+                reservation.tokens,
+                reservation_id=reservation.id,
+            )
+
+    def estimate_tokens(self, endpoint: str, body: Mapping[str, Any]) -> int:
+        """Worst-case tokens of a request from its parsed body: the prompt estimate plus
+        `max_completion_tokens`/`max_tokens` (or `quota.default_max_tokens`) times `n`.
+        Embeddings have no completion."""
+        prompt = self.estimate_prompt_tokens(endpoint, body)
+        if endpoint == "embeddings":
+            return prompt
+        completion = _positive_int(body.get("max_completion_tokens"))
+        if completion is None:
+            completion = _positive_int(body.get("max_tokens"))
+        if completion is None:
+            completion = self._config.default_max_tokens
+        return prompt + completion * (_positive_int(body.get("n")) or 1)
+
+    def estimate_prompt_tokens(self, endpoint: str, body: Mapping[str, Any]) -> int:
+        """Prompt tokens ≈ characters / 4 of the message text (plus tool schemas and calls),
+        4 per message and 3 to prime the reply; token-id prompts count one per id; non-text
+        content parts count like a low-detail image. Walks the parsed body once, never
+        re-serializes it."""
+        chars = 0
+        tokens = 0
+        if endpoint == "chat/completions":
+            tokens = 3  # every reply is primed with a few tokens
+            messages = body.get("messages")
+            if isinstance(messages, list):
+                for message in messages:
+                    tokens += 4  # role and separators
+                    if isinstance(message, dict):
+                        c, t = _content_size(message.get("content"))
+                        chars += c
+                        tokens += t
+                        name = message.get("name")
+                        if isinstance(name, str):
+                            chars += len(name)
+                        tool_calls = message.get("tool_calls")
+                        if tool_calls:
+                            chars += _text_chars(tool_calls, 0)
+            for key in ("tools", "functions"):
+                extra = body.get(key)
+                if extra:
+                    chars += _text_chars(extra, 0)
+        elif endpoint == "completions":
+            chars, tokens = _prompt_size(body.get("prompt"), 0)
+        elif endpoint == "embeddings":
+            chars, tokens = _prompt_size(body.get("input"), 0)
+        return tokens + -(-chars // 4)
+
+    # --- admin ----------------------------------------------------------------------------
+
+    async def set_limit(self, tenant: str, tokens: int, period: str | None = None) -> None:
+        """Persist a runtime override: `tokens` per `period` (None = the configured period);
+        0 = unlimited. Takes effect on the next request."""
+        validate_tenant(tenant)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise ValueError("tokens must be an integer >= 0")
+        if period is not None and period not in PERIODS:
+            raise ValueError(f"unknown quota period {period!r} (choose from {', '.join(PERIODS)})")
+        await self._store.set_override(tenant, Override(tokens, period))
+
+    async def clear_limit(self, tenant: str) -> None:
+        """Remove a runtime override; the config applies again."""
+        validate_tenant(tenant)
+        await self._store.set_override(tenant, None)
+
+    async def reset(self, tenant: str) -> None:
+        """Zero the tenant's usage in its current period (in-flight reservations stay)."""
+        validate_tenant(tenant)
+        _, period, _ = self.policy(tenant)
+        await self._store.reset_usage(tenant, self.window(period).key)
+
+    async def status(self, tenant: str | None = None) -> list[QuotaStatus]:
+        """Current-period usage of one tenant, or of every tenant known from usage, config or
+        overrides (sorted by name)."""
+        if tenant is not None:
+            names = [validate_tenant(tenant)]
+        else:
+            known = await self._store.tenants()
+            known.update(self._config.tenants)
+            known.update(self._store.overrides)
+            names = sorted(known)
+        policies = [self.policy(name) for name in names]
+        windows = [self.window(period) for _, period, _ in policies]
+        counters = await self._store.get_usage(
+            [(name, window.key) for name, window in zip(names, windows, strict=True)]
+        )
+        result = []
+        for name, (limit, period, source), window, usage in zip(
+            names, policies, windows, counters, strict=True
+        ):
+            percent = round(usage.total_tokens * 100.0 / limit, 2) if limit > 0 else 0.0
+            result.append(
+                QuotaStatus(
+                    tenant=name,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    total_tokens=usage.total_tokens,
+                    limit=limit,
+                    period=period,
+                    percent_used=percent,
+                    next_reset=window.next_reset(),
+                    reserved=usage.reserved,
+                    source=source,
+                )
+            )
+        return result
+
+    async def close(self) -> None:
+        """Flush recorded usage. The store's owner closes the store."""
+        await self._store.flush()
+
+
+def _exceeded_message(
+    tenant: str, limit: int, window: PeriodWindow, used: int, reserved: int, tokens: int
+) -> str:
+    reset = window.next_reset()
+    when = f"It resets at {reset}." if reset else "It does not reset."
+    in_flight = f" (+{reserved:,} reserved by requests in flight)" if reserved else ""
+    return (
+        f"Tenant '{tenant}' has used {used:,} of its {limit:,} token {window.period} quota"
+        f"{in_flight}; this request may need up to {tokens:,} tokens. {when}"
+    )
+
+
+# --- estimation helpers ------------------------------------------------------------------
+
+_PART_TOKENS = 85  # a non-text content part (image, audio, file): OpenAI's low-detail image cost
+_MAX_DEPTH = 16
+
+
+def _positive_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _content_size(content: object) -> tuple[int, int]:
+    """(characters, fixed tokens) of a message's content: a string or a list of parts."""
+    if isinstance(content, str):
+        return len(content), 0
+    chars = tokens = 0
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    chars += len(text)
+                else:
+                    tokens += _PART_TOKENS
+            elif isinstance(part, str):
+                chars += len(part)
+    return chars, tokens
+
+
+def _prompt_size(prompt: object, depth: int) -> tuple[int, int]:
+    """(characters, tokens) of a prompt/input: string, token ids, or lists of either."""
+    if isinstance(prompt, str):
+        return len(prompt), 0
+    if isinstance(prompt, int):
+        return 0, 1
+    chars = tokens = 0
+    if isinstance(prompt, list) and depth < _MAX_DEPTH:
+        for item in prompt:
+            c, t = _prompt_size(item, depth + 1)
+            chars += c
+            tokens += t
+    return chars, tokens
+
+
+def _text_chars(value: object, depth: int) -> int:
+    """Characters of every string and key in a JSON value (tool schemas, tool calls)."""
+    if isinstance(value, str):
+        return len(value)
+    if depth >= _MAX_DEPTH:
+        return 0
+    if isinstance(value, dict):
+        return sum(len(k) + _text_chars(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_text_chars(v, depth + 1) for v in value)
+    return 0

@@ -1,0 +1,175 @@
+"""The state store interface: where quota usage, reservations and overrides live.
+
+Usage is keyed by `(tenant, period_key)`; the quota manager computes the period key (e.g.
+`daily:2024-03-10`), so a new period starts at zero without any sweep and the store knows nothing
+about calendars.
+
+Atomicity contract. `reserve()` is check-and-add in one step: it either adds `tokens` to the
+tenant's reserved counter or refuses, and no other reservation on the same key can interleave.
+- In-process stores (memory, sqlite) keep the authoritative counters in memory, owned by the one
+  event-loop thread. Their `reserve()` may await only *before* the check (to load a row); from
+  the check to the add it does not suspend, so every other task sees both or neither.
+- A shared store (redis) does the same in one round trip with a server-side script. Its
+  reservations carry `reservation_id` and expire after `ttl` seconds, so a crashed instance never
+  leaves a reservation stuck. In-process stores ignore both: their reservations die with the
+  process because they are never persisted.
+
+Overrides are rare admin writes and are persisted before `set_override()` returns. The store also
+keeps a local, always-readable view of them (`overrides`) so the hot path resolves a tenant's
+limit with one dict lookup and no I/O; a shared store keeps that view fresh (e.g. redis pub/sub).
+
+Durability of the in-process stores is described in their modules (`memory`: none; `sqlite`:
+write-behind every `flush_interval`, `kill -9` loses at most that window of usage).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+#: `(tenant, period_key)`.
+UsageKey = tuple[str, str]
+
+
+@dataclass(slots=True)
+class UsageCounters:
+    """Token counters of one tenant in one period. `reserved` is in-flight worst case, never
+    persisted."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    reserved: int = 0
+
+    def copy(self) -> UsageCounters:
+        return UsageCounters(
+            self.input_tokens, self.output_tokens, self.total_tokens, self.reserved
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A runtime quota set with `aigw quota set`; wins over the config. `tokens == 0` means
+    unlimited; `period is None` keeps the configured period."""
+
+    tokens: int
+    period: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    allowed: bool
+    #: Total tokens recorded in the period (not counting reservations).
+    used: int
+    #: Tokens held by in-flight reservations, including this one when allowed.
+    reserved: int
+
+
+class StateStore(ABC):
+    """Async store shared by the quota manager (and later the cache and a shared rate limiter).
+
+    Lifecycle: construct, `await open()`, use, `await close()`. `close()` flushes everything.
+    """
+
+    #: Backend name as written in `state.backend`.
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Create/connect and load what the hot path needs (overrides)."""
+
+    @property
+    @abstractmethod
+    def overrides(self) -> Mapping[str, Override]:
+        """The local view of all overrides, read on the hot path (no I/O)."""
+
+    # --- usage ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def reserve(
+        self,
+        tenant: str,
+        period_key: str,
+        tokens: int,
+        limit: int,
+        *,
+        reservation_id: int,
+        ttl: float,
+    ) -> ReserveResult:
+        """Atomically: if used + reserved + tokens <= limit, add `tokens` to reserved and allow;
+        else change nothing and refuse. `limit <= 0` means no limit (always allowed).
+
+        Called for every request, unlimited ones too (`tokens=0, limit=0`): in-process stores
+        learn the tenant's current period from it, so they can forget past ones. A shared store
+        may answer that case locally without a round trip."""
+
+    @abstractmethod
+    async def commit(
+        self,
+        tenant: str,
+        period_key: str,
+        reserved: int,
+        input_tokens: int,
+        output_tokens: int,
+        total_tokens: int,
+        *,
+        reservation_id: int,
+    ) -> None:
+        """Replace a reservation of `reserved` tokens by real usage (reserved may be 0: plain
+        usage recording). Must not fail because the reservation expired or was reset."""
+
+    @abstractmethod
+    async def release(
+        self, tenant: str, period_key: str, reserved: int, *, reservation_id: int
+    ) -> None:
+        """Drop a reservation without usage (the request failed before using anything)."""
+
+    async def add_usage(
+        self,
+        tenant: str,
+        period_key: str,
+        input_tokens: int,
+        output_tokens: int,
+        total_tokens: int,
+    ) -> None:
+        """Record usage that had no reservation."""
+        await self.commit(
+            tenant, period_key, 0, input_tokens, output_tokens, total_tokens, reservation_id=0
+        )
+
+    @abstractmethod
+    async def get_usage(self, keys: Sequence[UsageKey]) -> list[UsageCounters]:
+        """Snapshots of the counters for each key, in order; zeros for unknown keys."""
+
+    @abstractmethod
+    async def tenants(self) -> set[str]:
+        """Every tenant with recorded usage in any period."""
+
+    @abstractmethod
+    async def reset_usage(self, tenant: str, period_key: str) -> None:
+        """Zero the recorded usage of one period. In-flight reservations stay (their requests
+        are still running and will commit)."""
+
+    # --- overrides --------------------------------------------------------------------------
+
+    async def get_override(self, tenant: str) -> Override | None:
+        return self.overrides.get(tenant)
+
+    @abstractmethod
+    async def set_override(self, tenant: str, override: Override | None) -> None:
+        """Persist (or with None, delete) a tenant's override before returning."""
+
+    async def list_overrides(self) -> dict[str, Override]:
+        return dict(self.overrides)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Write buffered usage now."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush everything and release files, threads and connections. Idempotent."""
