@@ -196,8 +196,9 @@ def error_body(
 
 def error_event(err: GatewayError) -> bytes:
     """The in-band SSE error event sent when a stream fails after its first byte."""
-    payload = {"error": {"message": err.message, "type": err.type, "param": err.param,
-                         "code": err.code}}
+    payload = {
+        "error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
+    }
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 

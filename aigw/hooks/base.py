@@ -12,6 +12,7 @@ Hooks are plain classes; `options` come from the YAML (`{name: {option: value}}`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -53,7 +54,7 @@ class RequestContext:
     status: int = 0
     usage: Usage | None = None
     cache: str | None = None  # "hit" | "miss" | None when the cache is off
-    headers: dict[str, str] = field(default_factory=dict)  # the client's request headers
+    headers: Mapping[str, str] = field(default_factory=dict)  # the client's request headers
     extra: dict[str, Any] = field(default_factory=dict)  # private space for hooks
 
 
@@ -70,6 +71,9 @@ class Hook:
 
     #: Set True when after_response needs the text of streamed answers (costs hot-path work).
     wants_stream_text: ClassVar[bool] = False
+    #: False when before_request never changes ctx.body: the gateway may then forward the
+    #: client's bytes unchanged instead of serialising the body again.
+    modifies_request: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         self.options = options

@@ -1,0 +1,122 @@
+"""`aigw serve` (the daemon, in the foreground) and `aigw status` (asks a running one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from typing import Any
+
+import typer
+
+from aigw.cli.common import (
+    EXIT_STARTUP,
+    AdminSocketOption,
+    ConfigOption,
+    JsonOption,
+    console,
+    fail,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("status")(status)
+
+
+def serve(
+    config: str = ConfigOption,
+    host: str = typer.Option(None, "--host", help="Listen address (overrides server.host)."),
+    port: int = typer.Option(None, "--port", "-p", help="Listen port (overrides server.port)."),
+    admin_socket: str = AdminSocketOption,
+    access_log: bool = typer.Option(False, "--access-log", help="Log one line per request."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads)."""
+    import asyncio
+
+    from aigw.config import load_config
+    from aigw.errors import ConfigError
+    from aigw.paths import discover_config_path
+
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        fail(f"unknown log level '{log_level}'", 2)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        cfg = load_config(discover_config_path(config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(problem.format(), err=True)
+        fail("invalid config; nothing started", EXIT_STARTUP)
+    except OSError as exc:
+        fail(f"cannot read config: {exc.strerror}: {exc.filename}", EXIT_STARTUP)
+    server_overrides: dict[str, Any] = {}
+    if host:
+        server_overrides["host"] = host
+    if port is not None:
+        server_overrides["port"] = port
+    if admin_socket:
+        server_overrides["admin_socket"] = admin_socket
+    if access_log:
+        server_overrides["access_log"] = True
+    if server_overrides:
+        cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, **server_overrides))
+
+    from aigw.server import StartupError, run
+
+    try:
+        code = asyncio.run(run(cfg))
+    except StartupError as exc:
+        fail(str(exc), EXIT_STARTUP)
+    except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
+        code = 0
+    raise typer.Exit(code)
+
+
+def status(
+    admin_socket: str = AdminSocketOption,
+    config: str = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Show the running daemon: pid, version, uptime, config, listen address."""
+    from aigw.admin_client import AdminClient, AdminError
+
+    try:
+        data = AdminClient.discover(admin_socket, config).get_json("/status")
+    except AdminError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("pid", str(data["pid"]))
+    table.add_row("version", data["version"])
+    table.add_row("uptime", _duration(data["uptime"]))
+    table.add_row("config", data["config"])
+    table.add_row("listen", data["listen"] + "/v1")
+    table.add_row("admin socket", data["admin_socket"])
+    table.add_row("state", data["state_backend"])
+    table.add_row("models", ", ".join(data["models"]) or "-")
+    console.print(table)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d {h}h {m}m"
+    if h:
+        return f"{h}h {m}m {s}s"
+    if m:
+        return f"{m}m {s}s"
+    return f"{s}s"

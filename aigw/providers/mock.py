@@ -1,0 +1,230 @@
+"""The built-in mock provider: deterministic OpenAI-shaped answers with no network.
+
+For demos, offline tests and benchmarks. It echoes the last user message (or answers a fixed
+text), streams word by word, counts usage (one token per word, at least one), embeds text into a
+deterministic unit vector, and can add latency and fail a fraction of requests with HTTP 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import random
+import struct
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from aigw.config import MockOptions, ProviderConfig
+from aigw.errors import InvalidRequestError, error_body
+from aigw.providers.base import Provider, UpstreamResponse
+
+_JSON = {"content-type": "application/json"}
+_SSE = {"content-type": "text/event-stream"}
+EMBEDDING_DIMENSIONS = 16
+
+
+def count_tokens(text: str) -> int:
+    """The mock's tokenizer: one token per whitespace-separated word, at least one."""
+    return max(1, len(text.split()))
+
+
+class MockResponse(UpstreamResponse):
+    __slots__ = ("_body", "_chunks", "_delay", "_latency")
+
+    def __init__(
+        self,
+        status: int,
+        headers: dict[str, str],
+        *,
+        body: bytes = b"",
+        chunks: list[bytes] | None = None,
+        latency: float = 0.0,
+        delay: float = 0.0,
+    ) -> None:
+        super().__init__(status, headers)
+        self._body = body
+        self._chunks = chunks
+        self._latency = latency
+        self._delay = delay
+
+    async def read(self) -> bytes:
+        if self._chunks is not None:
+            return b"".join(self._chunks)
+        return self._body
+
+    async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
+        chunks = self._chunks if self._chunks is not None else [self._body]
+        for i, chunk in enumerate(chunks):
+            if i and self._delay:
+                await asyncio.sleep(self._delay)
+            yield chunk
+
+    def close(self) -> None:
+        return None
+
+
+class MockProvider(Provider):
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config.name)
+        self.options: MockOptions = config.mock
+        self._rng = random.Random(self.options.seed)
+
+    async def probe(self) -> None:
+        return None
+
+    async def send(
+        self, endpoint: str, body: bytes, *, stream: bool, timeout: float
+    ) -> UpstreamResponse:
+        opts = self.options
+        if opts.latency:
+            await asyncio.sleep(min(opts.latency, timeout))
+        if opts.failure_rate and self._rng.random() < opts.failure_rate:
+            return MockResponse(
+                500, _JSON, body=error_body("mock failure", "server_error", None, "mock_failure")
+            )
+        try:
+            request = json.loads(body)
+            if endpoint == "embeddings":
+                return MockResponse(200, _JSON, body=self._embeddings(request))
+            if endpoint not in ("chat/completions", "completions"):
+                raise InvalidRequestError(f"Unknown endpoint {endpoint}")
+            return self._completion(endpoint, request, stream)
+        except (InvalidRequestError, ValueError, TypeError, AttributeError) as exc:
+            return MockResponse(
+                400, _JSON, body=error_body(f"mock cannot answer: {exc}", "invalid_request_error")
+            )
+
+    # --- answers ---------------------------------------------------------------------------
+
+    def _completion(self, endpoint: str, request: dict[str, Any], stream: bool) -> MockResponse:
+        chat = endpoint == "chat/completions"
+        prompt_text = _prompt_text(request, chat)
+        answer = self.options.answer if self.options.answer is not None else _echo(prompt_text)
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
+        words = answer.split() or ["ok"]
+        finish = "stop"
+        if isinstance(limit, int) and 0 < limit < len(words):
+            words = words[:limit]
+            finish = "length"
+        usage = {
+            "prompt_tokens": count_tokens(prompt_text),
+            "completion_tokens": len(words),
+            "total_tokens": count_tokens(prompt_text) + len(words),
+        }
+        model = str(request.get("model", "mock"))
+        rid = "chatcmpl-mock" + hashlib.sha1(prompt_text.encode()).hexdigest()[:20]
+        created = int(time.time())
+        if not stream:
+            text = " ".join(words)
+            if chat:
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+                obj = "chat.completion"
+            else:
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+                obj = "text_completion"
+            payload = {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            }
+            return MockResponse(200, _JSON, body=json.dumps(payload).encode())
+
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        usage_field = ', "usage": null' if include_usage else ""
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        head = (
+            f'{{"id": "{rid}", "object": "{obj}",'
+            f' "created": {created}, "model": {json.dumps(model)}, "choices": '
+        )
+        chunks: list[bytes] = []
+        if chat:
+            first = (
+                '[{"index": 0, "delta": {"role": "assistant", "content": ""},'
+                ' "finish_reason": null}]'
+            )
+            chunks.append(f"data: {head}{first}{usage_field}}}\n\n".encode())
+        for i, word in enumerate(words):
+            piece = json.dumps(word if i == 0 else " " + word)
+            if chat:
+                choice_s = (
+                    f'[{{"index": 0, "delta": {{"content": {piece}}}, "finish_reason": null}}]'
+                )
+            else:
+                choice_s = f'[{{"index": 0, "text": {piece}, "finish_reason": null}}]'
+            chunks.append(f"data: {head}{choice_s}{usage_field}}}\n\n".encode())
+        if chat:
+            last = f'[{{"index": 0, "delta": {{}}, "finish_reason": "{finish}"}}]'
+        else:
+            last = f'[{{"index": 0, "text": "", "finish_reason": "{finish}"}}]'
+        chunks.append(f"data: {head}{last}{usage_field}}}\n\n".encode())
+        if include_usage:
+            chunks.append(f'data: {head}[], "usage": {json.dumps(usage)}}}\n\n'.encode())
+        chunks.append(b"data: [DONE]\n\n")
+        return MockResponse(200, _SSE, chunks=chunks, delay=self.options.chunk_delay)
+
+    def _embeddings(self, request: dict[str, Any]) -> bytes:
+        raw = request.get("input")
+        inputs: list[Any] = (
+            raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+        )
+        dims = request.get("dimensions") or EMBEDDING_DIMENSIONS
+        as_base64 = request.get("encoding_format") == "base64"
+        data = []
+        tokens = 0
+        for i, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(str(t) for t in item)
+            tokens += count_tokens(text) if isinstance(item, str) else max(1, len(item))
+            vector = _unit_vector(text, int(dims))
+            embedding: Any = (
+                base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                if as_base64
+                else vector
+            )
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": str(request.get("model", "mock")),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return json.dumps(payload).encode()
+
+
+def _prompt_text(request: dict[str, Any], chat: bool) -> str:
+    if not chat:
+        prompt = request.get("prompt", "")
+        return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+    parts: list[str] = []
+    for message in request.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+    return " ".join(parts)
+
+
+def _echo(prompt_text: str) -> str:
+    return (
+        f"You said: {prompt_text}" if prompt_text.strip() else "Hello from the aigw mock provider."
+    )
+
+
+def _unit_vector(text: str, dims: int) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    while len(digest) < dims:
+        digest += hashlib.sha256(digest).digest()
+    raw = [(b - 127.5) / 127.5 for b in digest[:dims]]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    return [round(x / norm, 6) for x in raw]

@@ -1,0 +1,587 @@
+"""The request pipeline: auth → rate limit → parse + hooks → quota → cache → balancer → upstream.
+
+Handlers are thin: each turns an aiohttp request into a `RequestContext`, runs `Pipeline.run()`,
+and every failure is a `GatewayError` turned into OpenAI error JSON in one place (`_error`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from aigw.config import AuthKey
+from aigw.errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    NoHealthyTargetError,
+    RequestTooLargeError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+    error_event,
+)
+from aigw.hooks.base import RequestContext, ResponseInfo, Usage
+from aigw.streaming import StreamTap, usage_from_body
+
+if TYPE_CHECKING:
+    from aigw.balancer import Lease
+    from aigw.providers.base import UpstreamResponse
+    from aigw.quota import Reservation
+    from aigw.server import Gateway, Runtime
+
+log = logging.getLogger("aigw.access")
+
+_JSON_CT = "application/json"
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class Authenticator:
+    """Bearer key → tenant. Keys are held only as SHA-256 digests.
+
+    Comparison is constant-time in the sense that matters: the presented key is hashed before
+    the lookup, so lookup timing depends only on the digest of the caller's own input and never
+    on how many characters of a real key they guessed."""
+
+    __slots__ = ("_by_digest",)
+
+    def __init__(self, keys: Collection[AuthKey]) -> None:
+        self._by_digest = {k.digest(): k.tenant for k in keys}
+
+    @property
+    def laptop_mode(self) -> bool:
+        return not self._by_digest
+
+    def tenant(self, headers: Mapping[str, str]) -> str:
+        if not self._by_digest:
+            tenant = headers.get("X-Aigw-Tenant") or "default"
+            if len(tenant) > 64 or not _TENANT_CHARS.issuperset(tenant):
+                raise InvalidRequestError(
+                    "X-Aigw-Tenant must be 1-64 characters of letters, digits, '.', '_' or '-'",
+                    param="X-Aigw-Tenant",
+                )
+            return tenant
+        auth = headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+            )
+        found = self._by_digest.get(hashlib.sha256(token.encode()).digest())
+        if found is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        return found
+
+
+class Proxy:
+    """aiohttp handlers for the OpenAI-compatible API."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/v1/models/{model:.+}", self.get_model)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+
+    # --- handlers ----------------------------------------------------------------------------
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, "chat/completions")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, "completions")
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, "embeddings")
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        rid = _request_id()
+        try:
+            self.gw.runtime.auth.tenant(request.headers)
+        except GatewayError as err:
+            return _error(err, rid)
+        created = int(self.gw.started_wall)
+        data = [_model_object(name, created) for name in self.gw.runtime.config.models]
+        return _json({"object": "list", "data": data}, rid)
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        rid = _request_id()
+        name = request.match_info["model"]
+        try:
+            self.gw.runtime.auth.tenant(request.headers)
+            if name not in self.gw.runtime.config.models:
+                from aigw.errors import ModelNotFoundError
+
+                raise ModelNotFoundError(name)
+        except GatewayError as err:
+            return _error(err, rid)
+        return _json(_model_object(name, int(self.gw.started_wall)), rid)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        status = "draining" if self.gw.draining else "ok"
+        return web.json_response({"status": status}, status=503 if self.gw.draining else 200)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if self.gw.metrics is None or not self.gw.metrics.enabled:
+            return _error(_not_found("metrics are disabled"), _request_id())
+        self.gw.refresh_gauges()
+        body, content_type = self.gw.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    # --- the pipeline --------------------------------------------------------------------------
+
+    async def _proxy(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        gw = self.gw
+        rt = gw.runtime
+        rid = _request_id()
+        ctx = RequestContext(rid, "", endpoint, {}, time.monotonic(), headers=request.headers)
+        headers: dict[str, str] = {"x-request-id": rid}
+        metrics = gw.metrics
+        if metrics is not None:
+            metrics.in_flight(1)
+        reservation: Reservation | None = None
+        try:
+            ctx.tenant = rt.auth.tenant(request.headers)
+            if gw.ratelimiter is not None:
+                decision = gw.ratelimiter.check_request(ctx.tenant)
+                headers.update(gw.ratelimiter.headers(decision, None))
+                if not decision.allowed:
+                    from aigw.errors import RateLimitError
+
+                    raise RateLimitError(
+                        f"Rate limit reached for tenant '{ctx.tenant}': "
+                        f"{decision.limit} requests per burst. Retry later.",
+                        decision.retry_after,
+                        headers=headers,
+                    )
+            raw = await _read_body(request, rt.config.server.max_body_size)
+            ctx.body = _parse_body(raw)
+            model = ctx.body.get("model")
+            ctx.model = model if isinstance(model, str) else ""
+            for hook in rt.hooks:
+                await hook.before_request(ctx)
+            ctx.stream = ctx.body.get("stream") is True
+            if ctx.stream:
+                opts = ctx.body.get("stream_options")
+                ctx.client_wants_usage = (
+                    isinstance(opts, dict) and opts.get("include_usage") is True
+                )
+            model = ctx.body.get("model")
+            ctx.model = model if isinstance(model, str) else ctx.model
+            if gw.quota is not None:
+                reservation = await gw.quota.reserve(
+                    ctx.tenant, gw.quota.estimate_tokens(endpoint, ctx.body)
+                )
+            return await self._forward(request, ctx, rt, raw, headers, reservation)
+        except GatewayError as err:
+            if reservation is not None and gw.quota is not None:
+                await gw.quota.release(reservation)
+            ctx.status = err.status
+            if metrics is not None:
+                metrics.request_done(
+                    ctx.model,
+                    ctx.target or "",
+                    err.status,
+                    time.monotonic() - ctx.started,
+                    0.0,
+                    None,
+                )
+            await _run_on_error(rt, ctx, err)
+            err.headers = {**headers, **err.headers}
+            gw.access_log(ctx, request)
+            return _error(err, rid)
+        finally:
+            if metrics is not None:
+                metrics.in_flight(-1)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        rt: Runtime,
+        raw: bytes,
+        headers: dict[str, str],
+        reservation: Reservation | None,
+    ) -> web.StreamResponse:
+        """Try targets (failover before the first byte), then deliver the answer."""
+        deadline = ctx.started + rt.config.server.request_timeout
+        rewrite = rt.hooks_rewrite
+        chain = [ctx.model]
+        balancer = rt.balancers.get(ctx.model)
+        if balancer is None:
+            from aigw.errors import ModelNotFoundError
+
+            raise ModelNotFoundError(ctx.model)
+        chain.extend(balancer.fallbacks)
+        last_error: GatewayError | None = None
+        soonest = float("inf")
+        for model_name in chain:
+            bal = rt.balancers.get(model_name)
+            if bal is None:
+                continue
+            tried: list[Any] = []
+            for _ in range(bal.retries + 1):
+                lease = bal.acquire(tried)
+                if lease is None:
+                    soonest = min(soonest, bal.soonest_recovery())
+                    break
+                tried.append(lease.target)
+                target = lease.target
+                provider = rt.providers[target.provider]
+                ctx.provider, ctx.target = target.provider, target.id
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    lease.neutral()
+                    raise UpstreamTimeoutError(
+                        "Request deadline passed before an upstream answered"
+                    )
+                body = raw
+                if (
+                    rewrite
+                    or target.model != ctx.model
+                    or (ctx.stream and not ctx.client_wants_usage)
+                ):
+                    body = _upstream_body(ctx, target.model)
+                upstream_started = time.monotonic()
+                try:
+                    resp = await provider.send(ctx.endpoint, body, stream=ctx.stream, timeout=left)
+                except (UpstreamError, UpstreamTimeoutError) as err:
+                    lease.failure(err.message)
+                    last_error = err
+                    continue
+                except BaseException:
+                    lease.neutral()
+                    raise
+                if resp.status >= 400:
+                    try:
+                        err_body = await resp.read()
+                    except GatewayError as err:
+                        lease.failure(err.message)
+                        last_error = err
+                        continue
+                    finally:
+                        resp.close()
+                    status_err = UpstreamStatusError(resp.status, err_body)
+                    if status_err.client_fault:
+                        lease.neutral()
+                        raise status_err
+                    lease.failure(f"HTTP {resp.status}: {status_err.message}"[:200])
+                    last_error = status_err
+                    continue
+                headers["x-aigw-provider"] = target.provider
+                headers["x-aigw-model"] = target.model
+                if ctx.stream:
+                    result = await self._deliver_stream(
+                        request, ctx, rt, resp, lease, headers, reservation, upstream_started
+                    )
+                else:
+                    result = await self._deliver(
+                        request, ctx, rt, resp, lease, headers, reservation, upstream_started
+                    )
+                if result is not None:
+                    return result
+                last_error = UpstreamError("Upstream stream broke before the first byte")
+        if last_error is not None:
+            raise last_error
+        raise NoHealthyTargetError(
+            f"No healthy target for model '{ctx.model}': every target is cooling down.",
+            soonest if soonest != float("inf") else 1.0,
+        )
+
+    async def _deliver(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        rt: Runtime,
+        resp: UpstreamResponse,
+        lease: Lease,
+        headers: dict[str, str],
+        reservation: Reservation | None,
+        upstream_started: float,
+    ) -> web.StreamResponse | None:
+        gw = self.gw
+        try:
+            body = await resp.read()
+        except GatewayError as err:
+            lease.failure(err.message)
+            resp.close()
+            return None
+        except BaseException:
+            lease.neutral()
+            raise
+        lease.success()
+        upstream_time = time.monotonic() - upstream_started
+        usage = usage_from_body(body)
+        ctx.usage = usage
+        ctx.status = resp.status
+        info = ResponseInfo(resp.status, body=body, usage=usage)
+        try:
+            for hook in rt.hooks:
+                await hook.after_response(ctx, info)
+        finally:
+            await self._settle(ctx, reservation, usage)
+        headers["Content-Type"] = resp.headers.get("content-type", _JSON_CT)
+        if gw.metrics is not None:
+            gw.metrics.request_done(
+                ctx.model,
+                ctx.target or "",
+                resp.status,
+                time.monotonic() - ctx.started,
+                upstream_time,
+                None,
+            )
+        gw.access_log(ctx, request)
+        return web.Response(status=resp.status, body=info.body, headers=headers)
+
+    async def _deliver_stream(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        rt: Runtime,
+        resp: UpstreamResponse,
+        lease: Lease,
+        headers: dict[str, str],
+        reservation: Reservation | None,
+        upstream_started: float,
+    ) -> web.StreamResponse | None:
+        """Stream the answer through. Returns None (try the next target) if the upstream failed
+        before anything reached the client."""
+        gw = self.gw
+        tap = StreamTap(strip_usage=not ctx.client_wants_usage, collect=rt.collect_stream)
+        chunks = resp.iter_chunks()
+        first = b""
+        try:
+            # Read until one whole event is ready: failover is still possible until then.
+            while not first:
+                chunk = await anext(chunks)
+                first = tap.feed(chunk)
+        except StopAsyncIteration:
+            first = tap.flush()
+            if not first:
+                lease.failure("Upstream ended the stream without data")
+                resp.close()
+                return None
+        except GatewayError as err:
+            lease.failure(err.message)
+            resp.close()
+            return None
+        except BaseException:
+            lease.neutral()
+            resp.close()
+            raise
+        ttft = time.monotonic() - upstream_started
+        lease.first_byte()
+        out = web.StreamResponse(status=200, headers={**headers, **_SSE_HEADERS})
+        ctx.status = 200
+        failure: GatewayError | None = None
+        client_gone = False
+        try:
+            await out.prepare(request)
+            await out.write(first)
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    rest = tap.flush()
+                    if rest:
+                        await out.write(rest)
+                    break
+                data = tap.feed(chunk)
+                if data:
+                    await out.write(data)
+            if not tap.done:
+                failure = UpstreamError("Upstream closed the stream before [DONE]")
+        except GatewayError as err:
+            failure = err
+        except (ConnectionError, asyncio.CancelledError) as exc:
+            # The client went away: stop the upstream, record what was produced.
+            client_gone = True
+            resp.close()
+            lease.neutral()
+            await self._settle(ctx, reservation, tap.usage or self._estimate(ctx, tap))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return out
+        finally:
+            await chunks.aclose()
+            resp.close()
+        if failure is not None:
+            lease.failure(failure.message)
+            try:
+                await out.write(error_event(failure))
+            except (ConnectionError, asyncio.CancelledError):
+                client_gone = True
+            ctx.status = failure.status
+        else:
+            lease.success()
+        usage = tap.usage or self._estimate(ctx, tap)
+        ctx.usage = usage
+        info = ResponseInfo(ctx.status, usage=usage)
+        if rt.wants_stream_text and tap.events is not None:
+            info.text = _stream_text(tap.events)
+        if rt.collect_stream and tap.events is not None and failure is None:
+            ctx.extra["stream_events"] = tap.events
+        try:
+            for hook in rt.hooks:
+                await hook.after_response(ctx, info)
+        except GatewayError:
+            pass  # the answer is already out; hooks cannot take it back
+        finally:
+            await self._settle(ctx, reservation, usage)
+        if gw.metrics is not None:
+            gw.metrics.request_done(
+                ctx.model,
+                ctx.target or "",
+                ctx.status,
+                time.monotonic() - ctx.started,
+                time.monotonic() - upstream_started,
+                ttft,
+            )
+        gw.access_log(ctx, request)
+        if not client_gone:
+            with contextlib.suppress(ConnectionError):
+                await out.write_eof()
+        return out
+
+    async def _settle(
+        self, ctx: RequestContext, reservation: Reservation | None, usage: Usage | None
+    ) -> None:
+        gw = self.gw
+        if usage is not None and gw.metrics is not None:
+            gw.metrics.tokens(ctx.tenant, ctx.model, usage.prompt_tokens, usage.completion_tokens)
+        if reservation is not None and gw.quota is not None:
+            if usage is None:
+                await gw.quota.release(reservation)
+            else:
+                await gw.quota.commit(reservation, usage)
+
+    def _estimate(self, ctx: RequestContext, tap: StreamTap) -> Usage | None:
+        """A stream that ended without usage (client gone, upstream broke): count one token per
+        content chunk, and the prompt by the quota estimator's rule."""
+        if tap.chunks == 0:
+            return None
+        completion = max(0, tap.chunks - 2)  # the role chunk and the finish chunk carry no text
+        prompt = 0
+        if self.gw.quota is not None:
+            prompt = self.gw.quota.estimate_prompt_tokens(ctx.endpoint, ctx.body)
+        return Usage(prompt, completion, prompt + completion)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RequestTooLargeError(f"Request body is {length} bytes; the limit is {limit} bytes.")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise RequestTooLargeError(f"Request body exceeds the limit of {limit} bytes.") from exc
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise InvalidRequestError("The request body is empty; send a JSON object.")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError("The request body is not valid UTF-8.") from exc
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"We could not parse the JSON body of your request: {exc}"
+        ) from exc
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return body
+
+
+def _upstream_body(ctx: RequestContext, upstream_model: str) -> bytes:
+    body = dict(ctx.body)
+    body["model"] = upstream_model
+    if ctx.stream and ctx.endpoint != "embeddings":
+        opts = body.get("stream_options")
+        opts = dict(opts) if isinstance(opts, dict) else {}
+        opts["include_usage"] = True
+        body["stream_options"] = opts
+    return json.dumps(body).encode()
+
+
+def _stream_text(events: list[bytes]) -> str:
+    parts: list[str] = []
+    for event in events:
+        if not event.startswith(b"data: {"):
+            continue
+        try:
+            data = json.loads(event[6:])
+        except ValueError:
+            continue
+        for choice in data.get("choices") or ():
+            delta = choice.get("delta") or {}
+            text = delta.get("content") if isinstance(delta, dict) else None
+            if text is None:
+                text = choice.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+    return "".join(parts)
+
+
+def _model_object(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
+
+
+def _json(payload: Any, rid: str) -> web.Response:
+    return web.Response(
+        body=json.dumps(payload).encode(),
+        headers={"Content-Type": _JSON_CT, "x-request-id": rid},
+    )
+
+
+def _error(err: GatewayError, rid: str) -> web.Response:
+    headers = {"Content-Type": _JSON_CT, "x-request-id": rid}
+    headers.update(err.headers)
+    return web.Response(status=err.status, body=err.body(), headers=headers)
+
+
+def _not_found(message: str) -> GatewayError:
+    from aigw.errors import NotFoundError
+
+    return NotFoundError(message)
+
+
+async def _run_on_error(rt: Runtime, ctx: RequestContext, err: GatewayError) -> None:
+    for hook in rt.hooks:
+        try:
+            await hook.on_error(ctx, err)
+        except Exception:  # a broken hook must not hide the real error
+            logging.getLogger("aigw.hooks").exception(
+                "on_error hook %s failed", type(hook).__name__
+            )
+
+
+async def not_found_handler(request: web.Request) -> web.Response:
+    return _error(_not_found(f"Unknown path {request.method} {request.path}"), _request_id())

@@ -1,0 +1,422 @@
+"""The gateway daemon's lifecycle: build everything from the config, serve the proxy on TCP and
+the admin app on a Unix socket, reload on SIGHUP, drain on SIGTERM/SIGINT.
+
+`Gateway` owns long-lived parts (state store, quota manager, rate limiter, cache, metrics) and a
+`Runtime`: the parts a config reload replaces (providers, balancers, hooks, auth). Requests hold
+on to the runtime they started with, so a reload never disturbs a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from aigw import __version__
+from aigw.balancer import Balancers
+from aigw.config import Config, ProviderConfig, load_config
+from aigw.hooks import build_hooks
+from aigw.hooks.base import Hook, RequestContext
+from aigw.paths import default_admin_socket
+from aigw.providers import Provider, build_provider
+from aigw.proxy import Authenticator, Proxy, not_found_handler
+
+if TYPE_CHECKING:
+    from aigw.cache import ResponseCache
+    from aigw.metrics import Metrics
+    from aigw.quota import QuotaManager
+    from aigw.ratelimit import RateLimiter
+    from aigw.state.base import StateStore
+
+log = logging.getLogger("aigw")
+access = logging.getLogger("aigw.access")
+
+
+class StartupError(Exception):
+    """The daemon cannot start (port in use, live daemon on the socket…): exit code 3."""
+
+
+@dataclass(eq=False)
+class Runtime:
+    """What a config reload replaces as one unit."""
+
+    config: Config
+    providers: dict[str, Provider]
+    balancers: Balancers
+    hooks: tuple[Hook, ...]
+    auth: Authenticator
+    hooks_rewrite: bool  # some hook may change the request body
+    wants_stream_text: bool  # some hook needs the text of streamed answers
+    collect_stream: bool  # keep streamed events (cache, hooks that need the text)
+
+
+class Gateway:
+    def __init__(
+        self, config: Config, *, admin_socket: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.config = config
+        self.admin_socket = Path(
+            admin_socket or config.server.admin_socket or default_admin_socket()
+        ).expanduser()
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.draining = False
+        self.store: StateStore | None = None
+        self.quota: QuotaManager | None = None
+        self.ratelimiter: RateLimiter | None = None
+        self.cache: ResponseCache | None = None
+        self.metrics: Metrics | None = None
+        self.runtime: Runtime = self._build_runtime(config, None, None)
+        self.access_logging = config.server.access_log
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.listen_address = f"{config.server.host}:{config.server.port}"
+        self.bound_port: int | None = None
+
+    # --- building ------------------------------------------------------------------------------
+
+    def _build_runtime(
+        self, config: Config, old: Runtime | None, old_balancers: Balancers | None
+    ) -> Runtime:
+        providers: dict[str, Provider] = {}
+        for name, pconf in config.providers.items():
+            reuse = old.providers.get(name) if old else None
+            if reuse is not None and _provider_config(reuse) == pconf:
+                providers[name] = reuse
+            else:
+                providers[name] = build_provider(pconf)
+        if old_balancers is not None:
+            balancers = old_balancers.reload(config.models, config.health)
+        else:
+            balancers = Balancers(config.models, config.health)
+        hooks = build_hooks(config.hooks, tuple(config.models))
+        collect = bool(config.cache.enabled) or any(h.wants_stream_text for h in hooks)
+        return Runtime(
+            config=config,
+            providers=providers,
+            balancers=balancers,
+            hooks=hooks,
+            auth=Authenticator(config.auth.keys),
+            hooks_rewrite=any(h.modifies_request for h in hooks),
+            wants_stream_text=any(h.wants_stream_text for h in hooks),
+            collect_stream=collect,
+        )
+
+    async def _open_long_lived(self) -> None:
+        config = self.config
+        from aigw.quota import QuotaManager
+        from aigw.ratelimit import RateLimiter
+        from aigw.state import open_store
+
+        self.store = await open_store(config.state)
+        self.quota = QuotaManager(self.store, config.quota)
+        await self.quota.start()
+        self.ratelimiter = RateLimiter(config.rate_limit)
+        if config.cache.enabled:
+            from aigw.cache import ResponseCache
+
+            c = config.cache
+            self.cache = ResponseCache(c.max_entries, c.max_bytes, c.ttl)
+        if config.metrics.enabled:
+            from aigw.metrics import Metrics
+
+            self.metrics = Metrics(True, config.metrics.tenant_label)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind everything or raise StartupError leaving nothing behind."""
+        self._check_admin_socket()
+        await self._open_long_lived()
+        for provider in self.runtime.providers.values():
+            await provider.start()
+        server = self.config.server
+        app = self.build_proxy_app()
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            shutdown_timeout=server.shutdown_timeout,
+            access_log=None,
+        )
+        await runner.setup()
+        try:
+            sock = _bind_tcp(server.host, server.port)
+        except OSError as exc:
+            await runner.cleanup()
+            await self._close_long_lived()
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"port {server.port} on {server.host} is already in use"
+                ) from None
+            raise StartupError(
+                f"cannot listen on {server.host}:{server.port}: {exc.strerror}"
+            ) from None
+        self.bound_port = sock.getsockname()[1]
+        self.listen_address = f"{server.host}:{self.bound_port}"
+        await web.SockSite(runner, sock).start()
+        self._runners.append(runner)
+        await self._start_admin()
+        self._tasks.append(asyncio.create_task(self._probe_loop(), name="aigw-probes"))
+
+    def build_proxy_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.config.server.max_body_size,
+            middlewares=[_not_found_middleware],
+        )
+        Proxy(self).add_routes(app)
+        return app
+
+    async def _start_admin(self) -> None:
+        from aigw.admin import build_admin_app
+
+        path = self.admin_socket
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        runner = web.AppRunner(build_admin_app(self), access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+        try:
+            site = web.UnixSite(runner, str(path))
+            await site.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self._runners.append(runner)
+
+    def _check_admin_socket(self) -> None:
+        path = self.admin_socket
+        if not path.exists():
+            return
+        if _socket_alive(path):
+            raise StartupError(f"another aigw daemon is already running on the admin socket {path}")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # stale: its daemon died without cleaning up
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight requests (up to shutdown_timeout), release all."""
+        self.draining = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        # The proxy first (drains requests), the admin socket last.
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        with contextlib.suppress(FileNotFoundError):
+            self.admin_socket.unlink()
+        for hook in self.runtime.hooks:
+            with contextlib.suppress(Exception):
+                await hook.close()
+        for provider in self.runtime.providers.values():
+            await provider.close()
+        await self._close_long_lived()
+
+    async def _close_long_lived(self) -> None:
+        if self.quota is not None:
+            await self.quota.close()
+            self.quota = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    # --- reload ----------------------------------------------------------------------------------
+
+    async def reload(self, path: str | None = None) -> Config:
+        """Re-read the config and swap the runtime; in-flight requests finish on the old one."""
+        source = path or (None if self.config.source.startswith("<") else self.config.source)
+        config = load_config(source)
+        old = self.runtime
+        new = self._build_runtime(config, old, old.balancers)
+        for provider in new.providers.values():
+            await provider.start()
+        self.runtime = new
+        self.config = config
+        self.access_logging = config.server.access_log
+        if self.ratelimiter is not None:
+            self.ratelimiter.reload(config.rate_limit)
+        if self.quota is not None:
+            self.quota.reload(config.quota)
+        retired = [p for n, p in old.providers.items() if new.providers.get(n) is not p]
+        hooks = [h for h in old.hooks if h not in new.hooks]
+        if retired or hooks:
+            self._tasks.append(asyncio.create_task(self._retire(retired, hooks)))
+        log.info("config reloaded from %s", config.source)
+        return config
+
+    async def _retire(self, providers: list[Provider], hooks: list[Hook]) -> None:
+        # Requests started on the old runtime may still use these: close them after the longest
+        # a request may take.
+        await asyncio.sleep(self.config.server.request_timeout)
+        for provider in providers:
+            await provider.close()
+        for hook in hooks:
+            await hook.close()
+
+    # --- background --------------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        while True:
+            interval = self.config.health.check_interval
+            await asyncio.sleep(min(interval, 1.0) if interval > 0 else 1.0)
+            if interval <= 0:
+                continue
+            rt = self.runtime
+            for target in rt.balancers.targets_for_probe():
+                provider = rt.providers.get(target.provider)
+                if provider is None:
+                    continue
+                try:
+                    await provider.probe()
+                except Exception as exc:  # any failure is a failed probe
+                    rt.balancers.record_probe(target, False, str(exc)[:200])
+                else:
+                    rt.balancers.record_probe(target, True, None)
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime": time.monotonic() - self.started,
+            "config": self.config.source,
+            "listen": f"http://{self.listen_address}",
+            "admin_socket": str(self.admin_socket),
+            "state_backend": self.config.state.backend,
+            "models": list(self.config.models),
+            "providers": list(self.config.providers),
+            "draining": self.draining,
+        }
+
+    def refresh_gauges(self) -> None:
+        """Push health/circuit state into the metrics gauges (cheap; done at scrape time)."""
+        if self.metrics is None:
+            return
+        snapshot = self.runtime.balancers.snapshot()
+        for model in snapshot.models:
+            for target in model.targets:
+                self.metrics.target_state(target.id, target.health == "healthy", target.circuit)
+        if self.cache is not None:
+            self.metrics.cache_size(self.cache.entries, self.cache.bytes)
+
+    def access_log(self, ctx: RequestContext, request: web.Request) -> None:
+        if not self.access_logging:
+            return
+        usage = ctx.usage
+        access.info(
+            '%s "%s %s" %s tenant=%s model=%s target=%s tokens=%s %.1fms',
+            ctx.request_id,
+            request.method,
+            request.path,
+            ctx.status,
+            ctx.tenant or "-",
+            ctx.model or "-",
+            ctx.target or "-",
+            usage.total_tokens if usage else "-",
+            (time.monotonic() - ctx.started) * 1000,
+        )
+
+
+def _provider_config(provider: Provider) -> ProviderConfig | None:
+    return getattr(provider, "config", None)
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _socket_alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+@web.middleware
+async def _not_found_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPNotFound:
+        return await not_found_handler(request)
+    except web.HTTPMethodNotAllowed:
+        from aigw.errors import InvalidRequestError
+        from aigw.proxy import _error, _request_id
+
+        err = InvalidRequestError(f"Method {request.method} is not allowed on {request.path}")
+        err.status = 405
+        return _error(err, _request_id())
+    return response
+
+
+# --- running in the foreground ---------------------------------------------------------------
+
+
+async def run(config: Config, *, admin_socket: str | None = None, ready: Any = None) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+    gateway = Gateway(config, admin_socket=admin_socket)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = 0
+    reloads: set[asyncio.Future[None]] = set()
+
+    def on_stop() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:  # a second Ctrl+C: stop waiting for stragglers
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
+    def on_hup() -> None:
+        async def do() -> None:
+            try:
+                await gateway.reload()
+            except Exception as exc:  # keep serving the old config
+                log.error("reload failed, keeping the running config: %s", exc)
+
+        reloads.add(task := asyncio.ensure_future(do()))
+        task.add_done_callback(reloads.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    log.info(
+        "aigw %s serving http://%s/v1 (admin socket %s, config %s)",
+        __version__,
+        gateway.listen_address,
+        gateway.admin_socket,
+        config.source,
+    )
+    if ready is not None:
+        ready(gateway)
+    await stop.wait()
+    log.info("draining in-flight requests (up to %ss)", config.server.shutdown_timeout)
+    await gateway.stop()
+    log.info("stopped")
+    return 0

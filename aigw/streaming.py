@@ -1,0 +1,124 @@
+"""Server-sent-event pass-through: frame upstream bytes into whole events, pick out usage.
+
+Events are forwarded as whole frames (so an in-band error event can never be spliced into the
+middle of one), one write per upstream read. Only events that carry a non-null `usage` are
+parsed as JSON; every other chunk is passed through as bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aigw.hooks.base import Usage
+
+_SEP = b"\n\n"
+_USAGE_KEY = b'"usage"'
+# When the client did not ask for usage, OpenAI sends no usage key at all; upstream we asked for
+# it, so every chunk carries `"usage": null`, which is cut out again (cheap bytes.replace).
+_NULL_USAGE = (b',"usage":null', b', "usage": null')
+
+
+class StreamTap:
+    __slots__ = ("_buf", "chunks", "done", "events", "strip_usage", "usage")
+
+    def __init__(self, *, strip_usage: bool, collect: bool = False) -> None:
+        self._buf = b""
+        self.strip_usage = strip_usage
+        self.usage: Usage | None = None
+        #: Every event, kept only when someone needs the whole answer (cache, audit bodies).
+        self.events: list[bytes] | None = [] if collect else None
+        #: `data:` events seen: the completion-token estimate when a stream ends without usage.
+        self.chunks = 0
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take upstream bytes; return the whole events to forward now (maybe b"")."""
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        end = buf.rfind(_SEP)
+        if end < 0:
+            self._buf = buf
+            return b""
+        end += 2
+        complete = buf[:end]
+        self._buf = buf[end:]
+        self.chunks += complete.count(b"data:")
+        if _USAGE_KEY in complete:
+            complete = self._pick_usage(complete)
+        if b"data: [DONE]" in complete:
+            self.done = True
+        if self.events is not None:
+            self.events.extend(e for e in complete.split(_SEP) if e)
+        return complete
+
+    def flush(self) -> bytes:
+        """Whatever is left at the end of the stream (an unterminated last event)."""
+        rest, self._buf = self._buf, b""
+        if rest.strip():
+            return self.feed(rest + _SEP)
+        return b""
+
+    def _pick_usage(self, complete: bytes) -> bytes:
+        out: list[bytes] = []
+        changed = False
+        for event in complete.split(_SEP):
+            if not event:
+                continue
+            if _USAGE_KEY in event and not any(n in event for n in _NULL_USAGE):
+                data = _event_json(event)
+                if data is not None:
+                    usage = Usage.from_json(data.get("usage"))
+                    if usage is not None:
+                        self.usage = usage
+                        if self.strip_usage:
+                            changed = True
+                            if not data.get("choices"):
+                                continue  # the usage-only chunk the client did not ask for
+                            data.pop("usage", None)
+                            event = b"data: " + json.dumps(data).encode()
+            elif self.strip_usage:
+                for null in _NULL_USAGE:
+                    if null in event:
+                        event = event.replace(null, b"")
+                        changed = True
+            out.append(event)
+        if not changed:
+            return complete
+        return b"".join(e + _SEP for e in out)
+
+
+def _event_json(event: bytes) -> dict[str, Any] | None:
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return None
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def usage_from_body(body: bytes) -> Usage | None:
+    """Usage of a non-streamed answer without parsing the whole (maybe large) body: OpenAI puts
+    `usage` last, so parse only from its last key occurrence; fall back to a full parse."""
+    idx = body.rfind(_USAGE_KEY)
+    if idx > 0 and body[idx - 1 : idx] != b"\\":
+        colon = body.find(b":", idx + len(_USAGE_KEY))
+        if colon > 0:
+            try:
+                value, _ = json.JSONDecoder().raw_decode(body[colon + 1 :].decode().lstrip())
+            except (ValueError, UnicodeDecodeError):
+                value = None
+            usage = Usage.from_json(value)
+            if usage is not None:
+                return usage
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return Usage.from_json(data.get("usage")) if isinstance(data, dict) else None

@@ -1,0 +1,238 @@
+"""`aigw serve` as a real subprocess: the openai SDK against it, signals, the admin socket,
+start-up failures, and no secret in anything it prints."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import Daemon, cli_env
+from tests.upstream import WORDS, Upstream
+
+pytestmark = pytest.mark.slow
+
+PROVIDER_KEY = "sk-provider-SECRET-0123456789abcdef"
+TENANT_KEY = "sk-tenant-SECRET-fedcba9876543210"
+
+
+def config_for(upstream_url: str, *, keys: bool = False, extra: str = "") -> str:
+    auth = 'auth:\n  keys:\n    - {key: "${TEAM_KEY}", tenant: team-a}\n' if keys else ""
+    return f"""\
+version: 1
+server: {{shutdown_timeout: 10s}}
+state: {{backend: memory}}
+{auth}providers:
+  up: {{type: openai, base_url: "{upstream_url}", api_key: "${{UP_KEY}}", timeout: 5s}}
+models:
+  gpt-test:
+    targets: [{{provider: up, model: up-model}}]
+{extra}"""
+
+
+MINIMAL = """\
+version: 1
+state: {backend: memory}
+providers: {mock: {type: mock}}
+models: {mock: {targets: [{provider: mock}]}}
+"""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aigw", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(env),
+        timeout=30,
+    )
+
+
+async def test_openai_sdk_against_daemon(upstream: Upstream, daemon_factory: Any) -> None:
+    env = {"UP_KEY": PROVIDER_KEY, "TEAM_KEY": TENANT_KEY}
+    d: Daemon = daemon_factory(config_for(upstream.url, keys=True), env=env)
+    client = openai.AsyncOpenAI(base_url=d.v1, api_key=TENANT_KEY, max_retries=0)
+    done = await client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert done.choices[0].message.content == " ".join(WORDS)
+    chunks = [
+        c
+        async for c in await client.chat.completions.create(
+            model="gpt-test",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    ]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == " ".join(WORDS)
+    assert [c.usage.total_tokens for c in chunks if c.usage] == [7 + len(WORDS)]
+    emb = await client.embeddings.create(model="gpt-test", input="x", encoding_format="float")
+    assert emb.data[0].embedding == [0.25, 0.5, 0.75]
+    emb64 = await client.embeddings.create(model="gpt-test", input="x")
+    assert emb64.data[0].embedding == [0.25, 0.5, 0.75]
+    assert [m.id async for m in client.models.list()] == ["gpt-test"]
+    await client.close()
+    # the provider key went upstream, the tenant key did not
+    assert upstream.headers[0]["Authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert all(TENANT_KEY not in str(h) for h in upstream.headers)
+
+    # status over the admin socket, 0600
+    assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
+    status = run_cli("status", "--admin-socket", str(d.socket))
+    assert status.returncode == 0, status.stderr
+    assert str(d.proc.pid) in status.stdout
+
+    bad = openai.AsyncOpenAI(base_url=d.v1, api_key="sk-guess", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        await bad.models.list()
+    await bad.close()
+
+    assert d.terminate() == 0
+    assert not d.socket.exists()
+    output = d.output() + status.stdout + status.stderr
+    for secret in (PROVIDER_KEY, TENANT_KEY, "sk-guess"):
+        assert secret not in output
+
+
+async def test_sigterm_drains_a_long_stream(upstream: Upstream, daemon_factory: Any) -> None:
+    upstream.behaviour.words = ["w"] * 40
+    upstream.behaviour.chunk_delay = 0.05  # a 2-second stream
+    d: Daemon = daemon_factory(config_for(upstream.url), env={"UP_KEY": "k"})
+    client = openai.OpenAI(base_url=d.v1, api_key="x", max_retries=0)
+    received: list[str] = []
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            stream = client.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    received.append(chunk.choices[0].delta.content)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not received and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # the upstream runs on this loop: never block it
+    assert received, "the stream never started"
+    d.proc.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(worker.join, 15)
+    assert not errors, errors
+    assert "".join(received) == " ".join(["w"] * 40)
+    assert await asyncio.to_thread(d.proc.wait, 15) == 0
+    assert not d.socket.exists()
+    client.close()
+
+
+def test_second_daemon_on_same_socket_exits_3(daemon_factory: Any, tmp_path: Path) -> None:
+    d: Daemon = daemon_factory(MINIMAL)
+    cfg = tmp_path / "second.yaml"
+    cfg.write_text(MINIMAL)
+    second = run_cli("serve", "--config", str(cfg), "--port", "0", "--admin-socket", str(d.socket))
+    assert second.returncode == 3
+    assert "already running" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert d.terminate() == 0
+
+
+def test_port_in_use_exits_3(tmp_path: Path, sock_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(MINIMAL)
+        result = run_cli(
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            str(port),
+            "--admin-socket",
+            str(sock_dir / "a.sock"),
+        )
+    assert result.returncode == 3
+    assert f"port {port}" in result.stderr and "in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (sock_dir / "a.sock").exists()
+
+
+def test_bad_config_exits_3_with_location(tmp_path: Path, sock_dir: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("version: 1\nserver:\n  prot: 80\n")
+    result = run_cli("serve", "--config", str(cfg), "--admin-socket", str(sock_dir / "a.sock"))
+    assert result.returncode == 3
+    assert f"{cfg}:3" in result.stderr and "server.prot" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stale_socket_is_replaced(daemon_factory: Any, sock_dir: Path) -> None:
+    stale = sock_dir / "admin.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()  # a socket file nobody listens on
+    d: Daemon = daemon_factory(MINIMAL)
+    assert run_cli("status", "--admin-socket", str(d.socket)).returncode == 0
+    assert d.terminate() == 0
+
+
+def test_status_without_daemon(sock_dir: Path) -> None:
+    result = run_cli("status", "--admin-socket", str(sock_dir / "none.sock"))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no aigw daemon is running" in result.stderr
+
+
+def test_builtin_default_serves_mock(tmp_path: Path, sock_dir: Path) -> None:
+    """No config file, no keys, no network: the mock provider answers model `mock`."""
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "none"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aigw",
+            "serve",
+            "--port",
+            "0",
+            "--admin-socket",
+            str(sock_dir / "admin.sock"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(env),
+    )
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while "serving" not in line:
+            line = proc.stdout.readline()
+            assert line, "daemon exited"
+        url = line.split("serving ")[1].split()[0]
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        answer = client.chat.completions.create(
+            model="mock", messages=[{"role": "user", "content": "ping"}]
+        )
+        assert answer.choices[0].message.content == "You said: ping"
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
