@@ -1,7 +1,7 @@
 """The request pipeline: auth → rate limit → parse + hooks → quota → cache → balancer → upstream.
 
-Handlers are thin: each turns an aiohttp request into a `RequestContext`, runs `Pipeline.run()`,
-and every failure is a `GatewayError` turned into OpenAI error JSON in one place (`_error`).
+Handlers are thin: each turns an aiohttp request into a `RequestContext` and runs the pipeline;
+every failure is a `GatewayError`, turned into OpenAI error JSON in one place (`_error`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,25 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from aigw.cache import (
+    CachedResponse,
+    ResponseCache,
+    assemble_stream,
+    cache_key,
+    parse_cache_control,
+    replay_as_sse,
+)
 from aigw.config import AuthKey
 from aigw.errors import (
     AuthenticationError,
+    ContentFilteredError,
     GatewayError,
     InvalidRequestError,
+    ModelNotFoundError,
     NoHealthyTargetError,
+    NotFoundError,
+    QuotaExceededError,
+    RateLimitError,
     RequestTooLargeError,
     UpstreamError,
     UpstreamStatusError,
@@ -31,12 +44,17 @@ from aigw.errors import (
     error_event,
 )
 from aigw.hooks.base import RequestContext, ResponseInfo, Usage
+from aigw.quota import is_valid_tenant
+from aigw.ratelimit import UNLIMITED, limit_error
+from aigw.ratelimit import headers as rate_headers
 from aigw.streaming import StreamTap, usage_from_body
 
 if TYPE_CHECKING:
-    from aigw.balancer import Lease
+    from aigw.balancer import Lease, TargetState
     from aigw.providers.base import UpstreamResponse
+    from aigw.metrics import RejectionReason
     from aigw.quota import Reservation
+    from aigw.ratelimit import RateLimiter
     from aigw.server import Gateway, Runtime
 
 log = logging.getLogger("aigw.access")
@@ -47,7 +65,6 @@ _SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-_TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 class Authenticator:
@@ -69,7 +86,7 @@ class Authenticator:
     def tenant(self, headers: Mapping[str, str]) -> str:
         if not self._by_digest:
             tenant = headers.get("X-Aigw-Tenant") or "default"
-            if len(tenant) > 64 or not _TENANT_CHARS.issuperset(tenant):
+            if not is_valid_tenant(tenant):
                 raise InvalidRequestError(
                     "X-Aigw-Tenant must be 1-64 characters of letters, digits, '.', '_' or '-'",
                     param="X-Aigw-Tenant",
@@ -130,8 +147,6 @@ class Proxy:
         try:
             self.gw.runtime.auth.tenant(request.headers)
             if name not in self.gw.runtime.config.models:
-                from aigw.errors import ModelNotFoundError
-
                 raise ModelNotFoundError(name)
         except GatewayError as err:
             return _error(err, rid)
@@ -156,48 +171,60 @@ class Proxy:
         rid = _request_id()
         ctx = RequestContext(rid, "", endpoint, {}, time.monotonic(), headers=request.headers)
         headers: dict[str, str] = {"x-request-id": rid}
+        charge = Charge()
         metrics = gw.metrics
         if metrics is not None:
             metrics.in_flight(1)
-        reservation: Reservation | None = None
         try:
             ctx.tenant = rt.auth.tenant(request.headers)
-            if gw.ratelimiter is not None:
-                decision = gw.ratelimiter.check_request(ctx.tenant)
-                headers.update(gw.ratelimiter.headers(decision, None))
-                if not decision.allowed:
-                    from aigw.errors import RateLimitError
-
-                    raise RateLimitError(
-                        f"Rate limit reached for tenant '{ctx.tenant}': "
-                        f"{decision.limit} requests per burst. Retry later.",
-                        decision.retry_after,
-                        headers=headers,
-                    )
+            limiter = gw.ratelimiter
+            req_decision = UNLIMITED
+            if limiter is not None:
+                req_decision = limiter.check_request(ctx.tenant)
+                if not req_decision.allowed:
+                    raise limit_error(ctx.tenant, req_decision)
+                headers.update(rate_headers(req_decision))
             raw = await _read_body(request, rt.config.server.max_body_size)
             ctx.body = _parse_body(raw)
             model = ctx.body.get("model")
             ctx.model = model if isinstance(model, str) else ""
             for hook in rt.hooks:
                 await hook.before_request(ctx)
-            ctx.stream = ctx.body.get("stream") is True
+            body = ctx.body
+            model = body.get("model")
+            ctx.model = model if isinstance(model, str) else ctx.model
+            ctx.stream = body.get("stream") is True
             if ctx.stream:
-                opts = ctx.body.get("stream_options")
+                opts = body.get("stream_options")
                 ctx.client_wants_usage = (
                     isinstance(opts, dict) and opts.get("include_usage") is True
                 )
-            model = ctx.body.get("model")
-            ctx.model = model if isinstance(model, str) else ctx.model
-            if gw.quota is not None:
-                reservation = await gw.quota.reserve(
-                    ctx.tenant, gw.quota.estimate_tokens(endpoint, ctx.body)
-                )
-            return await self._forward(request, ctx, rt, raw, headers, reservation)
+            quota = gw.quota
+            if quota is not None:
+                charge.estimate = quota.estimate_tokens(endpoint, body)
+            if limiter is not None:
+                tok_decision = limiter.check_tokens(ctx.tenant, charge.estimate)
+                if not tok_decision.allowed:
+                    raise limit_error(ctx.tenant, req_decision, tok_decision)
+                if tok_decision.limit:
+                    charge.limiter = limiter
+                    headers.update(rate_headers(req_decision, tok_decision))
+            if quota is not None:
+                charge.reservation = await quota.reserve(ctx.tenant, charge.estimate)
+            cache = gw.cache
+            if cache is not None:
+                hit = self._cache_lookup(request, ctx, cache, charge)
+                if hit is not None:
+                    return await self._serve_cached(request, ctx, rt, hit, headers, charge)
+                headers["x-aigw-cache"] = "miss"
+            return await self._forward(request, ctx, rt, raw, headers, charge)
         except GatewayError as err:
-            if reservation is not None and gw.quota is not None:
-                await gw.quota.release(reservation)
+            await self._settle(ctx, charge, None)
             ctx.status = err.status
             if metrics is not None:
+                reason = _rejection_reason(err)
+                if reason is not None:
+                    metrics.rejected(reason)
                 metrics.request_done(
                     ctx.model,
                     ctx.target or "",
@@ -214,6 +241,78 @@ class Proxy:
             if metrics is not None:
                 metrics.in_flight(-1)
 
+    # --- cache -----------------------------------------------------------------------------------
+
+    def _cache_lookup(
+        self, request: web.Request, ctx: RequestContext, cache: ResponseCache, charge: Charge
+    ) -> CachedResponse | None:
+        directives = parse_cache_control(request.headers.get("Cache-Control"))
+        key = cache_key(ctx.tenant, ctx.endpoint, ctx.body)
+        if key is None:
+            return None
+        charge.cache = cache
+        charge.cache_key = None if directives.no_store else key
+        if directives.no_cache:
+            return None
+        hit = cache.get(key, directives.max_age)
+        metrics = self.gw.metrics
+        if metrics is not None:
+            metrics.cache_event("hit" if hit is not None else "miss")
+        return hit
+
+    async def _serve_cached(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        rt: Runtime,
+        hit: CachedResponse,
+        headers: dict[str, str],
+        charge: Charge,
+    ) -> web.StreamResponse:
+        """Replay a stored answer: no upstream call, zero quota tokens."""
+        charge.cache_key = None  # nothing to store again
+        ctx.cache = "hit"
+        ctx.status = 200
+        headers.update(hit.headers)
+        headers["x-aigw-cache"] = "hit"
+        ctx.provider = hit.headers.get("x-aigw-provider")
+        info = ResponseInfo(200, body=hit.body, usage=hit.usage)
+        for hook in rt.hooks:
+            await hook.after_response(ctx, info)
+        await self._settle(ctx, charge, None)
+        if self.gw.metrics is not None:
+            self.gw.metrics.request_done(
+                ctx.model, "cache", 200, time.monotonic() - ctx.started, 0.0, None
+            )
+        self.gw.access_log(ctx, request)
+        if not ctx.stream:
+            return web.Response(status=200, body=hit.body, headers=headers)
+        headers.pop("content-type", None)
+        out = web.StreamResponse(status=200, headers={**headers, **_SSE_HEADERS})
+        await out.prepare(request)
+        await out.write(b"".join(replay_as_sse(hit.body, ctx.endpoint, ctx.client_wants_usage)))
+        await out.write_eof()
+        return out
+
+    def _cache_store(
+        self, ctx: RequestContext, charge: Charge, body: bytes | None, headers: dict[str, str]
+    ) -> None:
+        cache, key = charge.cache, charge.cache_key
+        if cache is None or key is None or body is None:
+            return
+        stored = {"content-type": _JSON_CT}
+        for name in ("x-aigw-provider", "x-aigw-model"):
+            if name in headers:
+                stored[name] = headers[name]
+        evicted = cache.put(key, CachedResponse(body=body, usage=ctx.usage, headers=stored))
+        metrics = self.gw.metrics
+        if metrics is not None:
+            if evicted:
+                metrics.cache_event("eviction", evicted)
+            metrics.cache_size(cache.entries, cache.bytes)
+
+    # --- upstream --------------------------------------------------------------------------------
+
     async def _forward(
         self,
         request: web.Request,
@@ -221,39 +320,35 @@ class Proxy:
         rt: Runtime,
         raw: bytes,
         headers: dict[str, str],
-        reservation: Reservation | None,
+        charge: Charge,
     ) -> web.StreamResponse:
         """Try targets (failover before the first byte), then deliver the answer."""
         deadline = ctx.started + rt.config.server.request_timeout
         rewrite = rt.hooks_rewrite
-        chain = [ctx.model]
         balancer = rt.balancers.get(ctx.model)
         if balancer is None:
-            from aigw.errors import ModelNotFoundError
-
             raise ModelNotFoundError(ctx.model)
-        chain.extend(balancer.fallbacks)
+        chain = (balancer, *(rt.balancers.get(name) for name in balancer.fallbacks))
         last_error: GatewayError | None = None
         soonest = float("inf")
-        for model_name in chain:
-            bal = rt.balancers.get(model_name)
+        for bal in chain:
             if bal is None:
                 continue
-            tried: list[Any] = []
+            tried: list[TargetState] = []
             for _ in range(bal.retries + 1):
                 lease = bal.acquire(tried)
                 if lease is None:
                     soonest = min(soonest, bal.soonest_recovery())
                     break
-                tried.append(lease.target)
                 target = lease.target
+                tried.append(target)
                 provider = rt.providers[target.provider]
                 ctx.provider, ctx.target = target.provider, target.id
                 left = deadline - time.monotonic()
                 if left <= 0:
                     lease.neutral()
                     raise UpstreamTimeoutError(
-                        "Request deadline passed before an upstream answered"
+                        "The request deadline passed before an upstream answered"
                     )
                 body = raw
                 if (
@@ -273,34 +368,20 @@ class Proxy:
                     lease.neutral()
                     raise
                 if resp.status >= 400:
-                    try:
-                        err_body = await resp.read()
-                    except GatewayError as err:
-                        lease.failure(err.message)
-                        last_error = err
-                        continue
-                    finally:
-                        resp.close()
-                    status_err = UpstreamStatusError(resp.status, err_body)
+                    status_err = await _status_error(resp, lease)
                     if status_err.client_fault:
-                        lease.neutral()
                         raise status_err
-                    lease.failure(f"HTTP {resp.status}: {status_err.message}"[:200])
                     last_error = status_err
                     continue
                 headers["x-aigw-provider"] = target.provider
                 headers["x-aigw-model"] = target.model
-                if ctx.stream:
-                    result = await self._deliver_stream(
-                        request, ctx, rt, resp, lease, headers, reservation, upstream_started
-                    )
-                else:
-                    result = await self._deliver(
-                        request, ctx, rt, resp, lease, headers, reservation, upstream_started
-                    )
+                deliver = self._deliver_stream if ctx.stream else self._deliver
+                result = await deliver(
+                    request, ctx, rt, resp, lease, headers, charge, upstream_started
+                )
                 if result is not None:
                     return result
-                last_error = UpstreamError("Upstream stream broke before the first byte")
+                last_error = UpstreamError("The upstream failed before sending its answer")
         if last_error is not None:
             raise last_error
         raise NoHealthyTargetError(
@@ -316,10 +397,10 @@ class Proxy:
         resp: UpstreamResponse,
         lease: Lease,
         headers: dict[str, str],
-        reservation: Reservation | None,
+        charge: Charge,
         upstream_started: float,
     ) -> web.StreamResponse | None:
-        gw = self.gw
+        """A whole (non-streamed) answer. None: the upstream failed, try the next target."""
         try:
             body = await resp.read()
         except GatewayError as err:
@@ -331,18 +412,18 @@ class Proxy:
             raise
         lease.success()
         upstream_time = time.monotonic() - upstream_started
-        usage = usage_from_body(body)
-        ctx.usage = usage
+        ctx.usage = usage_from_body(body)
         ctx.status = resp.status
-        info = ResponseInfo(resp.status, body=body, usage=usage)
+        info = ResponseInfo(resp.status, body=body, usage=ctx.usage)
         try:
             for hook in rt.hooks:
                 await hook.after_response(ctx, info)
         finally:
-            await self._settle(ctx, reservation, usage)
+            await self._settle(ctx, charge, ctx.usage)
         headers["Content-Type"] = resp.headers.get("content-type", _JSON_CT)
-        if gw.metrics is not None:
-            gw.metrics.request_done(
+        self._cache_store(ctx, charge, info.body, headers)
+        if self.gw.metrics is not None:
+            self.gw.metrics.request_done(
                 ctx.model,
                 ctx.target or "",
                 resp.status,
@@ -350,7 +431,7 @@ class Proxy:
                 upstream_time,
                 None,
             )
-        gw.access_log(ctx, request)
+        self.gw.access_log(ctx, request)
         return web.Response(status=resp.status, body=info.body, headers=headers)
 
     async def _deliver_stream(
@@ -361,12 +442,11 @@ class Proxy:
         resp: UpstreamResponse,
         lease: Lease,
         headers: dict[str, str],
-        reservation: Reservation | None,
+        charge: Charge,
         upstream_started: float,
     ) -> web.StreamResponse | None:
-        """Stream the answer through. Returns None (try the next target) if the upstream failed
-        before anything reached the client."""
-        gw = self.gw
+        """Stream the answer through. None: the upstream failed before anything reached the
+        client, try the next target."""
         tap = StreamTap(strip_usage=not ctx.client_wants_usage, collect=rt.collect_stream)
         chunks = resp.iter_chunks()
         first = b""
@@ -378,7 +458,7 @@ class Proxy:
         except StopAsyncIteration:
             first = tap.flush()
             if not first:
-                lease.failure("Upstream ended the stream without data")
+                lease.failure("The upstream ended the stream without data")
                 resp.close()
                 return None
         except GatewayError as err:
@@ -394,7 +474,6 @@ class Proxy:
         out = web.StreamResponse(status=200, headers={**headers, **_SSE_HEADERS})
         ctx.status = 200
         failure: GatewayError | None = None
-        client_gone = False
         try:
             await out.prepare(request)
             await out.write(first)
@@ -410,15 +489,17 @@ class Proxy:
                 if data:
                     await out.write(data)
             if not tap.done:
-                failure = UpstreamError("Upstream closed the stream before [DONE]")
+                failure = UpstreamError("The upstream closed the stream before [DONE]")
         except GatewayError as err:
             failure = err
         except (ConnectionError, asyncio.CancelledError) as exc:
-            # The client went away: stop the upstream, record what was produced.
-            client_gone = True
+            # The client went away: stop the upstream, still record what was produced.
             resp.close()
             lease.neutral()
-            await self._settle(ctx, reservation, tap.usage or self._estimate(ctx, tap))
+            ctx.status = 499  # client closed request (nginx's convention)
+            ctx.usage = tap.usage or self._estimate(ctx, tap)
+            await self._settle(ctx, charge, ctx.usage)
+            await self._after_stream(ctx, rt, tap, request)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return out
@@ -427,53 +508,65 @@ class Proxy:
             resp.close()
         if failure is not None:
             lease.failure(failure.message)
-            try:
-                await out.write(error_event(failure))
-            except (ConnectionError, asyncio.CancelledError):
-                client_gone = True
             ctx.status = failure.status
+            with contextlib.suppress(ConnectionError):
+                await out.write(error_event(failure))
         else:
             lease.success()
-        usage = tap.usage or self._estimate(ctx, tap)
-        ctx.usage = usage
-        info = ResponseInfo(ctx.status, usage=usage)
+        ctx.usage = tap.usage or self._estimate(ctx, tap)
+        await self._settle(ctx, charge, ctx.usage)
+        if failure is None and charge.cache_key is not None and tap.events is not None:
+            self._cache_store(
+                ctx, charge, assemble_stream(tap.events, ctx.endpoint, usage=tap.usage), headers
+            )
+        await self._after_stream(ctx, rt, tap, request)
+        if self.gw.metrics is not None:
+            now = time.monotonic()
+            self.gw.metrics.request_done(
+                ctx.model,
+                ctx.target or "",
+                ctx.status,
+                now - ctx.started,
+                now - upstream_started,
+                ttft,
+            )
+        with contextlib.suppress(ConnectionError):
+            await out.write_eof()
+        return out
+
+    async def _after_stream(
+        self, ctx: RequestContext, rt: Runtime, tap: StreamTap, request: web.Request
+    ) -> None:
+        info = ResponseInfo(ctx.status, usage=ctx.usage)
         if rt.wants_stream_text and tap.events is not None:
             info.text = _stream_text(tap.events)
-        if rt.collect_stream and tap.events is not None and failure is None:
-            ctx.extra["stream_events"] = tap.events
         try:
             for hook in rt.hooks:
                 await hook.after_response(ctx, info)
         except GatewayError:
-            pass  # the answer is already out; hooks cannot take it back
-        finally:
-            await self._settle(ctx, reservation, usage)
-        if gw.metrics is not None:
-            gw.metrics.request_done(
-                ctx.model,
-                ctx.target or "",
-                ctx.status,
-                time.monotonic() - ctx.started,
-                time.monotonic() - upstream_started,
-                ttft,
-            )
-        gw.access_log(ctx, request)
-        if not client_gone:
-            with contextlib.suppress(ConnectionError):
-                await out.write_eof()
-        return out
+            pass  # the answer is already out: a hook cannot take it back
+        self.gw.access_log(ctx, request)
 
-    async def _settle(
-        self, ctx: RequestContext, reservation: Reservation | None, usage: Usage | None
-    ) -> None:
+    async def _settle(self, ctx: RequestContext, charge: Charge, usage: Usage | None) -> None:
+        """Replace the request's worst-case charges (quota reservation, token-rate estimate)
+        by what it really used; exactly once per request."""
+        if charge.settled:
+            return
+        charge.settled = True
         gw = self.gw
+        used = usage.total_tokens if usage is not None else 0
+        if charge.limiter is not None:
+            if used > charge.estimate:
+                charge.limiter.add_tokens(ctx.tenant, used - charge.estimate)
+            elif used < charge.estimate:
+                charge.limiter.refund_tokens(ctx.tenant, charge.estimate - used)
         if usage is not None and gw.metrics is not None:
             gw.metrics.tokens(ctx.tenant, ctx.model, usage.prompt_tokens, usage.completion_tokens)
-        if reservation is not None and gw.quota is not None:
+        if charge.reservation is not None and gw.quota is not None:
             if usage is None:
-                await gw.quota.release(reservation)
+                await gw.quota.release(charge.reservation)
             else:
-                await gw.quota.commit(reservation, usage)
+                await gw.quota.commit(charge.reservation, usage)
 
     def _estimate(self, ctx: RequestContext, tap: StreamTap) -> Usage | None:
         """A stream that ended without usage (client gone, upstream broke): count one token per
@@ -485,6 +578,52 @@ class Proxy:
         if self.gw.quota is not None:
             prompt = self.gw.quota.estimate_prompt_tokens(ctx.endpoint, ctx.body)
         return Usage(prompt, completion, prompt + completion)
+
+
+class Charge:
+    """What a request has provisionally taken (quota reservation, token-rate estimate) and may
+    store (cache key), settled once when it ends."""
+
+    __slots__ = ("cache", "cache_key", "estimate", "limiter", "reservation", "settled")
+
+    def __init__(self) -> None:
+        self.estimate = 0
+        self.reservation: Reservation | None = None
+        self.limiter: RateLimiter | None = None  # set only when a token limit applies
+        self.cache: ResponseCache | None = None
+        self.cache_key: bytes | None = None  # None: do not store the answer
+        self.settled = False
+
+
+async def _status_error(resp: UpstreamResponse, lease: Lease) -> GatewayError:
+    """Turn an upstream error status into an error, charging the target only for its faults."""
+    try:
+        body = await resp.read()
+    except GatewayError as broken:
+        lease.failure(broken.message)
+        return broken
+    finally:
+        resp.close()
+    err = UpstreamStatusError(resp.status, body)
+    if err.client_fault:
+        lease.neutral()
+    else:
+        lease.failure(f"HTTP {resp.status}: {err.message}"[:200])
+    return err
+
+
+def _rejection_reason(err: GatewayError) -> RejectionReason | None:
+    if isinstance(err, RateLimitError):
+        return "rate_limit"
+    if isinstance(err, QuotaExceededError):
+        return "quota"
+    if isinstance(err, ContentFilteredError):
+        return "content_filter"
+    if isinstance(err, AuthenticationError):
+        return "auth"
+    if isinstance(err, (InvalidRequestError, RequestTooLargeError, ModelNotFoundError)):
+        return "invalid"
+    return None
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -568,8 +707,6 @@ def _error(err: GatewayError, rid: str) -> web.Response:
 
 
 def _not_found(message: str) -> GatewayError:
-    from aigw.errors import NotFoundError
-
     return NotFoundError(message)
 
 
