@@ -123,6 +123,10 @@ class QuotaExceededError(GatewayError):
         super().__init__(message, headers={"x-should-retry": "false"})
 
 
+#: Upstream 4xx statuses that are the target's fault: failed over and counted against it.
+TARGET_FAULT_4XX = frozenset({401, 403, 404, 408, 429})
+
+
 class UpstreamStatusError(GatewayError):
     """The upstream answered with an error status; its body is passed to the client unchanged
     when it is OpenAI-shaped, and wrapped otherwise."""
@@ -139,8 +143,9 @@ class UpstreamStatusError(GatewayError):
         self.type = etype or ("invalid_request_error" if status < 500 else "server_error")
         super().__init__(message, param=param, code=code, headers=headers)
         self.openai_shaped = _is_openai_error(raw_body)
-        # The target is at fault for 5xx and 429 (overloaded); a 4xx is the client's request.
-        self.client_fault = status < 500 and status != 429
+        # The target is at fault for 5xx, 429 (overloaded) and the statuses that mean it is
+        # misconfigured (bad key, unknown upstream model, timeout); other 4xx are the client's.
+        self.client_fault = status < 500 and status not in TARGET_FAULT_4XX
 
     def body(self) -> bytes:
         if self.openai_shaped:

@@ -344,3 +344,12 @@ class _Collector:
 
     def describe(self) -> Sequence[Metric]:
         return ()
+
+
+def reference_markdown() -> str:
+    """The README's metrics table, generated from METRICS_DOC."""
+    rows = ["| metric | type | labels | description |", "|---|---|---|---|"]
+    for name, kind, labels, help_text in METRICS_DOC:
+        label_text = ", ".join(f"`{label}`" for label in labels) or "-"
+        rows.append(f"| `{name}` | {kind} | {label_text} | {help_text} |")
+    return "\n".join(rows)

@@ -51,8 +51,8 @@ from aigw.streaming import StreamTap, usage_from_body
 
 if TYPE_CHECKING:
     from aigw.balancer import Lease, TargetState
-    from aigw.providers.base import UpstreamResponse
     from aigw.metrics import RejectionReason
+    from aigw.providers.base import UpstreamResponse
     from aigw.quota import Reservation
     from aigw.ratelimit import RateLimiter
     from aigw.server import Gateway, Runtime
@@ -469,7 +469,7 @@ class Proxy:
             lease.neutral()
             resp.close()
             raise
-        ttft = time.monotonic() - upstream_started
+        ttft = time.monotonic() - ctx.started  # arrival to first byte, as the metric says
         lease.first_byte()
         out = web.StreamResponse(status=200, headers={**headers, **_SSE_HEADERS})
         ctx.status = 200
