@@ -237,6 +237,12 @@ class Proxy:
             err.headers = {**headers, **err.headers}
             gw.access_log(ctx, request)
             return _error(err, rid)
+        except asyncio.CancelledError:
+            # The client went away before an answer started: give back what was reserved.
+            await self._settle(ctx, charge, None)
+            ctx.status = 499
+            gw.access_log(ctx, request)
+            raise
         finally:
             if metrics is not None:
                 metrics.in_flight(-1)

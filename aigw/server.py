@@ -24,7 +24,7 @@ from aiohttp import web
 
 from aigw import __version__
 from aigw.balancer import Balancers
-from aigw.config import Config, ProviderConfig, load_config
+from aigw.config import Config, HookSpec, ProviderConfig, load_config
 from aigw.hooks import build_hooks
 from aigw.hooks.base import Hook, RequestContext
 from aigw.paths import default_admin_socket
@@ -54,6 +54,7 @@ class Runtime:
     providers: dict[str, Provider]
     balancers: Balancers
     hooks: tuple[Hook, ...]
+    hook_specs: list[tuple[HookSpec | None, Hook]]  # what each hook was built from (reuse)
     auth: Authenticator
     hooks_rewrite: bool  # some hook may change the request body
     wants_stream_text: bool  # some hook needs the text of streamed answers
@@ -80,6 +81,7 @@ class Gateway:
         self.access_logging = config.server.access_log
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._retired: list[tuple[list[Provider], list[Hook]]] = []  # replaced by a reload
         self.listen_address = f"{config.server.host}:{config.server.port}"
         self.bound_port: int | None = None
 
@@ -99,13 +101,16 @@ class Gateway:
             balancers = old_balancers.reload(config.models, config.health)
         else:
             balancers = Balancers(config.models, config.health)
-        hooks = build_hooks(config.hooks, tuple(config.models))
+        kept = [(spec, hook) for spec, hook in old.hook_specs if spec is not None] if old else []
+        hook_specs = build_hooks(config.hooks, tuple(config.models), kept)
+        hooks = tuple(hook for _, hook in hook_specs)
         collect = bool(config.cache.enabled) or any(h.wants_stream_text for h in hooks)
         return Runtime(
             config=config,
             providers=providers,
             balancers=balancers,
             hooks=hooks,
+            hook_specs=hook_specs,
             auth=Authenticator(config.auth.keys),
             hooks_rewrite=any(h.modifies_request for h in hooks),
             wants_stream_text=any(h.wants_stream_text for h in hooks),
@@ -216,11 +221,10 @@ class Gateway:
         self._runners.clear()
         with contextlib.suppress(FileNotFoundError):
             self.admin_socket.unlink()
-        for hook in self.runtime.hooks:
-            with contextlib.suppress(Exception):
-                await hook.close()
-        for provider in self.runtime.providers.values():
-            await provider.close()
+        for providers, hooks in self._retired:
+            await _close_all(providers, hooks)
+        self._retired.clear()
+        await _close_all(list(self.runtime.providers.values()), list(self.runtime.hooks))
         await self._close_long_lived()
 
     async def _close_long_lived(self) -> None:
@@ -251,18 +255,17 @@ class Gateway:
         retired = [p for n, p in old.providers.items() if new.providers.get(n) is not p]
         hooks = [h for h in old.hooks if h not in new.hooks]
         if retired or hooks:
+            self._retired.append((retired, hooks))
             self._tasks.append(asyncio.create_task(self._retire(retired, hooks)))
         log.info("config reloaded from %s", config.source)
         return config
 
     async def _retire(self, providers: list[Provider], hooks: list[Hook]) -> None:
         # Requests started on the old runtime may still use these: close them after the longest
-        # a request may take.
+        # a request may take (or at stop, whichever comes first).
         await asyncio.sleep(self.config.server.request_timeout)
-        for provider in providers:
-            await provider.close()
-        for hook in hooks:
-            await hook.close()
+        self._retired.remove((providers, hooks))
+        await _close_all(providers, hooks)
 
     # --- background --------------------------------------------------------------------------
 
@@ -327,6 +330,16 @@ class Gateway:
             usage.total_tokens if usage else "-",
             (time.monotonic() - ctx.started) * 1000,
         )
+
+
+async def _close_all(providers: list[Provider], hooks: list[Hook]) -> None:
+    for hook in hooks:
+        try:
+            await hook.close()
+        except Exception:  # one broken hook must not keep the others open
+            log.exception("closing hook %s failed", type(hook).__name__)
+    for provider in providers:
+        await provider.close()
 
 
 def _provider_config(provider: Provider) -> ProviderConfig | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from aigw.config import HookSpec
@@ -39,17 +39,29 @@ def load_hook_class(spec: str) -> type[Hook]:
     return obj
 
 
-def build_hooks(specs: Collection[HookSpec], models: Collection[str]) -> tuple[Hook, ...]:
-    """The ordered pipeline; the built-in validation hook always runs first, exactly once."""
+def build_hooks(
+    specs: Collection[HookSpec],
+    models: Collection[str],
+    reuse: Sequence[tuple[HookSpec, Hook]] = (),
+) -> list[tuple[HookSpec | None, Hook]]:
+    """The ordered pipeline as (spec, hook) pairs; the built-in validation hook always runs
+    first, exactly once. On a reload, `reuse` holds the running pairs: a hook whose spec did not
+    change is kept (an audit hook keeps its file and queue) instead of built again."""
     from aigw.hooks.validation import ValidationHook
 
-    hooks: list[Hook] = [ValidationHook(models)]
+    hooks: list[tuple[HookSpec | None, Hook]] = [(None, ValidationHook(frozenset(models)))]
+    available = list(reuse)
     for spec in specs:
         if spec.name == "validation":
             continue
+        kept = next((pair for pair in available if pair[0] == spec), None)
+        if kept is not None:
+            available.remove(kept)
+            hooks.append(kept)
+            continue
         factory = BUILTIN.get(spec.name)
         if factory is not None:
-            hooks.append(factory(dict(spec.options), models))
+            hooks.append((spec, factory(dict(spec.options), models)))
         else:
-            hooks.append(load_hook_class(spec.name)(**spec.options))
-    return tuple(hooks)
+            hooks.append((spec, load_hook_class(spec.name)(**spec.options)))
+    return hooks
