@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
+import os
 import time
-import uuid
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -635,8 +636,13 @@ def _rejection_reason(err: GatewayError) -> RejectionReason | None:
 # --- helpers ---------------------------------------------------------------------------------
 
 
+_REQUEST_IDS = itertools.count(1)
+_REQUEST_PREFIX = "req_" + os.urandom(6).hex()
+
+
 def _request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    # A random per-process prefix and a counter: unique, and no syscall per request.
+    return f"{_REQUEST_PREFIX}{next(_REQUEST_IDS):010x}"
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -605,7 +606,7 @@ def profile(
     RESULTS_DIR.mkdir(exist_ok=True)
     folded = RESULTS_DIR / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{target.name}.folded"
     argv = ["py-spy", "record", "--pid", str(target.pid), "--duration", str(duration)]
-    argv += ["--rate", "250", "--nonblocking", "--format", "raw", "-o", str(folded)]
+    argv += ["--rate", "250", "--format", "raw", "-o", str(folded)]
     spy = children.start(argv)
     try:
         run_wrk(
@@ -624,6 +625,10 @@ def profile(
     return summarize_folded(target.name, connections, folded)
 
 
+# Leaf frames that mean "waiting": a pool thread with no work, the loop in epoll.
+_WAITING = ("_worker (concurrent/futures/thread.py", "EpollSelector.select (selectors.py")
+
+
 def summarize_folded(name: str, connections: int, folded: Path) -> Profile:
     self_time: dict[str, int] = {}
     inclusive: dict[str, int] = {}
@@ -632,10 +637,12 @@ def summarize_folded(name: str, connections: int, folded: Path) -> Profile:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        n = int(count)
-        total += n
         # "func (path/file.py:123)" -> "func (path/file.py)": one entry per function.
         frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") else f for f in stack.split(";")]
+        if frames[-1].startswith(_WAITING):
+            continue  # waiting, not working (py-spy's idle detection misses these)
+        n = int(count)
+        total += n
         self_time[frames[-1]] = self_time.get(frames[-1], 0) + n
         for f in set(frames):
             inclusive[f] = inclusive.get(f, 0) + n
@@ -1047,7 +1054,7 @@ def report(
     pin: bool,
     profiles: dict[str, Profile],
 ) -> None:
-    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "bench/run.py", *sys.argv[1:]])
     print()
     print(
         f"{command.strip()}  --  {started:%Y-%m-%d %H:%M} UTC, {cpu_model()}, "

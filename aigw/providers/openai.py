@@ -76,6 +76,9 @@ class OpenAIProvider(Provider):
             headers["Authorization"] = f"Bearer {config.api_key.reveal()}"
         self._headers = headers
         self._session: aiohttp.ClientSession | None = None
+        # Proxies from the environment, resolved once: aiohttp's trust_env would re-read
+        # ~/.netrc and scan os.environ on every request (a third of a request's CPU).
+        self._proxy = _env_proxy(self.base_url)
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout, sock_read=config.timeout
         )
@@ -97,7 +100,7 @@ class OpenAIProvider(Provider):
             headers=self._headers,
             timeout=self._timeout,
             auto_decompress=True,
-            trust_env=True,
+            trust_env=False,
             skip_auto_headers=("User-Agent",),
         )
 
@@ -118,7 +121,7 @@ class OpenAIProvider(Provider):
             async with asyncio.timeout(
                 min(timeout, self.config.connect_timeout + self.config.timeout)
             ):
-                resp = await self._session.post(url, data=body, headers=headers)
+                resp = await self._session.post(url, data=body, headers=headers, proxy=self._proxy)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"Upstream '{self.name}' timed out") from exc
         except aiohttp.ClientError as exc:
@@ -131,7 +134,9 @@ class OpenAIProvider(Provider):
         assert self._session is not None
         try:
             async with self._session.get(
-                f"{self.base_url}/models", timeout=aiohttp.ClientTimeout(total=10)
+                f"{self.base_url}/models",
+                timeout=aiohttp.ClientTimeout(total=10),
+                proxy=self._proxy,
             ) as resp:
                 await resp.read()
                 if resp.status >= 500 or resp.status == 429:
@@ -151,3 +156,16 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "response payload broken"
     return type(exc).__name__
+
+
+def _env_proxy(base_url: str) -> str | None:
+    """The proxy to use for `base_url` per HTTP(S)_PROXY / NO_PROXY, or None."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if not host or urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or None

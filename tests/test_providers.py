@@ -1,0 +1,105 @@
+"""Providers on their own: the built-in mock, and the openai provider's environment proxies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aigw.config import MockOptions, ProviderConfig
+from aigw.providers.mock import MockProvider
+from aigw.providers.openai import _env_proxy
+from aigw.streaming import StreamTap
+
+
+def mock(**options: object) -> MockProvider:
+    return MockProvider(ProviderConfig(name="m", type="mock", mock=MockOptions(**options)))  # type: ignore[arg-type]
+
+
+CHAT = {"model": "mock", "messages": [{"role": "user", "content": "one two three"}]}
+
+
+async def test_mock_chat_is_deterministic_with_usage() -> None:
+    provider = mock()
+    first = await (
+        await provider.send("chat/completions", json.dumps(CHAT).encode(), stream=False, timeout=5)
+    ).read()
+    second = await (
+        await provider.send("chat/completions", json.dumps(CHAT).encode(), stream=False, timeout=5)
+    ).read()
+    a, b = json.loads(first), json.loads(second)
+    assert a["choices"] == b["choices"]
+    assert a["choices"][0]["message"]["content"] == "You said: one two three"
+    assert a["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+
+
+async def test_mock_stream_reassembles_and_reports_usage() -> None:
+    provider = mock(answer="alpha beta gamma")
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    resp = await provider.send(
+        "chat/completions", json.dumps(body).encode(), stream=True, timeout=5
+    )
+    tap = StreamTap(strip_usage=False, collect=True)
+    async for chunk in resp.iter_chunks():
+        tap.feed(chunk)
+    assert tap.done
+    assert tap.usage is not None and tap.usage.completion_tokens == 3
+    text = ""
+    for event in tap.events or []:
+        if event.startswith(b"data: {"):
+            for choice in json.loads(event[6:])["choices"]:
+                text += choice["delta"].get("content") or ""
+    assert text == "alpha beta gamma"
+
+
+async def test_mock_respects_max_tokens_and_failure_rate() -> None:
+    provider = mock(answer="a b c d e")
+    body = {**CHAT, "max_tokens": 2}
+    data = json.loads(
+        await (
+            await provider.send(
+                "chat/completions", json.dumps(body).encode(), stream=False, timeout=5
+            )
+        ).read()
+    )
+    assert data["choices"][0]["message"]["content"] == "a b"
+    assert data["choices"][0]["finish_reason"] == "length"
+    failing = mock(failure_rate=1.0, seed=1)
+    resp = await failing.send(
+        "chat/completions", json.dumps(CHAT).encode(), stream=False, timeout=5
+    )
+    assert resp.status == 500
+    assert json.loads(await resp.read())["error"]["code"] == "mock_failure"
+
+
+async def test_mock_embeddings_float_and_base64() -> None:
+    provider = mock()
+    floats = json.loads(
+        await (
+            await provider.send(
+                "embeddings", b'{"model": "mock", "input": ["x", "y"]}', stream=False, timeout=5
+            )
+        ).read()
+    )
+    assert len(floats["data"]) == 2 and len(floats["data"][0]["embedding"]) == 16
+    b64 = json.loads(
+        await (
+            await provider.send(
+                "embeddings",
+                b'{"model": "mock", "input": "x", "encoding_format": "base64"}',
+                stream=False,
+                timeout=5,
+            )
+        ).read()
+    )
+    assert isinstance(b64["data"][0]["embedding"], str)
+
+
+def test_env_proxy_resolved_once_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "all_proxy", "ALL_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    assert _env_proxy("https://api.openai.com/v1") == "http://proxy.internal:3128"
+    assert _env_proxy("http://127.0.0.1:11434/v1") is None
+    assert _env_proxy("http://example.com/v1") is None  # no HTTP_PROXY set
