@@ -96,6 +96,8 @@ def build_admin_app(gateway: Gateway) -> web.Application:
             config = await gateway.reload()
         except ConfigError as exc:
             return _problem(str(exc))
+        except Exception as exc:  # a hook or provider that cannot be built: the old config stays
+            return _problem(f"reload failed, keeping the running config: {exc}", 500)
         return _reply({"config": config.source, "models": list(config.models)})
 
     app = web.Application()

@@ -609,6 +609,9 @@ async def _status_error(resp: UpstreamResponse, lease: Lease) -> GatewayError:
     except GatewayError as broken:
         lease.failure(broken.message)
         return broken
+    except BaseException:
+        lease.neutral()  # the client went away mid-read: an unsettled lease stays in flight
+        raise
     finally:
         resp.close()
     err = UpstreamStatusError(resp.status, body)

@@ -13,17 +13,18 @@ import contextlib
 import errno
 import logging
 import os
+import random
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from aigw import __version__
-from aigw.balancer import Balancers
+from aigw.balancer import Balancers, Clock
 from aigw.config import Config, HookSpec, ProviderConfig, load_config
 from aigw.hooks import build_hooks
 from aigw.hooks.base import Hook, RequestContext
@@ -63,9 +64,21 @@ class Runtime:
 
 class Gateway:
     def __init__(
-        self, config: Config, *, admin_socket: str | os.PathLike[str] | None = None
+        self,
+        config: Config,
+        *,
+        admin_socket: str | os.PathLike[str] | None = None,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+        server_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        # `aigw serve` flags (--host, --port, --admin-socket, --access-log): re-applied on
+        # every reload, which otherwise reads only the file.
+        self._server_overrides = dict(server_overrides or {})
+        # Health time and strategy randomness of the balancers, injectable for tests.
+        self._clock = clock
+        self._rng = rng
         self.admin_socket = Path(
             admin_socket or config.server.admin_socket or default_admin_socket()
         ).expanduser()
@@ -100,7 +113,7 @@ class Gateway:
         if old_balancers is not None:
             balancers = old_balancers.reload(config.models, config.health)
         else:
-            balancers = Balancers(config.models, config.health)
+            balancers = Balancers(config.models, config.health, clock=self._clock, rng=self._rng)
         kept = [(spec, hook) for spec, hook in old.hook_specs if spec is not None] if old else []
         hook_specs = build_hooks(config.hooks, tuple(config.models), kept)
         hooks = tuple(hook for _, hook in hook_specs)
@@ -241,10 +254,20 @@ class Gateway:
         """Re-read the config and swap the runtime; in-flight requests finish on the old one."""
         source = path or (None if self.config.source.startswith("<") else self.config.source)
         config = load_config(source)
+        if self._server_overrides:
+            config = replace(config, server=replace(config.server, **self._server_overrides))
         old = self.runtime
-        new = self._build_runtime(config, old, old.balancers)
-        for provider in new.providers.values():
-            await provider.start()
+        # Build and start everything before touching live state: `Balancers.reload()` applies
+        # the new weights and health settings to the surviving targets in place.
+        staged = self._build_runtime(config, old, None)
+        fresh = [p for n, p in staged.providers.items() if old.providers.get(n) is not p]
+        try:
+            for provider in fresh:
+                await provider.start()
+        except BaseException:
+            await _close_all(fresh, [h for h in staged.hooks if h not in old.hooks])
+            raise
+        new = replace(staged, balancers=old.balancers.reload(config.models, config.health))
         self.runtime = new
         self.config = config
         self.access_logging = config.server.access_log
@@ -389,9 +412,15 @@ async def _not_found_middleware(request: web.Request, handler: Any) -> web.Strea
 # --- running in the foreground ---------------------------------------------------------------
 
 
-async def run(config: Config, *, admin_socket: str | None = None, ready: Any = None) -> int:
+async def run(
+    config: Config,
+    *,
+    admin_socket: str | None = None,
+    ready: Any = None,
+    server_overrides: dict[str, Any] | None = None,
+) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
-    gateway = Gateway(config, admin_socket=admin_socket)
+    gateway = Gateway(config, admin_socket=admin_socket, server_overrides=server_overrides)
     await gateway.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -24,6 +24,13 @@ class Behaviour:
     reset_after_chunks: int | None = None  # close the socket mid-stream after N chunks
     prompt_tokens: int = 7
     hang: bool = False  # never answer (timeouts)
+    # vLLM's `continuous_usage_stats`: with include_usage, every chunk carries the running usage
+    # (completion tokens so far), not only the final usage-only chunk.
+    continuous_usage: bool = False
+    omit_usage: bool = False  # streams carry no usage (servers that ignore stream_options)
+    omit_done: bool = False  # end the stream cleanly but without `data: [DONE]`
+    reset_before_first_chunk: bool = False  # stream: send the 200 headers, then reset
+    error_body_hang: bool = False  # error status: send its headers, never its body
 
 
 class Upstream:
@@ -67,7 +74,7 @@ class Upstream:
             {"object": "list", "data": [{"id": "up-model", "object": "model"}]}
         )
 
-    async def _common(self, request: web.Request) -> dict[str, Any] | web.Response:
+    async def _common(self, request: web.Request) -> dict[str, Any] | web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
@@ -89,6 +96,17 @@ class Upstream:
                         }
                     }
                 ).encode()
+            if b.error_body_hang:
+                resp = web.StreamResponse(
+                    status=b.status,
+                    headers={
+                        "Content-Type": "application/json",
+                        "Content-Length": str(len(payload)),
+                    },
+                )
+                await resp.prepare(request)
+                await asyncio.sleep(3600)
+                return resp
             return web.Response(status=b.status, body=payload, content_type="application/json")
         return body
 
@@ -130,8 +148,14 @@ class Upstream:
                 }
             )
         include_usage = bool((got.get("stream_options") or {}).get("include_usage"))
+        if b.omit_usage:
+            include_usage = False
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        if b.reset_before_first_chunk:
+            assert request.transport is not None
+            request.transport.abort()  # the headers went out, no event ever will
+            return resp
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def event(choices: list[Any], usage_value: Any = None, with_usage: bool = True) -> bytes:
@@ -146,6 +170,13 @@ class Upstream:
                 data["usage"] = usage_value
             return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
+        def running_usage(completion: int) -> dict[str, int]:
+            return {
+                "prompt_tokens": b.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": b.prompt_tokens + completion,
+            }
+
         try:
             if chat:
                 await resp.write(
@@ -156,7 +187,8 @@ class Upstream:
                                 "delta": {"role": "assistant", "content": ""},
                                 "finish_reason": None,
                             }
-                        ]
+                        ],
+                        running_usage(0) if b.continuous_usage else None,
                     )
                 )
             for i, word in enumerate(words):
@@ -172,17 +204,20 @@ class Upstream:
                     if chat
                     else {"index": 0, "text": piece, "finish_reason": None}
                 )
-                await resp.write(event([choice]))
+                await resp.write(
+                    event([choice], running_usage(i + 1) if b.continuous_usage else None)
+                )
                 self.chunks_sent += 1
             done = (
                 {"index": 0, "delta": {}, "finish_reason": "stop"}
                 if chat
                 else {"index": 0, "text": "", "finish_reason": "stop"}
             )
-            await resp.write(event([done]))
+            await resp.write(event([done], usage if b.continuous_usage else None))
             if include_usage:
                 await resp.write(event([], usage))
-            await resp.write(b"data: [DONE]\n\n")
+            if not b.omit_done:
+                await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             self.disconnects += 1

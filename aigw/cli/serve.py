@@ -69,7 +69,7 @@ def serve(
     from aigw.server import StartupError, run
 
     try:
-        code = asyncio.run(run(cfg))
+        code = asyncio.run(run(cfg, server_overrides=server_overrides))
     except StartupError as exc:
         fail(str(exc), EXIT_STARTUP)
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
