@@ -194,7 +194,8 @@ class Proxy:
             body = ctx.body
             model = body.get("model")
             ctx.model = model if isinstance(model, str) else ctx.model
-            ctx.stream = body.get("stream") is True
+            # Embeddings have no streaming form: a stray `stream` is forwarded, never obeyed.
+            ctx.stream = body.get("stream") is True and endpoint != "embeddings"
             if ctx.stream:
                 opts = body.get("stream_options")
                 ctx.client_wants_usage = (
@@ -217,7 +218,7 @@ class Proxy:
                 hit = self._cache_lookup(request, ctx, cache, charge)
                 if hit is not None:
                     return await self._serve_cached(request, ctx, rt, hit, headers, charge)
-                headers["x-aigw-cache"] = "miss"
+                ctx.cache = headers["x-aigw-cache"] = "miss"
             return await self._forward(request, ctx, rt, raw, headers, charge)
         except GatewayError as err:
             await self._settle(ctx, charge, None)
@@ -231,7 +232,7 @@ class Proxy:
                     ctx.target or "",
                     err.status,
                     time.monotonic() - ctx.started,
-                    0.0,
+                    charge.upstream_time,
                     None,
                 )
             await _run_on_error(rt, ctx, err)
@@ -284,7 +285,7 @@ class Proxy:
         headers["x-aigw-cache"] = "hit"
         ctx.provider = hit.headers.get("x-aigw-provider")
         info = ResponseInfo(200, body=hit.body, usage=hit.usage)
-        for hook in rt.hooks:
+        for hook in rt.after_hooks:
             await hook.after_response(ctx, info)
         await self._settle(ctx, charge, None)
         if self.gw.metrics is not None:
@@ -368,6 +369,7 @@ class Proxy:
                 try:
                     resp = await provider.send(ctx.endpoint, body, stream=ctx.stream, timeout=left)
                 except (UpstreamError, UpstreamTimeoutError) as err:
+                    charge.upstream_time += time.monotonic() - upstream_started
                     lease.failure(err.message)
                     last_error = err
                     continue
@@ -376,6 +378,7 @@ class Proxy:
                     raise
                 if resp.status >= 400:
                     status_err = await _status_error(resp, lease)
+                    charge.upstream_time += time.monotonic() - upstream_started
                     if status_err.client_fault:
                         raise status_err
                     last_error = status_err
@@ -388,6 +391,7 @@ class Proxy:
                 )
                 if result is not None:
                     return result
+                charge.upstream_time += time.monotonic() - upstream_started
                 last_error = UpstreamError("The upstream failed before sending its answer")
         if last_error is not None:
             raise last_error
@@ -418,12 +422,12 @@ class Proxy:
             lease.neutral()
             raise
         lease.success()
-        upstream_time = time.monotonic() - upstream_started
+        charge.upstream_time += time.monotonic() - upstream_started
         ctx.usage = usage_from_body(body)
         ctx.status = resp.status
         info = ResponseInfo(resp.status, body=body, usage=ctx.usage)
         try:
-            for hook in rt.hooks:
+            for hook in rt.after_hooks:
                 await hook.after_response(ctx, info)
         finally:
             await self._settle(ctx, charge, ctx.usage)
@@ -435,7 +439,7 @@ class Proxy:
                 ctx.target or "",
                 resp.status,
                 time.monotonic() - ctx.started,
-                upstream_time,
+                charge.upstream_time,
                 None,
             )
         self.gw.access_log(ctx, request)
@@ -507,6 +511,7 @@ class Proxy:
             ctx.usage = tap.usage or self._estimate(ctx, tap)
             await self._settle(ctx, charge, ctx.usage)
             await self._after_stream(ctx, rt, tap, request)
+            self._stream_done(ctx, charge, upstream_started, ttft)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return out
@@ -527,6 +532,15 @@ class Proxy:
                 ctx, charge, assemble_stream(tap.events, ctx.endpoint, usage=tap.usage), headers
             )
         await self._after_stream(ctx, rt, tap, request)
+        self._stream_done(ctx, charge, upstream_started, ttft)
+        with contextlib.suppress(ConnectionError):
+            await out.write_eof()
+        return out
+
+    def _stream_done(
+        self, ctx: RequestContext, charge: Charge, upstream_started: float, ttft: float
+    ) -> None:
+        """Count a finished stream, including one the client abandoned (status 499)."""
         if self.gw.metrics is not None:
             now = time.monotonic()
             self.gw.metrics.request_done(
@@ -534,12 +548,9 @@ class Proxy:
                 ctx.target or "",
                 ctx.status,
                 now - ctx.started,
-                now - upstream_started,
+                charge.upstream_time + (now - upstream_started),
                 ttft,
             )
-        with contextlib.suppress(ConnectionError):
-            await out.write_eof()
-        return out
 
     async def _after_stream(
         self, ctx: RequestContext, rt: Runtime, tap: StreamTap, request: web.Request
@@ -548,7 +559,7 @@ class Proxy:
         if rt.wants_stream_text and tap.events is not None:
             info.text = _stream_text(tap.events)
         try:
-            for hook in rt.hooks:
+            for hook in rt.after_hooks:
                 await hook.after_response(ctx, info)
         except GatewayError:
             pass  # the answer is already out: a hook cannot take it back
@@ -591,7 +602,15 @@ class Charge:
     """What a request has provisionally taken (quota reservation, token-rate estimate) and may
     store (cache key), settled once when it ends."""
 
-    __slots__ = ("cache", "cache_key", "estimate", "limiter", "reservation", "settled")
+    __slots__ = (
+        "cache",
+        "cache_key",
+        "estimate",
+        "limiter",
+        "reservation",
+        "settled",
+        "upstream_time",
+    )
 
     def __init__(self) -> None:
         self.estimate = 0
@@ -600,6 +619,9 @@ class Charge:
         self.cache: ResponseCache | None = None
         self.cache_key: bytes | None = None  # None: do not store the answer
         self.settled = False
+        #: Seconds spent waiting on upstreams, failed attempts included: the gateway overhead
+        #: metric is total time minus this.
+        self.upstream_time = 0.0
 
 
 async def _status_error(resp: UpstreamResponse, lease: Lease) -> GatewayError:

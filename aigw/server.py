@@ -55,6 +55,7 @@ class Runtime:
     providers: dict[str, Provider]
     balancers: Balancers
     hooks: tuple[Hook, ...]
+    after_hooks: tuple[Hook, ...]  # `hooks` in after_response order: observers last
     hook_specs: list[tuple[HookSpec | None, Hook]]  # what each hook was built from (reuse)
     auth: Authenticator
     hooks_rewrite: bool  # some hook may change the request body
@@ -123,6 +124,7 @@ class Gateway:
             providers=providers,
             balancers=balancers,
             hooks=hooks,
+            after_hooks=tuple(sorted(hooks, key=lambda h: h.observes_only)),  # stable sort
             hook_specs=hook_specs,
             auth=Authenticator(config.auth.keys),
             hooks_rewrite=any(h.modifies_request for h in hooks),

@@ -110,6 +110,7 @@ class _Record:
 
 class AuditHook(Hook):
     modifies_request = False
+    observes_only = True  # one line per request, with the status the client got
 
     def __init__(
         self,

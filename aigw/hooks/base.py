@@ -74,6 +74,9 @@ class Hook:
     #: False when before_request never changes ctx.body: the gateway may then forward the
     #: client's bytes unchanged instead of serialising the body again.
     modifies_request: ClassVar[bool] = True
+    #: True when after_response only records (never rejects): such hooks see an answer after
+    #: every hook that may still reject it, so they record what the client really got.
+    observes_only: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options

@@ -1,0 +1,483 @@
+"""The response cache through the real gateway: real aiohttp upstream on loopback, raw aiohttp
+and the official `openai` SDK as clients. Time comes from a fake clock swapped into the
+gateway's cache (and rate limiter), so TTL and max-age are tested without sleeping."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from aigw.cache import ResponseCache
+from aigw.config import AuthConfig, AuthKey, CacheConfig, QuotaConfig, RateLimitConfig, Secret
+from aigw.ratelimit import RateLimiter
+from tests.conftest import RunningGateway, make_config
+from tests.upstream import WORDS, Upstream
+
+ANSWER = " ".join(WORDS)
+USAGE = {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)}
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def chat(content: str = "hello there", **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-test", "messages": [{"role": "user", "content": content}], **extra}
+
+
+class Reply:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def cache(self) -> str | None:
+        return self.headers.get("x-aigw-cache")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def post(
+    gw: RunningGateway,
+    body: dict[str, Any],
+    *,
+    endpoint: str = "chat/completions",
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.v1}/{endpoint}", json=body, headers=headers or {}) as r,
+    ):
+        return Reply(r.status, r.headers, await r.read())
+
+
+def sse_text(body: bytes) -> tuple[str, list[dict[str, Any]], bool]:
+    """(content, usage objects, saw [DONE]) of a chat SSE body."""
+    text: list[str] = []
+    usages: list[dict[str, Any]] = []
+    done = False
+    for event in body.split(b"\n\n"):
+        if not event.startswith(b"data: "):
+            continue
+        payload = event[6:]
+        if payload == b"[DONE]":
+            done = True
+            continue
+        data = json.loads(payload)
+        assert "error" not in data, data
+        if data.get("usage") is not None:
+            usages.append(data["usage"])
+        for choice in data.get("choices") or ():
+            piece = choice.get("delta", {}).get("content") or choice.get("text")
+            if piece:
+                text.append(piece)
+    return "".join(text), usages, done
+
+
+def sdk(gw: RunningGateway, key: str = "unused") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.v1, api_key=key, max_retries=0, timeout=10)
+
+
+async def start(
+    start_gateway: Any,
+    upstream: Upstream,
+    sock_dir: Path,
+    *,
+    cache: CacheConfig | None = None,
+    clock: FakeClock | None = None,
+    **sections: Any,
+) -> RunningGateway:
+    cache = cache or CacheConfig(enabled=True)
+    gw: RunningGateway = await start_gateway(
+        make_config({"up": upstream.url}, sock=sock_dir, cache=cache, **sections)
+    )
+    if clock is not None:
+        gw.gateway.cache = ResponseCache(cache.max_entries, cache.max_bytes, cache.ttl, clock=clock)
+    return gw
+
+
+# --- the basics --------------------------------------------------------------------------------
+
+
+async def test_same_request_twice_is_one_upstream_call_and_identical_answer(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    first = await post(gw, chat())
+    second = await post(gw, chat())
+    assert (first.status, first.cache) == (200, "miss")
+    assert (second.status, second.cache) == (200, "hit")
+    assert second.body == first.body  # byte for byte
+    assert len(upstream.requests) == 1
+    assert second.headers["x-aigw-provider"] == "up"
+    assert second.headers["x-aigw-model"] == "up-model"
+    assert second.headers["Content-Type"].startswith("application/json")
+    assert second.headers["x-request-id"] != first.headers["x-request-id"]
+    # The SDK reads the cached answer like any other.
+    client = sdk(gw)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=chat()["messages"]
+    )
+    assert raw.headers["x-aigw-cache"] == "hit"
+    done = raw.parse()
+    assert done.choices[0].message.content == ANSWER
+    assert done.usage is not None and done.usage.total_tokens == USAGE["total_tokens"]
+    assert len(upstream.requests) == 1
+    await client.close()
+
+
+async def test_tenants_never_share_entries_in_laptop_mode(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    a = {"X-Aigw-Tenant": "team-a"}
+    b = {"X-Aigw-Tenant": "team-b"}
+    assert (await post(gw, chat(), headers=a)).cache == "miss"
+    assert (await post(gw, chat(), headers=b)).cache == "miss"
+    assert (await post(gw, chat())).cache == "miss"  # tenant `default`
+    assert len(upstream.requests) == 3
+    assert (await post(gw, chat(), headers=a)).cache == "hit"
+    assert (await post(gw, chat(), headers=b)).cache == "hit"
+    assert len(upstream.requests) == 3
+
+
+async def test_tenants_never_share_entries_with_keys(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    auth = AuthConfig(
+        keys=(
+            AuthKey(tenant="team-a", key=Secret("sk-team-a-0123456789")),
+            AuthKey(tenant="team-b", key=Secret("sk-team-b-0123456789")),
+        )
+    )
+    gw = await start(start_gateway, upstream, sock_dir, auth=auth)
+    ka = {"Authorization": "Bearer sk-team-a-0123456789"}
+    kb = {"Authorization": "Bearer sk-team-b-0123456789"}
+    assert (await post(gw, chat(), headers=ka)).cache == "miss"
+    assert (await post(gw, chat(), headers=kb)).cache == "miss"
+    # X-Aigw-Tenant means nothing when keys are configured: it cannot reach team-a's entry.
+    spoof = {**kb, "X-Aigw-Tenant": "team-a"}
+    assert (await post(gw, chat("other", temperature=1), headers=ka)).cache == "miss"
+    assert (await post(gw, chat("other", temperature=1), headers=spoof)).cache == "miss"
+    assert (await post(gw, chat(), headers=ka)).cache == "hit"
+    assert len(upstream.requests) == 4
+
+
+async def test_user_field_does_not_change_the_key_but_answer_fields_do(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    assert (await post(gw, chat(user="alice"))).cache == "miss"
+    assert (await post(gw, chat(user="bob"))).cache == "hit"
+    assert (await post(gw, chat())).cache == "hit"
+    # Key order is not part of the key either.
+    reordered = {"messages": chat()["messages"], "model": "gpt-test"}
+    assert (await post(gw, reordered)).cache == "hit"
+    assert len(upstream.requests) == 1
+    assert (await post(gw, chat(temperature=0.5))).cache == "miss"
+    assert (await post(gw, chat("hello there!"))).cache == "miss"
+    assert len(upstream.requests) == 3
+
+
+async def test_completions_endpoint_cached_apart_from_chat(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    body = {"model": "gpt-test", "prompt": "say it"}
+    first = await post(gw, body, endpoint="completions")
+    second = await post(gw, body, endpoint="completions")
+    assert (first.cache, second.cache) == ("miss", "hit")
+    assert second.body == first.body
+    assert second.json()["choices"][0]["text"] == ANSWER
+    assert len(upstream.requests) == 1
+
+
+# --- Cache-Control ------------------------------------------------------------------------------
+
+
+async def test_no_store_is_not_stored(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    first = await post(gw, chat(), headers={"Cache-Control": "no-store"})
+    assert (first.status, first.cache) == (200, "miss")
+    assert gw.gateway.cache is not None and gw.gateway.cache.entries == 0
+    assert (await post(gw, chat())).cache == "miss"
+    assert len(upstream.requests) == 2
+    assert (await post(gw, chat())).cache == "hit"
+    assert len(upstream.requests) == 2
+
+
+async def test_no_cache_calls_the_upstream_again_and_refreshes_the_entry(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    assert (await post(gw, chat())).cache == "miss"
+    upstream.behaviour.words = ["fresh", "answer"]
+    fresh = await post(gw, chat(), headers={"Cache-Control": "no-cache"})
+    assert (fresh.status, fresh.cache) == (200, "miss")
+    assert fresh.json()["choices"][0]["message"]["content"] == "fresh answer"
+    assert len(upstream.requests) == 2
+    # The fresh answer replaced the stored one.
+    again = await post(gw, chat())
+    assert again.cache == "hit"
+    assert again.body == fresh.body
+    assert len(upstream.requests) == 2
+
+
+async def test_max_age_and_ttl_follow_the_injected_clock(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    clock = FakeClock()
+    cache = CacheConfig(enabled=True, ttl=60.0)
+    gw = await start(start_gateway, upstream, sock_dir, cache=cache, clock=clock)
+    assert (await post(gw, chat())).cache == "miss"  # stored at t=1000
+    clock.now += 10
+    assert (await post(gw, chat(), headers={"Cache-Control": "max-age=30"})).cache == "hit"
+    assert (await post(gw, chat(), headers={"Cache-Control": "max-age=10"})).cache == "hit"
+    assert len(upstream.requests) == 1
+    too_old = await post(gw, chat(), headers={"Cache-Control": "max-age=5"})
+    assert too_old.cache == "miss"  # 10 s old is older than 5 s: ask again, store anew
+    assert len(upstream.requests) == 2
+    assert (await post(gw, chat(), headers={"Cache-Control": "max-age=5"})).cache == "hit"
+    # The entry now dates from t=1010; the TTL (60 s) counts from there.
+    clock.now = 1010 + 59.9
+    assert (await post(gw, chat())).cache == "hit"
+    clock.now = 1010 + 60
+    assert (await post(gw, chat())).cache == "miss"
+    assert len(upstream.requests) == 3
+
+
+async def test_lru_bound_through_the_gateway(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir, cache=CacheConfig(True, max_entries=2))
+    for text in ("one", "two", "three"):
+        assert (await post(gw, chat(text))).cache == "miss"
+    cache = gw.gateway.cache
+    assert cache is not None and cache.entries == 2 and cache.evictions == 1
+    assert (await post(gw, chat("three"))).cache == "hit"
+    assert (await post(gw, chat("one"))).cache == "miss"  # the least recently used went
+    assert len(upstream.requests) == 4
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+
+async def sdk_stream(
+    client: openai.AsyncOpenAI, content: str = "hello there", **extra: Any
+) -> tuple[str, str | None, list[Any]]:
+    """(text, x-aigw-cache, usage chunks) of one streamed chat completion."""
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": content}], stream=True, **extra
+    )
+    text, usages = [], []
+    async for chunk in raw.parse():
+        if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
+        if chunk.usage is not None:
+            usages.append(chunk.usage)
+    return "".join(text), raw.headers.get("x-aigw-cache"), usages
+
+
+async def test_stream_is_stored_and_replayed_as_sse(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    client = sdk(gw)
+    assert await sdk_stream(client) == (ANSWER, "miss", [])
+    assert await sdk_stream(client) == (ANSWER, "hit", [])
+    assert len(upstream.requests) == 1
+    # A client asking for usage gets the usage of the original answer in the replay.
+    text, cache, usages = await sdk_stream(client, stream_options={"include_usage": True})
+    assert (text, cache) == (ANSWER, "hit")
+    assert len(usages) == 1
+    assert (usages[0].prompt_tokens, usages[0].completion_tokens, usages[0].total_tokens) == (
+        USAGE["prompt_tokens"],
+        USAGE["completion_tokens"],
+        USAGE["total_tokens"],
+    )
+    # A non-streaming client hits the same entry and gets the assembled answer.
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=chat()["messages"]
+    )
+    assert raw.headers["x-aigw-cache"] == "hit"
+    done = raw.parse()
+    assert done.choices[0].message.content == ANSWER
+    assert done.choices[0].finish_reason == "stop"
+    assert done.usage is not None and done.usage.total_tokens == USAGE["total_tokens"]
+    assert len(upstream.requests) == 1
+    await client.close()
+
+
+async def test_replayed_stream_is_well_formed_sse(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    await post(gw, chat())  # stored from a non-streamed answer
+    replay = await post(gw, chat(stream=True))
+    assert replay.status == 200 and replay.cache == "hit"
+    assert replay.headers["Content-Type"].startswith("text/event-stream")
+    text, usages, done = sse_text(replay.body)
+    assert (text, usages, done) == (ANSWER, [], True)
+    assert replay.body.endswith(b"data: [DONE]\n\n")
+    assert len(upstream.requests) == 1
+
+
+async def test_completions_stream_replay(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    client = sdk(gw)
+    first = [
+        c.choices[0].text
+        async for c in await client.completions.create(
+            model="gpt-test", prompt="say it", stream=True
+        )
+        if c.choices
+    ]
+    second = [
+        c.choices[0].text
+        async for c in await client.completions.create(
+            model="gpt-test", prompt="say it", stream=True
+        )
+        if c.choices
+    ]
+    assert "".join(first) == "".join(second) == ANSWER
+    assert len(upstream.requests) == 1
+    await client.close()
+
+
+# --- what is never stored -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 429, 500, 503])
+async def test_upstream_errors_are_never_stored(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path, status: int
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    upstream.behaviour.status = status
+    failed = await post(gw, chat())
+    assert failed.status == status
+    assert gw.gateway.cache is not None and gw.gateway.cache.entries == 0
+    upstream.behaviour.status = 200
+    ok = await post(gw, chat())
+    assert (ok.status, ok.cache) == (200, "miss")
+    assert len(upstream.requests) == 2
+
+
+async def test_broken_stream_is_never_stored(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    upstream.behaviour.reset_after_chunks = 3
+    broken = await post(gw, chat(stream=True))
+    assert broken.status == 200  # headers were out before the upstream broke
+    assert b'"upstream_error"' in broken.body
+    assert gw.gateway.cache is not None and gw.gateway.cache.entries == 0
+    upstream.behaviour.reset_after_chunks = None
+    whole = await post(gw, chat(stream=True))
+    assert whole.cache == "miss"
+    assert sse_text(whole.body) == (ANSWER, [], True)
+    assert len(upstream.requests) == 2
+    assert (await post(gw, chat(stream=True))).cache == "hit"
+
+
+async def test_stream_without_done_is_never_stored(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    upstream.behaviour.omit_done = True
+    cut = await post(gw, chat(stream=True))
+    assert cut.status == 200 and b'"upstream_error"' in cut.body
+    assert gw.gateway.cache is not None and gw.gateway.cache.entries == 0
+    upstream.behaviour.omit_done = False
+    assert (await post(gw, chat(stream=True))).cache == "miss"
+    assert len(upstream.requests) == 2
+
+
+# --- rate limits and quota ----------------------------------------------------------------------
+
+
+async def test_hits_count_zero_quota_tokens_but_count_against_the_request_rate(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    clock = FakeClock()
+    limits = RateLimitConfig(requests_per_second=0.01, burst=4)
+    gw = await start(
+        start_gateway,
+        upstream,
+        sock_dir,
+        rate_limit=limits,
+        quota=QuotaConfig(default=1_000_000),
+    )
+    gw.gateway.ratelimiter = RateLimiter(limits, clock=clock)
+    assert (await post(gw, chat())).cache == "miss"
+    hit = await post(gw, chat())
+    assert hit.cache == "hit"
+    assert hit.headers["x-ratelimit-remaining-requests"] == "2"
+    assert (await post(gw, chat(stream=True))).cache == "hit"
+    assert (await post(gw, chat())).cache == "hit"
+    limited = await post(gw, chat())
+    assert limited.status == 429
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(upstream.requests) == 1
+    quota = gw.gateway.quota
+    assert quota is not None
+    (status,) = await quota.status("default")
+    assert (status.input_tokens, status.output_tokens, status.total_tokens) == (
+        USAGE["prompt_tokens"],
+        USAGE["completion_tokens"],
+        USAGE["total_tokens"],
+    )
+    assert status.reserved == 0
+
+
+# --- embeddings ---------------------------------------------------------------------------------
+
+
+async def test_embeddings_are_cached(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    client = sdk(gw)
+    for expected in ("miss", "hit"):
+        raw = await client.embeddings.with_raw_response.create(model="gpt-test", input=["a", "b"])
+        assert raw.headers["x-aigw-cache"] == expected
+        assert [d.embedding for d in raw.parse().data] == [[0.25, 0.5, 0.75]] * 2
+    assert len(upstream.requests) == 1
+    # The encoding is part of the request: a float request is another entry.
+    body = {"model": "gpt-test", "input": ["a", "b"], "encoding_format": "float"}
+    assert (await post(gw, body, endpoint="embeddings")).cache == "miss"
+    assert (await post(gw, body, endpoint="embeddings")).cache == "hit"
+    assert len(upstream.requests) == 2
+    await client.close()
+
+
+async def test_embeddings_with_stray_stream_flag_are_plain_json(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    body = {"model": "gpt-test", "input": "a", "encoding_format": "float", "stream": True}
+    first = await post(gw, body, endpoint="embeddings")
+    second = await post(gw, body, endpoint="embeddings")
+    for reply, cache in ((first, "miss"), (second, "hit")):
+        assert (reply.status, reply.cache) == (200, cache)
+        assert reply.headers["Content-Type"].startswith("application/json")
+        assert reply.json()["data"][0]["embedding"] == [0.25, 0.5, 0.75]
+    assert second.body == first.body
+    assert len(upstream.requests) == 1
