@@ -591,7 +591,8 @@ class Proxy:
         content chunk, and the prompt by the quota estimator's rule."""
         if tap.chunks == 0:
             return None
-        completion = max(0, tap.chunks - 2)  # the role chunk and the finish chunk carry no text
+        # Only the chunks that arrived: a stream cut short has no finish chunk and no [DONE].
+        completion = max(0, tap.chunks - tap.preamble - tap.finished - tap.done)
         prompt = 0
         if self.gw.quota is not None:
             prompt = self.gw.quota.estimate_prompt_tokens(ctx.endpoint, ctx.body)

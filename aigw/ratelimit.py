@@ -144,7 +144,11 @@ class RateLimiter:
         shape = self._tok_rules.get(tenant, self._tok_default)
         if shape is None:
             return UNLIMITED
-        return _take(self._tokens, tenant, shape, float(min(tokens, shape.size)), self._clock())
+        now = self._clock()
+        # Swept here too: with only a token limit, check_request never reaches its sweep.
+        if now >= self._next_sweep:
+            self.evict_idle(now)
+        return _take(self._tokens, tenant, shape, float(min(tokens, shape.size)), now)
 
     def add_tokens(self, tenant: str, tokens: int) -> None:
         """Charge tokens beyond the estimate (actual usage was higher). Never refuses: the

@@ -17,10 +17,21 @@ _USAGE_KEY = b'"usage"'
 # When the client did not ask for usage, OpenAI sends no usage key at all; upstream we asked for
 # it, so every chunk carries `"usage": null`, which is cut out again (cheap bytes.replace).
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
+# A choice's real finish reason (content chunks carry `"finish_reason":null`).
+_FINISH = (b'"finish_reason":"', b'"finish_reason": "')
 
 
 class StreamTap:
-    __slots__ = ("_buf", "chunks", "done", "events", "strip_usage", "usage")
+    __slots__ = (
+        "_buf",
+        "chunks",
+        "done",
+        "events",
+        "finished",
+        "preamble",
+        "strip_usage",
+        "usage",
+    )
 
     def __init__(self, *, strip_usage: bool, collect: bool = False) -> None:
         self._buf = b""
@@ -28,8 +39,13 @@ class StreamTap:
         self.usage: Usage | None = None
         #: Every event, kept only when someone needs the whole answer (cache, audit bodies).
         self.events: list[bytes] | None = [] if collect else None
-        #: `data:` events seen: the completion-token estimate when a stream ends without usage.
+        #: `data:` events seen ([DONE] included): the completion-token estimate when a stream
+        #: ends without usage is this minus `preamble`, `finished` and `done`.
         self.chunks = 0
+        #: 1 when the first event is a role chunk without text (OpenAI, vLLM), else 0
+        self.preamble = 0
+        #: a finish_reason arrived; its chunk carries no text
+        self.finished = False
         self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
@@ -44,7 +60,14 @@ class StreamTap:
         end += 2
         complete = buf[:end]
         self._buf = buf[end:]
-        self.chunks += complete.count(b"data:")
+        # Count event lines, not "data:" substrings: the text itself may say "metadata:", but a
+        # raw newline never occurs inside an event's JSON.
+        events = complete.count(b"\ndata:") + complete.startswith(b"data:")
+        if events and not self.chunks:
+            self.preamble = _role_only(complete)
+        self.chunks += events
+        if not self.finished and (_FINISH[0] in complete or _FINISH[1] in complete):
+            self.finished = True
         if _USAGE_KEY in complete:
             complete = self._pick_usage(complete)
         if b"data: [DONE]" in complete:
@@ -87,6 +110,18 @@ class StreamTap:
         if not changed:
             return complete
         return b"".join(e + _SEP for e in out)
+
+
+def _role_only(complete: bytes) -> int:
+    """1 when the first data event announces the role without any text, else 0. Ollama puts
+    text in its first chunk already; completions streams have no role chunk."""
+    start = complete.find(b"data:")
+    end = complete.find(_SEP, start)
+    event = complete[start:end]
+    if b'"role"' not in event:
+        return 0
+    empty = b'"content"' not in event or b'"content":""' in event or b'"content": ""' in event
+    return 1 if empty else 0
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:
