@@ -18,30 +18,42 @@ import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from aigw.errors import ConfigError, ConfigProblem
-
 # --- units -------------------------------------------------------------------------------
-
-StrategyName = Literal["round_robin", "random", "weighted_random", "least_connections", "latency"]
-STRATEGIES: tuple[str, ...] = (
-    "round_robin",
-    "random",
-    "weighted_random",
-    "least_connections",
-    "latency",
+# Re-exported: the config module is where people look for the names of choices.
+from aigw.choices import (
+    BACKENDS as BACKENDS,
 )
-BackendName = Literal["memory", "sqlite", "redis"]
-BACKENDS: tuple[str, ...] = ("memory", "sqlite", "redis")
-PeriodName = Literal["hourly", "daily", "weekly", "monthly", "never"]
-PERIODS: tuple[str, ...] = ("hourly", "daily", "weekly", "monthly", "never")
-ProviderType = Literal["openai", "mock"]
-PROVIDER_TYPES: tuple[str, ...] = ("openai", "mock")
-BUILTIN_HOOKS: tuple[str, ...] = ("validation", "content_filter", "audit")
+from aigw.choices import (
+    BUILTIN_HOOKS as BUILTIN_HOOKS,
+)
+from aigw.choices import (
+    PERIODS as PERIODS,
+)
+from aigw.choices import (
+    PROVIDER_TYPES as PROVIDER_TYPES,
+)
+from aigw.choices import (
+    STRATEGIES as STRATEGIES,
+)
+from aigw.choices import (
+    BackendName as BackendName,
+)
+from aigw.choices import (
+    PeriodName as PeriodName,
+)
+from aigw.choices import (
+    ProviderType as ProviderType,
+)
+from aigw.choices import (
+    StrategyName as StrategyName,
+)
+from aigw.errors import ConfigError, ConfigProblem
+from aigw.tenants import is_valid_tenant
 
 
 def _doc(doc: str, **meta: Any) -> dict[str, Any]:
@@ -499,7 +511,6 @@ def format_size(size: int) -> str:
 
 # --- loading -----------------------------------------------------------------------------
 
-_TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 # `$${` is a literal `${`; anything else starting with `${` must be a valid reference.
@@ -767,7 +778,7 @@ class _Loader:
         out: dict[str, Any] = {}
         for key, (key_node, value_node) in self.entries(node, path).items():
             sub = f"{path}.{key}"
-            if meta.get("tenant_keys") and not _TENANT_RE.fullmatch(key):
+            if meta.get("tenant_keys") and not is_valid_tenant(key):
                 self.problem(_line(key_node), sub, f"invalid tenant name '{key}'", _TENANT_HINT)
                 continue
             if not key or any(c.isspace() for c in key):
@@ -955,7 +966,7 @@ class _Loader:
         if isinstance(value, (int, float)) and high is not None and value > high:
             self.problem(line, path, f"must be at most {show(high)}, got {show(value)}")
             return _INVALID
-        if meta.get("tenant_name") and not _TENANT_RE.fullmatch(value):
+        if meta.get("tenant_name") and not is_valid_tenant(value):
             self.problem(line, path, f"invalid tenant name {_show(value)}", _TENANT_HINT)
             return _INVALID
         if meta.get("path") and isinstance(value, str):

@@ -45,10 +45,10 @@ from aigw.errors import (
     error_event,
 )
 from aigw.hooks.base import RequestContext, ResponseInfo, Usage
-from aigw.quota import is_valid_tenant
 from aigw.ratelimit import UNLIMITED, limit_error
 from aigw.ratelimit import headers as rate_headers
 from aigw.streaming import StreamTap, usage_from_body
+from aigw.tenants import is_valid_tenant
 
 if TYPE_CHECKING:
     from aigw.balancer import Lease, TargetState
@@ -260,9 +260,7 @@ class Proxy:
             return None
         charge.cache = cache
         charge.cache_key = None if directives.no_store else key
-        if directives.no_cache:
-            return None
-        hit = cache.get(key, directives.max_age)
+        hit = None if directives.no_cache else cache.get(key, directives.max_age)
         metrics = self.gw.metrics
         if metrics is not None:
             metrics.cache_event("hit" if hit is not None else "miss")

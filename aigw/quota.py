@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -28,35 +27,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aigw.config import PERIODS, QuotaConfig
-from aigw.errors import InvalidRequestError, QuotaExceededError
+from aigw.errors import QuotaExceededError
 from aigw.hooks.base import Usage
 from aigw.state.base import Override, StateStore
-
-# --- tenant names ------------------------------------------------------------------------
-
-_TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-TENANT_RULE = "1-64 characters from A-Z, a-z, 0-9, '.', '_', '-'"
-
-
-class InvalidTenantName(InvalidRequestError, ValueError):
-    """A tenant name outside `[A-Za-z0-9._-]{1,64}`. A 400 for HTTP, a ValueError elsewhere."""
-
-    def __init__(self, name: str) -> None:
-        shown = name if len(name) <= 64 else name[:64] + "…"
-        super().__init__(f"Invalid tenant name {shown!r}: use {TENANT_RULE}.", param="tenant")
-        self.name = name
-
-
-def is_valid_tenant(name: str) -> bool:
-    return _TENANT_RE.fullmatch(name) is not None
-
-
-def validate_tenant(name: str) -> str:
-    """Return `name`, or raise `InvalidTenantName`."""
-    if _TENANT_RE.fullmatch(name) is None:
-        raise InvalidTenantName(name)
-    return name
-
+from aigw.tenants import (  # noqa: F401 - re-exported for callers of the quota API
+    TENANT_RULE,
+    InvalidTenantName,
+    is_valid_tenant,
+    validate_tenant,
+)
 
 # --- periods -----------------------------------------------------------------------------
 
@@ -215,7 +194,7 @@ class QuotaManager:
         """Hold `tokens` for a request, or raise `QuotaExceededError` when
         used + reserved + tokens would pass the limit. Unlimited tenants get a no-op
         reservation of 0 tokens (the store only notes the tenant's current period)."""
-        if _TENANT_RE.fullmatch(tenant) is None:
+        if not is_valid_tenant(tenant):
             raise InvalidTenantName(tenant)
         if tokens < 0:
             raise ValueError("tokens must be >= 0")

@@ -7,23 +7,27 @@ imports aiohttp or the daemon's modules.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich import box
-from rich.table import Table
-from rich.text import Text
 
 from aigw.admin_client import AdminClient, AdminError
+
+if TYPE_CHECKING:  # rich's table is imported where it is used: client commands start fast
+    from rich.table import Table
+    from rich.text import Text
+from aigw.choices import PeriodName
 from aigw.cli.common import AdminSocketOption, ConfigOption, JsonOption, console, fail
-from aigw.config import PeriodName
-from aigw.quota import is_valid_tenant
+from aigw.tenants import is_valid_tenant
 
 _BAR_WIDTH = 8
 
 
 def quota_table(statuses: list[dict[str, Any]]) -> Table:
     """Render QuotaStatus dicts (as the daemon sends them) as a table. Pure: no I/O."""
+    from rich import box
+    from rich.table import Table
+
     table = Table(
         title="Token quotas", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True
     )
@@ -58,6 +62,8 @@ def _count(value: object) -> str:
 
 
 def _usage_bar(percent: float, *, limited: bool) -> Text:
+    from rich.text import Text
+
     if not limited:
         return Text("-", style="dim")
     filled = min(_BAR_WIDTH, round(percent * _BAR_WIDTH / 100))

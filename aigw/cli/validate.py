@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
 
 from aigw.cli.common import EXIT_ERROR, JsonOption, console, err_console, fail
-from aigw.config import Config, format_duration, format_size
 from aigw.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:  # imported where used: `aigw status` and friends must start fast
+    from rich.console import RenderableType
+
+    from aigw.config import Config
 
 
 def register(app: typer.Typer) -> None:
@@ -205,6 +206,12 @@ def _limit(value: float) -> str:
 
 def render_summary(config: Config) -> RenderableType:
     """The rich summary printed by `aigw validate` for a valid config."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from aigw.config import format_duration, format_size
+
     data = summary_data(config)
     head = Text.assemble(("✓ ", "green"), ("config OK: ", "bold"), config.source)
     server = Text(
