@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -133,25 +133,38 @@ class Proxy:
         return await self._proxy(request, "embeddings")
 
     async def list_models(self, request: web.Request) -> web.Response:
-        rid = _request_id()
-        try:
-            self.gw.runtime.auth.tenant(request.headers)
-        except GatewayError as err:
-            return _error(err, rid)
         created = int(self.gw.started_wall)
-        data = [_model_object(name, created) for name in self.gw.runtime.config.models]
-        return _json({"object": "list", "data": data}, rid)
+        return self._model_info(
+            request,
+            lambda rt: {
+                "object": "list",
+                "data": [_model_object(name, created) for name in rt.config.models],
+            },
+        )
 
     async def get_model(self, request: web.Request) -> web.Response:
-        rid = _request_id()
         name = request.match_info["model"]
-        try:
-            self.gw.runtime.auth.tenant(request.headers)
-            if name not in self.gw.runtime.config.models:
+
+        def one(rt: Runtime) -> dict[str, Any]:
+            if name not in rt.config.models:
                 raise ModelNotFoundError(name)
+            return _model_object(name, int(self.gw.started_wall))
+
+        return self._model_info(request, one)
+
+    def _model_info(
+        self, request: web.Request, build: Callable[[Runtime], dict[str, Any]]
+    ) -> web.Response:
+        rt = self.gw.runtime
+        ctx = RequestContext(_request_id(), "", "models", {}, time.monotonic())
+        try:
+            ctx.tenant = rt.auth.tenant(request.headers)
+            response = _json(build(rt), ctx.request_id)
         except GatewayError as err:
-            return _error(err, rid)
-        return _json(_model_object(name, int(self.gw.started_wall)), rid)
+            response = _error(err, ctx.request_id)
+        ctx.status = response.status
+        self.gw.access_log(ctx, request)
+        return response
 
     async def healthz(self, request: web.Request) -> web.Response:
         status = "draining" if self.gw.draining else "ok"

@@ -61,7 +61,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 async def test_openai_sdk_against_daemon(upstream: Upstream, daemon_factory: Any) -> None:
     env = {"UP_KEY": PROVIDER_KEY, "TEAM_KEY": TENANT_KEY}
-    d: Daemon = daemon_factory(config_for(upstream.url, keys=True), env=env)
+    d: Daemon = daemon_factory(config_for(upstream.url, keys=True), env=env, args=("--access-log",))
     client = openai.AsyncOpenAI(base_url=d.v1, api_key=TENANT_KEY, max_retries=0)
     done = await client.chat.completions.create(
         model="gpt-test", messages=[{"role": "user", "content": "hi"}]
@@ -79,6 +79,14 @@ async def test_openai_sdk_against_daemon(upstream: Upstream, daemon_factory: Any
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == " ".join(WORDS)
     assert [c.usage.total_tokens for c in chunks if c.usage] == [7 + len(WORDS)]
+    plain = [
+        c
+        async for c in await client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    ]
+    assert "".join(c.choices[0].delta.content or "" for c in plain if c.choices) == " ".join(WORDS)
+    assert all(c.usage is None for c in plain)  # usage only when the client asked for it
     emb = await client.embeddings.create(model="gpt-test", input="x", encoding_format="float")
     assert emb.data[0].embedding == [0.25, 0.5, 0.75]
     emb64 = await client.embeddings.create(model="gpt-test", input="x")
@@ -105,6 +113,10 @@ async def test_openai_sdk_against_daemon(upstream: Upstream, daemon_factory: Any
     output = d.output() + status.stdout + status.stderr
     for secret in (PROVIDER_KEY, TENANT_KEY, "sk-guess"):
         assert secret not in output
+    # --access-log: one line per request, with the tenant and never a key
+    access = [line for line in d.output().splitlines() if "aigw.access" in line]
+    assert len(access) == 7, access  # 3 chat, 2 embeddings, the model list, the bad key
+    assert all("tenant=team-a" in line for line in access if "/v1/chat" in line)
 
 
 async def test_sigterm_drains_a_long_stream(upstream: Upstream, daemon_factory: Any) -> None:
