@@ -282,7 +282,24 @@ class Gateway:
         if retired or hooks:
             self._retired.append((retired, hooks))
             self._tasks.append(asyncio.create_task(self._retire(retired, hooks)))
-        log.info("config reloaded from %s", config.source)
+        restart_only = [
+            name
+            for name in ("state", "cache", "metrics")
+            if getattr(config, name) != getattr(old.config, name)
+        ]
+        if (config.server.host, config.server.port, config.server.admin_socket) != (
+            old.config.server.host,
+            old.config.server.port,
+            old.config.server.admin_socket,
+        ):
+            restart_only.append("server listen address / admin socket")
+        if restart_only:
+            log.warning(
+                "config reloaded; changes to %s take effect only after a restart",
+                ", ".join(restart_only),
+            )
+        else:
+            log.info("config reloaded from %s", config.source)
         return config
 
     async def _retire(self, providers: list[Provider], hooks: list[Hook]) -> None:
