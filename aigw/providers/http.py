@@ -1,0 +1,765 @@
+"""A lean pooled HTTP/1.1 keep-alive client on asyncio Protocols and `httptools` (llhttp).
+
+aiohttp's `ClientSession` costs about half of a naive gateway's CPU per request (DESIGN.md §7);
+this client does only what an upstream call needs:
+
+- one pool per (scheme, host, port) with a connection limit (waiters queue until the request
+  deadline), LIFO keep-alive reuse and an idle timeout;
+- Content-Length, chunked and close-delimited bodies, HTTP/1.0 and `Connection: close` answers,
+  gzip/deflate bodies decoded (we ask for `identity`, so only a stubborn upstream compresses);
+- streaming chunk by chunk with backpressure (reading pauses while the consumer lags);
+- TLS with the standard `ssl` module and certificate verification, an extra CA from config;
+- HTTP proxies: absolute-form requests for http upstreams, CONNECT tunnels for https ones;
+- one retry on a fresh connection when a reused idle one fails before any response byte (the
+  server closed it while idle: nothing was processed, so repeating is safe).
+
+Failures surface as `UpstreamError` / `UpstreamTimeoutError` with short messages that never
+contain headers or credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+import httptools
+
+from aigw.errors import GatewayError, UpstreamError, UpstreamTimeoutError
+from aigw.providers.base import UpstreamResponse
+
+#: Buffered body bytes above which the socket stops being read until the consumer catches up.
+HIGH_WATER: Final = 256 * 1024
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+# Connection states (pool bookkeeping).
+_ACTIVE: Final = 0
+_IDLE: Final = 1
+_DEAD: Final = 2
+
+# Response states.
+_HEAD: Final = 0  # waiting for the status line and headers
+_BODY: Final = 1
+_DONE: Final = 2
+
+
+class PreparedRequest:
+    """A request line and the fixed headers, encoded once; only the body changes per call."""
+
+    __slots__ = ("has_body", "head", "pool")
+
+    def __init__(self, pool: Pool, head: bytes, has_body: bool) -> None:
+        self.pool = pool
+        self.head = head  # ends with "Content-Length: " when has_body, else with the blank line
+        self.has_body = has_body
+
+
+class HTTPClient:
+    """Pools keyed by origin. Create anywhere; use inside one running event loop."""
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        max_connections: int = 100,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        idle_timeout: float = 30.0,
+        ca_file: str | None = None,
+        proxy: str | None = None,
+        keep_headers: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label = label  # names the upstream in error messages
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.ca_file = ca_file
+        self.clock = clock
+        self.keep_headers = frozenset(h.lower().encode("latin-1") for h in keep_headers)
+        self.proxy: _Proxy | None = None
+        self.proxy_error: str | None = None  # an unusable proxy fails requests, not start-up
+        if proxy:
+            try:
+                self.proxy = _Proxy.parse(proxy)
+            except ValueError as exc:
+                self.proxy_error = str(exc)
+        self.pools: dict[tuple[str, str, int], Pool] = {}
+        self._ssl: ssl.SSLContext | None = None
+
+    def prepare(self, method: str, url: str, headers: Mapping[str, str]) -> PreparedRequest:
+        """Encode `method url` with `headers` (plus Host, Accept-Encoding and, for a plain-http
+        upstream behind a proxy, Proxy-Authorization) for repeated `send()`s."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(f"unsupported upstream URL scheme or host: {scheme!r}")
+        host = parts.hostname
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        key = (scheme, host, port)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool(self, scheme, host, port)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        host_header = f"[{host}]" if ":" in host else host
+        if port != _DEFAULT_PORTS[scheme]:
+            host_header += f":{port}"
+        target = path
+        lines = [f"Host: {host_header}", "Accept-Encoding: identity"]
+        if self.proxy is not None and scheme == "http":
+            target = f"http://{host_header}{path}"  # absolute form: the proxy forwards it
+            if self.proxy.auth:
+                lines.append(f"Proxy-Authorization: {self.proxy.auth}")
+        for name, value in headers.items():
+            if name.lower() in ("host", "content-length", "accept-encoding"):
+                continue
+            if any(c in name or c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} contains a line break")  # never the value
+            lines.append(f"{name}: {value}")
+        has_body = method not in ("GET", "HEAD")
+        head = f"{method} {target} HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n"
+        head += "Content-Length: " if has_body else "\r\n"
+        return PreparedRequest(pool, head.encode("latin-1"), has_body)
+
+    async def send(
+        self, request: PreparedRequest, body: bytes | None, *, timeout: float
+    ) -> HTTPResponse:
+        """Send and wait for the status line and headers; `timeout` is the time left of the
+        caller's deadline, which also bounds `HTTPResponse.read()`."""
+        if request.has_body:
+            payload = b"%b%d\r\n\r\n%b" % (request.head, len(body or b""), body or b"")
+        else:
+            payload = request.head
+        pool = request.pool
+        deadline = asyncio.get_running_loop().time() + timeout
+        conn, reused = await pool.acquire(deadline, fresh=False)
+        while True:
+            resp = HTTPResponse(self, conn, deadline)
+            try:
+                conn.begin(resp, payload)
+                await resp.wait_head()
+                return resp
+            except UpstreamError:
+                if not (resp.stale and reused):
+                    raise
+            except BaseException:
+                resp.close()
+                raise
+            # The server closed this idle connection as we reused it: retry once on a new one.
+            conn, reused = await pool.acquire(deadline, fresh=True)
+            reused = False
+
+    def sweep_idle(self) -> None:
+        """Close connections idle for longer than `idle_timeout` (also runs on a timer)."""
+        for pool in self.pools.values():
+            pool.sweep()
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            ctx = ssl.create_default_context()
+            if self.ca_file:
+                ctx.load_verify_locations(cafile=self.ca_file)  # added to the system CAs
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._ssl = ctx
+        return self._ssl
+
+
+class _Proxy:
+    __slots__ = ("auth", "host", "port")
+
+    def __init__(self, host: str, port: int, auth: str | None) -> None:
+        self.host = host
+        self.port = port
+        self.auth = auth  # the Proxy-Authorization value, or None
+
+    @classmethod
+    def parse(cls, url: str) -> _Proxy:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("only http:// proxies are supported")
+        auth = None
+        if parts.username is not None:
+            raw = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            auth = "Basic " + base64.b64encode(raw.encode()).decode()
+        return cls(parts.hostname, parts.port or 80, auth)
+
+
+class Pool:
+    """Keep-alive connections to one origin, at most `max_connections` of them."""
+
+    def __init__(self, client: HTTPClient, scheme: str, host: str, port: int) -> None:
+        self.client = client
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.max_connections = client.max_connections
+        self.idle: deque[_Connection] = deque()  # oldest first; reuse takes the newest
+        self.count = 0  # live connections, opening ones included
+        self.opened = 0  # connections ever opened (for stats and tests)
+        self.waiters: deque[asyncio.Future[_Connection | bool | None]] = deque()
+        self.closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def acquire(self, deadline: float, *, fresh: bool) -> tuple[_Connection, bool]:
+        """A connection and whether it was reused; `fresh` never takes an idle one."""
+        if self.closed:
+            raise UpstreamError(f"Upstream '{self.client.label}' client is closed")
+        idle = self.idle
+        if idle:
+            if fresh:
+                if self.count >= self.max_connections:
+                    self._drop(idle[0])
+            else:
+                now = self.client.clock()
+                limit = self.client.idle_timeout
+                while idle:
+                    conn = idle.pop()
+                    conn.state = _ACTIVE
+                    if conn.transport_closing() or now - conn.idle_since >= limit:
+                        self._drop(conn)
+                        continue
+                    return conn, True
+        if self.count < self.max_connections:
+            self.count += 1
+            return await self._open(deadline), False
+        return await self._wait(deadline)
+
+    async def _wait(self, deadline: float) -> tuple[_Connection, bool]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_Connection | bool | None] = loop.create_future()
+        self.waiters.append(fut)
+        timer = loop.call_at(deadline, _expire, fut)
+        try:
+            got = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._give_back(fut.result())
+            raise
+        finally:
+            timer.cancel()
+        if isinstance(got, _Connection):
+            return got, True
+        if got is None:  # a slot was handed over: open a connection in it
+            return await self._open(deadline), False
+        raise UpstreamTimeoutError(
+            f"Upstream '{self.client.label}' timed out waiting for a free connection"
+        )
+
+    def _give_back(self, got: _Connection | bool | None) -> None:
+        """Return what a cancelled waiter had been handed."""
+        if isinstance(got, _Connection):
+            self.release(got, keep_alive=True)
+        elif got is None:
+            self.count -= 1
+            self._slot_freed()
+
+    async def _open(self, deadline: float) -> _Connection:
+        """Connect in a slot already counted; the slot is freed again on failure."""
+        client = self.client
+        if client.proxy_error is not None:
+            self.count -= 1
+            self._slot_freed()
+            raise UpstreamError(f"Upstream '{client.label}' proxy unusable: {client.proxy_error}")
+        loop = asyncio.get_running_loop()
+        tls = self.scheme == "https"
+        proxy = client.proxy
+        host, port = (proxy.host, proxy.port) if proxy is not None else (self.host, self.port)
+        where = f"proxy {host}:{port}" if proxy is not None else f"{host}:{port}"
+        conn: _Connection | None = None
+        try:
+            async with asyncio.timeout(min(client.connect_timeout, deadline - loop.time())):
+                ssl_ctx = client.ssl_context() if tls and proxy is None else None
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self),
+                    host,
+                    port,
+                    ssl=ssl_ctx,
+                    server_hostname=self.host if ssl_ctx is not None else None,
+                )
+                if tls and proxy is not None:
+                    await conn.tunnel(self.host, self.port, proxy.auth)
+                    transport = await loop.start_tls(
+                        conn.transport, conn, client.ssl_context(), server_hostname=self.host
+                    )
+                    if transport is None:  # pragma: no cover - only with a non-TLS loop
+                        raise ConnectionError("TLS upgrade failed")
+                    conn.transport = transport
+        except BaseException as exc:
+            if conn is not None:
+                conn.state = _DEAD
+                conn.abort()
+            self.count -= 1
+            self._slot_freed()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeoutError(
+                    f"Upstream '{client.label}' timed out connecting to {where}"
+                ) from exc
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                reason = exc.verify_message or "certificate verify failed"
+                raise UpstreamError(
+                    f"Upstream '{client.label}' TLS certificate of {self.host} not trusted "
+                    f"({reason})"
+                ) from exc
+            if isinstance(exc, ssl.SSLError):
+                raise UpstreamError(
+                    f"Upstream '{client.label}' TLS handshake with {self.host} failed"
+                ) from exc
+            if isinstance(exc, GatewayError):
+                raise
+            if isinstance(exc, OSError):
+                reason = exc.strerror or type(exc).__name__
+                raise UpstreamError(
+                    f"Upstream '{client.label}' unreachable: cannot connect to {where} ({reason})"
+                ) from exc
+            raise
+        self.opened += 1
+        return conn
+
+    def release(self, conn: _Connection, *, keep_alive: bool) -> None:
+        """A connection whose response is complete: reuse it, or close it."""
+        if not keep_alive or self.closed or conn.transport_closing():
+            self._drop(conn)
+            return
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(conn)
+                return
+        conn.state = _IDLE
+        conn.idle_since = self.client.clock()
+        self.idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(
+                self.client.idle_timeout, self._on_sweep_timer
+            )
+
+    def _drop(self, conn: _Connection) -> None:
+        """Close a connection for good and free its slot (once, whatever its state)."""
+        state = conn.state
+        if state == _DEAD:
+            return
+        if state == _IDLE:
+            self.idle.remove(conn)
+        conn.state = _DEAD
+        conn.abort()
+        self.count -= 1
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                self.count += 1  # the slot passes to the waiter, who connects in it
+                fut.set_result(None)
+                return
+
+    def _on_sweep_timer(self) -> None:
+        self._sweeper = None
+        self.sweep()
+
+    def sweep(self) -> None:
+        idle = self.idle
+        now = self.client.clock()
+        limit = self.client.idle_timeout
+        while idle and now - idle[0].idle_since >= limit:
+            self._drop(idle[0])
+        if idle and self._sweeper is None:
+            delay = max(idle[0].idle_since + limit - now, 0.05 * limit)
+            self._sweeper = asyncio.get_running_loop().call_later(delay, self._on_sweep_timer)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        while self.idle:
+            self._drop(self.idle[0])
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(False)
+
+
+def _expire(fut: asyncio.Future[_Connection | bool | None]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+def _wake(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+class _Connection(asyncio.Protocol):
+    """One socket and its llhttp parser; feeds the response currently in flight."""
+
+    __slots__ = (
+        "_chunked",
+        "_complete",
+        "_has_length",
+        "_headers",
+        "_keep_alive",
+        "_tunnel_buf",
+        "_tunnel_waiter",
+        "idle_since",
+        "parser",
+        "paused",
+        "pool",
+        "response",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: HTTPResponse | None = None
+        self.state = _ACTIVE
+        self.idle_since = 0.0
+        self.paused = False
+        self._headers: dict[str, str] = {}
+        self._has_length = False
+        self._chunked = False
+        self._complete = False
+        self._keep_alive = False
+        self._tunnel_buf: bytearray | None = None
+        self._tunnel_waiter: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.response
+        if resp is None:
+            if self._tunnel_buf is not None:
+                self._tunnel_data(data)
+                return
+            # Bytes on an idle connection (a 408, garbage): it cannot be trusted any more.
+            self.pool._drop(self)
+            return
+        resp.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(UpstreamError(f"Upstream '{self.pool.client.label}' sent invalid HTTP"))
+            return
+        if self._complete:
+            self._finish()
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close; connection_lost decides what the EOF meant
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        waiter = self._tunnel_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("proxy closed the connection"))
+        resp = self.response
+        if resp is None:
+            if self.state == _IDLE:  # the server closed an idle keep-alive connection
+                self.pool._drop(self)
+            return
+        if exc is None and resp.state == _BODY and not self._has_length and not self._chunked:
+            # A close-delimited body (HTTP/1.0 style): the close is its end.
+            self._complete = True
+            self._keep_alive = False
+            self._finish()
+            return
+        label = self.pool.client.label
+        if resp.state == _HEAD:
+            err = UpstreamError(f"Upstream '{label}' closed the connection before answering")
+        else:
+            err = UpstreamError(f"Upstream '{label}' connection broke mid-response")
+        self._fail(err)
+
+    def pause_writing(self) -> None:
+        pass  # request bodies are bounded by max_body_size: the transport buffers them
+
+    def resume_writing(self) -> None:
+        pass
+
+    # --- llhttp callbacks ------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname == b"content-length":
+            self._has_length = True
+        elif lname == b"transfer-encoding":
+            self._chunked = b"chunked" in value.lower()
+        elif lname == b"content-encoding":
+            enc = value.strip().lower()
+            if enc != b"identity":
+                assert self.response is not None
+                self.response.encoding = enc
+        if lname in self.pool.client.keep_headers:
+            self._headers[lname.decode("latin-1")] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        resp = self.response
+        assert resp is not None
+        resp.status = self.parser.get_status_code()
+        resp.headers = self._headers
+        resp.state = _BODY
+        waiter = resp.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def on_body(self, body: bytes) -> None:
+        resp = self.response
+        assert resp is not None
+        resp.chunks.append(body)
+        resp.buffered += len(body)
+        if resp.buffered > HIGH_WATER and not self.paused and not resp.whole:
+            self.paused = True
+            self.transport.pause_reading()
+        waiter = resp.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+        self._keep_alive = self.parser.should_keep_alive()
+
+    # --- used by the pool and the response -------------------------------------------------
+
+    def begin(self, resp: HTTPResponse, payload: bytes) -> None:
+        self.response = resp
+        self._headers = {}
+        self._has_length = self._chunked = self._complete = False
+        if self.transport.is_closing():
+            self._fail(
+                UpstreamError(f"Upstream '{self.pool.client.label}' connection already closed")
+            )
+            return
+        self.transport.write(payload)
+
+    def transport_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.response = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+    def _finish(self) -> None:
+        """The response's last byte is in: hand the body over and free the connection."""
+        resp = self.response
+        assert resp is not None
+        self._complete = False
+        self.response = None
+        resp.conn = None
+        resp.state = _DONE
+        waiter = resp.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+        self.resume()
+        self.pool.release(self, keep_alive=self._keep_alive)
+
+    def _fail(self, err: UpstreamError) -> None:
+        resp = self.response
+        if resp is not None:
+            resp.fail(err)
+        self.pool._drop(self)
+
+    # --- CONNECT tunnels -------------------------------------------------------------------
+
+    async def tunnel(self, host: str, port: int, auth: str | None) -> None:
+        """Ask the proxy for a tunnel to host:port; returns once it answered 200."""
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        if auth:
+            lines.append(f"Proxy-Authorization: {auth}")
+        self._tunnel_buf = bytearray()
+        self._tunnel_waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        try:
+            await self._tunnel_waiter
+        finally:
+            self._tunnel_waiter = None
+        head = bytes(self._tunnel_buf)
+        self._tunnel_buf = None
+        status_line = head.split(b"\r\n", 1)[0].split()
+        status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 0
+        if status != 200:
+            raise UpstreamError(
+                f"Upstream '{self.pool.client.label}' proxy refused the tunnel (HTTP {status})"
+            )
+
+    def _tunnel_data(self, data: bytes) -> None:
+        buf = self._tunnel_buf
+        assert buf is not None
+        buf += data
+        waiter = self._tunnel_waiter
+        if b"\r\n\r\n" in buf and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        elif len(buf) > 65536:
+            self.pool._drop(self)
+
+
+class HTTPResponse(UpstreamResponse):
+    """Status and headers are in; the body arrives into `chunks` as the socket delivers it."""
+
+    __slots__ = (
+        "buffered",
+        "chunks",
+        "client",
+        "conn",
+        "deadline",
+        "encoding",
+        "error",
+        "got_bytes",
+        "stale",
+        "state",
+        "waiter",
+        "whole",
+    )
+
+    def __init__(self, client: HTTPClient, conn: _Connection, deadline: float) -> None:
+        super().__init__(0, {})
+        self.client = client
+        self.conn: _Connection | None = conn
+        self.deadline = deadline
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.state = _HEAD
+        self.encoding: bytes | None = None
+        self.error: UpstreamError | None = None
+        self.got_bytes = False
+        self.stale = False  # failed before any byte of the answer: safe to send again
+        self.waiter: asyncio.Future[bool] | None = None
+        self.whole = False  # read() wants everything: no backpressure
+
+    def fail(self, err: UpstreamError) -> None:
+        self.error = err
+        self.stale = self.state == _HEAD and not self.got_bytes
+        self.conn = None
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    async def _wait(self, limit: float, what: str) -> None:
+        """Until the connection has news, at most `limit` seconds."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        self.waiter = fut
+        timer = loop.call_later(limit, _wake, fut)
+        try:
+            news = await fut
+        except asyncio.CancelledError:
+            self.close()  # the caller gave up mid-answer: the connection cannot be reused
+            raise
+        finally:
+            timer.cancel()
+            self.waiter = None
+        if not news:
+            self.close()
+            if loop.time() >= self.deadline:
+                what = "the request deadline passed"
+            raise UpstreamTimeoutError(f"Upstream '{self.client.label}' timed out ({what})")
+
+    async def wait_head(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.state == _HEAD:
+            if self.error is not None:
+                raise self.error
+            limit = min(self.client.read_timeout, self.deadline - loop.time())
+            await self._wait(limit, "no answer within the read timeout")
+        if self.error is not None:
+            raise self.error
+
+    async def read(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        self.whole = True
+        if self.conn is not None:
+            self.conn.resume()
+        while self.state != _DONE:
+            if self.error is not None:
+                raise self.error
+            limit = min(self.client.read_timeout, self.deadline - loop.time())
+            await self._wait(limit, "the response stalled")
+        body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
+        self.buffered = 0
+        if self.encoding is not None:
+            decoder = self._decoder()
+            try:
+                body = decoder.decompress(body) + decoder.flush()
+            except zlib.error as exc:
+                raise self._bad_encoding() from exc
+        return body
+
+    async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
+        decoder = self._decoder() if self.encoding is not None else None
+        read_timeout = self.client.read_timeout
+        try:
+            while True:
+                chunks = self.chunks
+                if chunks:
+                    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    self.chunks = []
+                    self.buffered = 0
+                    conn = self.conn
+                    if conn is not None and conn.paused:
+                        conn.resume()
+                    if decoder is not None:
+                        try:
+                            data = decoder.decompress(data)
+                        except zlib.error as exc:
+                            raise self._bad_encoding() from exc
+                    if data:
+                        yield data
+                    continue
+                if self.state == _DONE:
+                    if decoder is not None:
+                        tail = decoder.flush()
+                        if tail:
+                            yield tail
+                    return
+                if self.error is not None:
+                    raise self.error
+                await self._wait(read_timeout, "the stream stalled")
+        finally:
+            if self.state != _DONE:
+                self.close()  # abandoned mid-stream: abort, so the upstream stops
+
+    def close(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            # Not read to the end: abort, so the upstream sees the close (and stops generating).
+            self.conn = None
+            conn.response = None
+            conn.pool._drop(conn)
+        if self.state != _DONE and self.error is None:
+            self.error = UpstreamError(f"Upstream '{self.client.label}' response closed")
+
+    def _decoder(self) -> zlib._Decompress:
+        if self.encoding not in (b"gzip", b"x-gzip", b"deflate"):
+            raise UpstreamError(f"Upstream '{self.client.label}' used an unsupported encoding")
+        return zlib.decompressobj(wbits=47)  # 32 + 15: zlib or gzip header, detected
+
+    def _bad_encoding(self) -> UpstreamError:
+        return UpstreamError(f"Upstream '{self.client.label}' sent a body that does not decode")

@@ -1,0 +1,797 @@
+"""The upstream transport (`aigw.providers.http`) against real servers on 127.0.0.1: a scripted
+raw HTTP/1.1 server (so framing, closes and resets are exact), an HTTPS aiohttp server with a CA
+made here, and a tiny HTTP proxy (absolute-form and CONNECT)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import gzip
+import ipaddress
+import json
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from aiohttp import web
+
+from aigw.config import ProviderConfig, Secret
+from aigw.errors import UpstreamError, UpstreamTimeoutError
+from aigw.providers.http import HIGH_WATER, HTTPClient, HTTPResponse
+from aigw.providers.openai import OpenAIProvider
+from tests.upstream import Upstream
+
+SECRET = "sk-transport-secret-123"
+
+
+# --- a scripted raw HTTP/1.1 server ----------------------------------------------------------
+
+
+@dataclass
+class Req:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    conn: int  # index of the connection it came on
+    seq: int  # index of the request on its connection
+    reader: asyncio.StreamReader = field(repr=False)
+
+
+#: Writes the answer; returns False to close the connection afterwards.
+Handler = Callable[[Req, asyncio.StreamWriter], Awaitable[bool]]
+
+
+def answer(body: bytes = b'{"ok":true}', *, status: int = 200, extra: str = "") -> bytes:
+    return (
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+async def ok(req: Req, w: asyncio.StreamWriter) -> bool:
+    w.write(answer())
+    return True
+
+
+class RawServer:
+    def __init__(self, handler: Handler = ok) -> None:
+        self.handler = handler
+        self.requests: list[Req] = []
+        self.connections = 0
+        self.open = 0
+        self.max_open = 0
+        self.gone: list[asyncio.Event] = []  # per connection: set when it closed
+        self.hold = asyncio.Event()  # handlers may wait on it; set at stop
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self.hold.set()
+        self._server.close()
+        for w in self._writers:
+            w.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.append(task)
+        index = self.connections
+        self.connections += 1
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        gone = asyncio.Event()
+        self.gone.append(gone)
+        self._writers.append(writer)
+        seq = 0
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ")
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                req = Req(method, target, headers, body, index, seq, reader)
+                self.requests.append(req)
+                seq += 1
+                keep = await self.handler(req, writer)
+                await writer.drain()
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.CancelledError):
+            return  # a cancelled handler task would be logged as an error by asyncio
+        finally:
+            self.open -= 1
+            writer.close()
+            gone.set()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[RawServer]]]:
+    servers: list[RawServer] = []
+
+    async def start(handler: Handler = ok) -> RawServer:
+        server = await RawServer(handler).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[..., HTTPClient]]:
+    made: list[HTTPClient] = []
+
+    def make(**kwargs: Any) -> HTTPClient:
+        kwargs.setdefault("label", "up")
+        kwargs.setdefault("keep_headers", ("content-type", "x-request-id"))
+        client = HTTPClient(**kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+async def post(
+    client: HTTPClient, url: str, body: bytes = b"{}", *, timeout: float = 5.0
+) -> HTTPResponse:
+    prepared = client.prepare("POST", url + "/chat/completions", {"Authorization": SECRET})
+    return await client.send(prepared, body, timeout=timeout)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait for a condition the event loop will bring about (bounded, never a fixed sleep)."""
+    async with asyncio.timeout(5):
+        while not predicate():  # noqa: ASYNC110 - the state lives in the transport
+            await asyncio.sleep(0.001)
+
+
+# --- framing and keep-alive ------------------------------------------------------------------
+
+
+async def test_content_length_answers_reuse_one_connection(serve: Any, clients: Any) -> None:
+    server = await serve()
+    client = clients()
+    for i in range(3):
+        resp = await post(client, server.url, b'{"n":%d}' % i)
+        assert resp.status == 200
+        assert resp.headers == {"content-type": "application/json"}
+        assert await resp.read() == b'{"ok":true}'
+    assert server.connections == 1
+    assert [(r.conn, r.seq) for r in server.requests] == [(0, 0), (0, 1), (0, 2)]
+    first = server.requests[0]
+    assert first.method == "POST" and first.target == "/v1/chat/completions"
+    assert first.headers["host"] == f"127.0.0.1:{server.port}"
+    assert first.headers["accept-encoding"] == "identity"
+    assert first.body == b'{"n":0}'
+    pool = next(iter(client.pools.values()))
+    assert pool.opened == 1 and len(pool.idle) == 1
+
+
+async def test_chunked_stream_arrives_chunk_by_chunk(serve: Any, clients: Any) -> None:
+    got_first = asyncio.Event()
+
+    async def chunked(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        w.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        w.write(chunk(b"data: first\n\n"))
+        await w.drain()
+        await got_first.wait()  # the second chunk only after the client saw the first
+        w.write(chunk(b"data: second\n\n") + b"0\r\n\r\n")
+        return True
+
+    server = await serve(chunked)
+    client = clients()
+    resp = await post(client, server.url)
+    seen = []
+    async for piece in resp.iter_chunks():
+        seen.append(piece)
+        got_first.set()
+    assert seen == [b"data: first\n\n", b"data: second\n\n"]
+    resp.close()  # after the end: keeps the connection
+    assert (await (await post(client, server.url)).read()) == b"data: first\n\ndata: second\n\n"
+    assert server.connections == 1
+
+
+async def test_close_delimited_and_http10_answers_are_not_reused(serve: Any, clients: Any) -> None:
+    async def old_style(req: Req, w: asyncio.StreamWriter) -> bool:
+        if req.conn == 0:
+            w.write(b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"a":1}')
+        elif req.conn == 1:
+            w.write(b'HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\n{"b":2}')
+            await w.drain()
+            await server.hold.wait()  # keeps the socket open: the client must not reuse
+        else:
+            w.write(answer(extra="Connection: close\r\n"))
+        return False
+
+    server = await serve(old_style)
+    client = clients()
+    assert await (await post(client, server.url)).read() == b'{"a":1}'
+    assert await (await post(client, server.url)).read() == b'{"b":2}'
+    assert await (await post(client, server.url)).read() == b'{"ok":true}'
+    await post(client, server.url)
+    assert server.connections == 4
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def test_gzip_bodies_are_decoded_whole_and_streamed(serve: Any, clients: Any) -> None:
+    payload = b'{"text":"' + b"abc" * 1000 + b'"}'
+    packed = gzip.compress(payload)
+
+    async def gz(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(answer(packed, extra="Content-Encoding: gzip\r\n"))
+        return True
+
+    server = await serve(gz)
+    client = clients()
+    assert await (await post(client, server.url)).read() == payload
+    streamed = b"".join([c async for c in (await post(client, server.url)).iter_chunks()])
+    assert streamed == payload
+
+
+async def test_invalid_http_is_an_upstream_error(serve: Any, clients: Any) -> None:
+    async def garbage(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"SPDY/9 nonsense\r\n\r\n")
+        return True
+
+    server = await serve(garbage)
+    with pytest.raises(UpstreamError, match="invalid HTTP"):
+        await post(clients(), server.url)
+
+
+# --- slow and broken upstreams ---------------------------------------------------------------
+
+
+async def test_slow_upstream_hits_the_read_timeout_and_the_deadline(
+    serve: Any, clients: Any
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(req: Req, w: asyncio.StreamWriter) -> bool:
+        if req.seq == 0 and req.conn == 0:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+            await w.drain()
+        await release.wait()
+        return False
+
+    server = await serve(slow)
+    client = clients(read_timeout=0.05)
+    resp = await post(client, server.url)  # headers came, the body stalls half way
+    with pytest.raises(UpstreamTimeoutError, match="stalled"):
+        await resp.read()
+    with pytest.raises(UpstreamTimeoutError, match="read timeout"):
+        await post(client, server.url)  # no answer at all
+    patient = clients(read_timeout=60)
+    with pytest.raises(UpstreamTimeoutError, match="deadline"):
+        await post(patient, server.url, timeout=0.05)
+    release.set()
+    await until(lambda: all(g.is_set() for g in server.gone))  # the client hung up every time
+
+
+async def test_reset_before_and_during_the_answer(serve: Any, clients: Any) -> None:
+    async def reset(req: Req, w: asyncio.StreamWriter) -> bool:
+        if req.conn == 1:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            await w.drain()
+        w.transport.abort()
+        return False
+
+    server = await serve(reset)
+    client = clients()
+    with pytest.raises(UpstreamError, match="closed the connection before answering") as first:
+        await post(client, server.url)
+    assert len(server.requests) == 1  # a fresh connection is never retried
+    resp = await post(client, server.url)
+    with pytest.raises(UpstreamError, match="broke mid-response") as second:
+        await resp.read()
+    for err in (first.value, second.value):
+        assert SECRET not in err.message and "Authorization" not in err.message
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def test_connect_refused_is_a_short_upstream_error(clients: Any) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    with pytest.raises(UpstreamError, match=f"cannot connect to 127.0.0.1:{port}"):
+        await post(clients(), f"http://127.0.0.1:{port}/v1")
+
+
+async def test_stale_reused_connection_is_retried_once_on_a_fresh_one(
+    serve: Any, clients: Any
+) -> None:
+    async def closes_when_reused(req: Req, w: asyncio.StreamWriter) -> bool:
+        if req.seq == 1:  # what a server that timed the idle connection out looks like
+            w.transport.abort()
+            return False
+        w.write(answer())
+        return True
+
+    server = await serve(closes_when_reused)
+    client = clients()
+    assert await (await post(client, server.url, b'{"n":1}')).read() == b'{"ok":true}'
+    assert await (await post(client, server.url, b'{"n":2}')).read() == b'{"ok":true}'
+    assert [(r.conn, r.seq, r.body) for r in server.requests] == [
+        (0, 0, b'{"n":1}'),
+        (0, 1, b'{"n":2}'),  # lost with the connection: nothing was answered
+        (1, 0, b'{"n":2}'),  # the retry
+    ]
+
+
+async def test_no_retry_once_answer_bytes_arrived(serve: Any, clients: Any) -> None:
+    async def breaks_when_reused(req: Req, w: asyncio.StreamWriter) -> bool:
+        if req.seq == 1:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+            await w.drain()
+            w.transport.abort()
+            return False
+        w.write(answer())
+        return True
+
+    server = await serve(breaks_when_reused)
+    client = clients()
+    await (await post(client, server.url)).read()
+    with pytest.raises(UpstreamError, match=r"broke mid-response|before answering"):
+        await post(client, server.url)
+    assert len(server.requests) == 2
+
+
+# --- the pool ----------------------------------------------------------------------------------
+
+
+async def test_pool_limit_queues_requests(serve: Any, clients: Any) -> None:
+    release = asyncio.Event()
+
+    async def held(req: Req, w: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        w.write(answer())
+        return True
+
+    server = await serve(held)
+    client = clients(max_connections=2)
+
+    async def one() -> bytes:
+        return await (await post(client, server.url)).read()
+
+    tasks = [asyncio.create_task(one()) for _ in range(5)]
+    await until(lambda: len(server.requests) == 2)
+    pool = next(iter(client.pools.values()))
+    assert len(pool.waiters) == 3
+    release.set()
+    assert await asyncio.gather(*tasks) == [b'{"ok":true}'] * 5
+    assert server.connections == 2 and server.max_open == 2
+
+
+async def test_waiting_for_a_connection_is_bounded_by_the_deadline(
+    serve: Any, clients: Any
+) -> None:
+    release = asyncio.Event()
+
+    async def held(req: Req, w: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        w.write(answer())
+        return True
+
+    server = await serve(held)
+    client = clients(max_connections=1)
+    busy = asyncio.create_task(post(client, server.url))
+    await until(lambda: len(server.requests) == 1)
+    with pytest.raises(UpstreamTimeoutError, match="free connection"):
+        await post(client, server.url, timeout=0.02)
+    release.set()
+    assert await (await busy).read() == b'{"ok":true}'
+    assert await (await post(client, server.url)).read() == b'{"ok":true}'  # the slot is back
+    assert server.connections == 1
+
+
+async def test_idle_connections_expire(serve: Any, clients: Any) -> None:
+    now = [100.0]
+    server = await serve()
+    client = clients(idle_timeout=30.0, clock=lambda: now[0])
+    await (await post(client, server.url)).read()
+    now[0] += 29.0
+    await (await post(client, server.url)).read()
+    assert server.connections == 1  # still fresh enough: reused
+    now[0] += 31.0
+    await (await post(client, server.url)).read()
+    assert server.connections == 2  # expired: closed and replaced
+    await asyncio.wait_for(server.gone[0].wait(), 5)
+    now[0] += 31.0
+    client.sweep_idle()  # what the timer does
+    await asyncio.wait_for(server.gone[1].wait(), 5)
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def test_server_closing_an_idle_connection_frees_its_slot(serve: Any, clients: Any) -> None:
+    async def then_close(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(answer())
+        return req.conn != 0  # closes the first connection right after answering
+
+    server = await serve(then_close)
+    client = clients(max_connections=1)
+    await (await post(client, server.url)).read()
+    pool = next(iter(client.pools.values()))
+    await until(lambda: pool.count == 0)
+    await (await post(client, server.url)).read()
+    assert server.connections == 2
+
+
+async def test_closing_an_unread_response_aborts_and_a_read_one_is_kept(
+    serve: Any, clients: Any
+) -> None:
+    async def endless(req: Req, w: asyncio.StreamWriter) -> bool:
+        if req.conn == 0:
+            w.write(answer())
+            return True
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while True:
+            w.write(chunk(b"data: "))
+            await w.drain()
+            await asyncio.sleep(0.001)
+
+    server = await serve(endless)
+    client = clients()
+    done = await post(client, server.url)
+    await done.read()
+    done.close()
+    pool = next(iter(client.pools.values()))
+    assert len(pool.idle) == 1
+    streams = clients()
+    resp = await post(streams, server.url)
+    assert await anext(resp.iter_chunks())
+    resp.close()
+    await asyncio.wait_for(server.gone[1].wait(), 5)
+    assert not server.gone[0].is_set()
+    assert next(iter(streams.pools.values())).count == 0
+
+
+async def test_a_cancelled_read_or_abandoned_stream_frees_the_connection(
+    serve: Any, clients: Any
+) -> None:
+    async def half(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(b"data: 1\n\n"))
+        await w.drain()
+        assert await req.reader.read() == b""  # until the client hangs up
+        return False
+
+    server = await serve(half)
+    client = clients(max_connections=1)
+    resp = await post(client, server.url)
+    reading = asyncio.create_task(resp.read())
+    await until(lambda: resp.waiter is not None)  # read() is waiting for the rest
+    pool = next(iter(client.pools.values()))
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    await asyncio.wait_for(server.gone[0].wait(), 5)
+    stream = (await post(client, server.url)).iter_chunks()
+    assert await anext(stream) == b"data: 1\n\n"
+    await stream.aclose()  # abandoned without close(): still aborted
+    await asyncio.wait_for(server.gone[1].wait(), 5)
+    assert pool.count == 0
+
+
+async def test_a_slow_stream_reader_pauses_the_socket(serve: Any, clients: Any) -> None:
+    blob = b"x" * 65536
+    total = 64 * len(blob)
+
+    async def flood(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n".encode())
+        for _ in range(64):
+            w.write(blob)
+            await w.drain()
+        return True
+
+    server = await serve(flood)
+    client = clients()
+    resp = await post(client, server.url)
+    conn = resp.conn
+    assert conn is not None
+    await until(lambda: conn.paused)
+    assert HIGH_WATER < resp.buffered < total  # stopped reading: the rest waits in the socket
+    received = 0
+    async for chunk in resp.iter_chunks():
+        received += len(chunk)
+    assert received == total
+    assert server.connections == 1
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Certs:
+    ca_file: Path
+    server_ctx: ssl.SSLContext
+    other_ca_file: Path = field(default=Path())
+
+
+def make_certs(tmp_path: Path) -> Certs:
+    """A CA and a certificate for 127.0.0.1 signed by it (and an unrelated CA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def ca(name: str) -> tuple[Any, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return key, cert
+
+    ca_key, ca_cert = ca("aigw test CA")
+    _, other_cert = ca("someone else's CA")
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca_cert.public_bytes(pem))
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(other_cert.public_bytes(pem))
+    cert_file = tmp_path / "server.pem"
+    cert_file.write_bytes(leaf.public_bytes(pem))
+    key_file = tmp_path / "server.key"
+    key_file.write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_file, key_file)
+    return Certs(ca_file, ctx, other)
+
+
+@pytest.fixture
+async def https_upstream(tmp_path: Path) -> AsyncIterator[tuple[str, Certs]]:
+    certs = make_certs(tmp_path)
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"echo": body, "sni_host": request.host})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    await web.SockSite(runner, sock, ssl_context=certs.server_ctx).start()
+    yield f"https://127.0.0.1:{port}/v1", certs
+    await runner.cleanup()
+
+
+async def test_tls_with_the_configured_ca(https_upstream: Any, clients: Any) -> None:
+    url, certs = https_upstream
+    client = clients(ca_file=str(certs.ca_file))
+    for n in range(2):
+        resp = await post(client, url, b'{"n":%d}' % n)
+        assert json.loads(await resp.read())["echo"] == {"n": n}
+    assert next(iter(client.pools.values())).opened == 1
+
+
+async def test_tls_untrusted_certificate_fails_clearly(https_upstream: Any, clients: Any) -> None:
+    url, certs = https_upstream
+    for client in (clients(), clients(ca_file=str(certs.other_ca_file))):
+        with pytest.raises(UpstreamError, match=r"TLS certificate of 127\.0\.0\.1 not trusted"):
+            await post(client, url)
+        assert next(iter(client.pools.values())).count == 0
+
+
+# --- HTTP proxies ------------------------------------------------------------------------------
+
+
+class Proxy:
+    """Forwards absolute-form requests and CONNECT tunnels, recording what it was asked."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.lines: list[str] = []
+        self.auth: list[str | None] = []
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.url = ""
+
+    async def start(self) -> Proxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://user:p%40ss@127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._writers:
+            w.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        self.lines.append(lines[0])
+        auth = [ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("proxy-auth")]
+        self.auth.append(auth[0] if auth else None)
+        method, target, _ = lines[0].split(" ")
+        if method == "CONNECT":
+            if self.refuse:
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                writer.close()
+                return
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            parts = urlsplit(target)
+            up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port)
+            up_writer.write(head)  # aiohttp's server accepts the absolute form as is
+        self._writers.append(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
+    made: list[Proxy] = []
+
+    async def start(**kwargs: Any) -> Proxy:
+        p = await Proxy(**kwargs).start()
+        made.append(p)
+        return p
+
+    yield start
+    for p in made:
+        await p.stop()
+
+
+BASIC = "Basic " + base64.b64encode(b"user:p@ss").decode()
+
+
+async def test_plain_http_upstream_through_the_env_proxy(
+    proxy: Any, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    p = await proxy()
+    monkeypatch.setenv("HTTP_PROXY", p.url)
+    provider = OpenAIProvider(
+        ProviderConfig(name="up", base_url=upstream.url, api_key=Secret(SECRET))
+    )
+    try:
+        for _ in range(2):
+            body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+            resp = await provider.send("chat/completions", body, stream=False, timeout=5)
+            assert json.loads(await resp.read())["object"] == "chat.completion"
+    finally:
+        await provider.close()
+    assert p.lines == [f"POST {upstream.url}/chat/completions HTTP/1.1"]  # one kept connection
+    assert p.auth == [BASIC]
+    assert upstream.headers[0]["Authorization"] == f"Bearer {SECRET}"
+
+
+async def test_https_upstream_through_a_connect_tunnel(
+    proxy: Any, https_upstream: Any, clients: Any
+) -> None:
+    url, certs = https_upstream
+    p = await proxy()
+    client = clients(ca_file=str(certs.ca_file), proxy=p.url)
+    for n in range(2):
+        resp = await post(client, url, b'{"n":%d}' % n)
+        assert json.loads(await resp.read())["echo"] == {"n": n}
+    port = urlsplit(url).port
+    assert p.lines == [f"CONNECT 127.0.0.1:{port} HTTP/1.1"]
+    assert p.auth == [BASIC]
+
+
+async def test_a_refused_tunnel_is_an_upstream_error(
+    proxy: Any, https_upstream: Any, clients: Any
+) -> None:
+    url, certs = https_upstream
+    p = await proxy(refuse=True)
+    client = clients(ca_file=str(certs.ca_file), proxy=p.url)
+    with pytest.raises(UpstreamError, match=r"proxy refused the tunnel \(HTTP 403\)") as err:
+        await post(client, url)
+    assert "p@ss" not in err.value.message and "user" not in err.value.message
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def test_an_unsupported_proxy_fails_requests_not_start_up(clients: Any) -> None:
+    client = clients(proxy="socks5://127.0.0.1:1080")
+    with pytest.raises(UpstreamError, match="proxy unusable"):
+        await post(client, "http://127.0.0.1:9/v1")
