@@ -79,7 +79,7 @@ DEFAULT_RETENTION = 40 * 86400
 TENANT_RETENTION = 40 * 86400
 
 #: Connections per store; calls beyond wait up to POOL_WAIT seconds for one.
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 16
 POOL_WAIT = 2.0
 
 _UNAVAILABLE = (RedisError, OSError, TimeoutError)
@@ -281,7 +281,7 @@ class RedisStore(StateStore):
         on_failure: str = "fail_open",
         prefix: str = "aigw:",
         clock: Callable[[], float] | None = None,
-        socket_timeout: float = 0.5,
+        socket_timeout: float = 1.0,
         recovery_interval: float = 0.5,
     ) -> None:
         if on_failure not in ("fail_open", "fail_closed"):
