@@ -12,16 +12,20 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 
-from aigw.config import QuotaConfig, RateLimitConfig, RateLimitRule
+from aigw.config import QuotaConfig, RateLimitConfig, RateLimitRule, StateConfig
 from aigw.errors import StateUnavailableError
 from aigw.hooks.base import Usage
 from aigw.quota import QuotaManager
 from aigw.state.base import Override, UsageCounters
 from aigw.state.redis import RedisRateLimiter, RedisStore, redacted_url
+from aigw.workers import merge_lb_stats
+from tests.conftest import _short_tmp, make_config
 from tests.redis_server import RedisServer
+from tests.upstream import Upstream
 
 NOW = 1_710_072_000.0  # 2024-03-10T12:00:00Z
 
@@ -331,3 +335,96 @@ def test_redacted_url_never_shows_credentials() -> None:
     assert redacted_url("redis://user:s3cret@redis.internal:6380/2") == "redis.internal:6380/2"
     assert redacted_url("rediss://:pw@h") == "h:6379/0"
     assert "pw" not in redacted_url("unix:///run/redis.sock?password=pw")
+
+
+# --- the proxy over the redis store ----------------------------------------------------------
+
+
+async def test_gateways_share_buckets_and_report_them_in_headers(
+    upstream: Upstream, redis_url: str, start_gateway: Any
+) -> None:
+    """Two in-process gateways on one Redis: one request bucket, one token bucket, one quota,
+    and the `x-ratelimit-*` headers count down across both."""
+    gateways = []
+    for _ in range(2):
+        config = make_config(
+            {"up": upstream.url},
+            sock=_short_tmp(),
+            state=StateConfig(backend="redis", url=redis_url),
+            rate_limit=RateLimitConfig(requests_per_second=1, burst=3, tokens_per_minute=6000),
+            quota=QuotaConfig(default=100_000),
+        )
+        gateways.append(await start_gateway(config))
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+    remaining = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(4):
+            gw = gateways[i % 2]
+            async with session.post(gw.v1 + "/chat/completions", json=body) as resp:
+                if i < 3:
+                    assert resp.status == 200
+                    remaining.append(resp.headers["x-ratelimit-remaining-requests"])
+                    assert resp.headers["x-ratelimit-limit-tokens"] == "6000"
+                else:
+                    assert resp.status == 429
+                    assert (await resp.json())["error"]["code"] == "rate_limit_exceeded"
+                    assert float(resp.headers["retry-after-ms"]) > 0
+    assert remaining == ["2", "1", "0"]
+    # Both gateways settled the real usage (7 + 12 tokens each) into the one quota.
+    status = await gateways[1].gateway.quota.status("default")
+    assert status[0].total_tokens == 3 * 19
+
+
+def test_merge_lb_stats_sums_counts_and_keeps_the_worst_state() -> None:
+    def target(**kw: Any) -> dict[str, Any]:
+        base = {
+            "id": "up/m",
+            "provider": "up",
+            "upstream_model": "m",
+            "weight": 1,
+            "health": "healthy",
+            "circuit": "closed",
+            "next_probe_in": None,
+            "in_flight": 1,
+            "requests": 10,
+            "errors": 1,
+            "window_requests": 10,
+            "error_rate": 0.1,
+            "latency_p50": 0.01,
+            "latency_p95": 0.02,
+            "last_error": None,
+        }
+        return {**base, **kw}
+
+    def snapshot(*targets: dict[str, Any]) -> dict[str, Any]:
+        return {"models": [{"name": "m", "strategy": "round_robin", "targets": list(targets)}]}
+
+    merged = merge_lb_stats(
+        [
+            snapshot(target()),
+            snapshot(
+                target(
+                    health="degraded",
+                    circuit="open",
+                    requests=30,
+                    errors=15,
+                    window_requests=30,
+                    error_rate=0.5,
+                    latency_p95=0.5,
+                    next_probe_in=3.0,
+                    last_error="HTTP 500",
+                ),
+                target(id="other/m", requests=2),
+            ),
+        ]
+    )
+    assert merged["workers"] == 2
+    [model] = merged["models"]
+    first, second = model["targets"]
+    assert (first["requests"], first["errors"], first["in_flight"]) == (40, 16, 2)
+    assert first["error_rate"] == pytest.approx(16 / 40)
+    assert (first["health"], first["circuit"]) == ("degraded", "open")
+    assert (first["latency_p50"], first["latency_p95"]) == (0.01, 0.5)
+    assert (first["next_probe_in"], first["last_error"]) == (3.0, "HTTP 500")
+    assert (second["id"], second["requests"]) == ("other/m", 2)
+    assert merge_lb_stats([]) == {"models": [], "workers": 0}
