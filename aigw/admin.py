@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from aigw.errors import ConfigError
+from aigw.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
     from aigw.server import Gateway
@@ -100,9 +100,19 @@ def build_admin_app(gateway: Gateway) -> web.Application:
             return _problem(f"reload failed, keeping the running config: {exc}", 500)
         return _reply({"config": config.source, "models": list(config.models)})
 
-    app = web.Application()
+    app = web.Application(middlewares=[_gateway_errors])
     app.add_routes(routes)
     return app
+
+
+@web.middleware
+async def _gateway_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A store that cannot answer (redis unreachable) is a one-line 503, not a traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except GatewayError as err:
+        return _problem(err.message, err.status)
+    return response
 
 
 def _quota(gateway: Gateway) -> Any:

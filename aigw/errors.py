@@ -13,6 +13,8 @@
     ├── UpstreamError                502 upstream unreachable / bad response
     ├── NoHealthyTargetError         503 no_healthy_target (+ retry-after)
     ├── ServiceUnavailableError      503 shutting down / state store down
+    │   └── StateUnavailableError    503 code state_unavailable: shared store unreachable
+    │                                (state.on_failure: fail_closed) (+ retry-after)
     └── UpstreamTimeoutError         504 upstream timeout
 
 Handlers never build error bodies themselves: they raise, and the proxy calls `error_body()`.
@@ -173,6 +175,17 @@ class ServiceUnavailableError(GatewayError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class StateUnavailableError(ServiceUnavailableError):
+    """The shared state store (redis) cannot be reached and `state.on_failure` is
+    `fail_closed`: refuse rather than serve without shared limits."""
+
+    code = "state_unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, headers=retry_after_headers(retry_after))
+        self.retry_after = retry_after
 
 
 class UpstreamTimeoutError(GatewayError):

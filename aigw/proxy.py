@@ -185,6 +185,8 @@ class Proxy:
         rid = _request_id()
         ctx = RequestContext(rid, "", endpoint, {}, time.monotonic(), headers=request.headers)
         headers: dict[str, str] = {"x-request-id": rid}
+        if gw.worker_pid is not None:
+            headers["x-aigw-worker"] = gw.worker_pid
         charge = Charge()
         metrics = gw.metrics
         if metrics is not None:
@@ -194,7 +196,7 @@ class Proxy:
             limiter = gw.ratelimiter
             req_decision = UNLIMITED
             if limiter is not None:
-                req_decision = limiter.check_request(ctx.tenant)
+                req_decision = await limiter.take_request(ctx.tenant)
                 if not req_decision.allowed:
                     raise limit_error(ctx.tenant, req_decision)
                 headers.update(rate_headers(req_decision))
@@ -218,7 +220,7 @@ class Proxy:
             if quota is not None:
                 charge.estimate = quota.estimate_tokens(endpoint, body)
             if limiter is not None:
-                tok_decision = limiter.check_tokens(ctx.tenant, charge.estimate)
+                tok_decision = await limiter.take_tokens(ctx.tenant, charge.estimate)
                 if not tok_decision.allowed:
                     raise limit_error(ctx.tenant, req_decision, tok_decision)
                 if tok_decision.limit:
@@ -585,10 +587,7 @@ class Proxy:
         gw = self.gw
         used = usage.total_tokens if usage is not None else 0
         if charge.limiter is not None:
-            if used > charge.estimate:
-                charge.limiter.add_tokens(ctx.tenant, used - charge.estimate)
-            elif used < charge.estimate:
-                charge.limiter.refund_tokens(ctx.tenant, charge.estimate - used)
+            await charge.limiter.settle_tokens(ctx.tenant, charge.estimate, used)
         if usage is not None and gw.metrics is not None:
             gw.metrics.tokens(ctx.tenant, ctx.model, usage.prompt_tokens, usage.completion_tokens)
         if charge.reservation is not None and gw.quota is not None:

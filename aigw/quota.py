@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aigw.config import PERIODS, QuotaConfig
-from aigw.errors import QuotaExceededError
+from aigw.errors import QuotaExceededError, ServiceUnavailableError
 from aigw.hooks.base import Usage
 from aigw.state.base import Override, StateStore
 from aigw.tenants import (  # noqa: F401 - re-exported for callers of the quota API
@@ -99,6 +99,9 @@ def period_window(period: str, now: float, tz: tzinfo) -> PeriodWindow:
 
 
 # --- reservations and status -------------------------------------------------------------
+
+#: How often a reserve is retried when a shared store reports changed overrides.
+_STALE_RETRIES = 8
 
 
 @dataclass(slots=True)
@@ -198,22 +201,28 @@ class QuotaManager:
             raise InvalidTenantName(tenant)
         if tokens < 0:
             raise ValueError("tokens must be >= 0")
-        limit, period, _ = self.policy(tenant)
-        window = self.window(period)
-        rid = next(self._ids)
-        if limit <= 0:
-            await self._store.reserve(
-                tenant, window.key, 0, 0, reservation_id=rid, ttl=self.reservation_ttl
+        for _ in range(_STALE_RETRIES):
+            limit, period, _ = self.policy(tenant)
+            window = self.window(period)
+            rid = next(self._ids)
+            held = tokens if limit > 0 else 0
+            result = await self._store.reserve(
+                tenant,
+                window.key,
+                held,
+                limit,
+                reservation_id=rid,
+                ttl=self.reservation_ttl,
+                expires_at=window.end,
             )
-            return Reservation(tenant, window.key, 0, rid)
-        result = await self._store.reserve(
-            tenant, window.key, tokens, limit, reservation_id=rid, ttl=self.reservation_ttl
-        )
-        if not result.allowed:
-            raise QuotaExceededError(
-                _exceeded_message(tenant, limit, window, result.used, result.reserved, tokens)
-            )
-        return Reservation(tenant, window.key, tokens, rid)
+            if result.stale:  # another instance changed an override: resolve the limit again
+                continue
+            if not result.allowed:
+                raise QuotaExceededError(
+                    _exceeded_message(tenant, limit, window, result.used, result.reserved, tokens)
+                )
+            return Reservation(tenant, window.key, held, rid)
+        raise ServiceUnavailableError("Quota overrides keep changing; try again.")
 
     async def commit(self, reservation: Reservation, usage: Usage | None) -> None:
         """Replace the reservation by the real usage. With `usage=None` (the upstream reported
@@ -316,6 +325,7 @@ class QuotaManager:
     async def reset(self, tenant: str) -> None:
         """Zero the tenant's usage in its current period (in-flight reservations stay)."""
         validate_tenant(tenant)
+        await self._store.refresh_overrides()
         _, period, _ = self.policy(tenant)
         await self._store.reset_usage(tenant, self.window(period).key)
 
@@ -324,7 +334,8 @@ class QuotaManager:
         overrides (sorted by name)."""
         if tenant is not None:
             names = [validate_tenant(tenant)]
-        else:
+        await self._store.refresh_overrides()
+        if tenant is None:
             known = await self._store.tenants()
             known.update(self._config.tenants)
             known.update(self._store.overrides)

@@ -5,7 +5,11 @@ written as a timestamp): the moment the bucket would be full again. A bucket wit
 is full and carries no information, so it is simply absent; `evict_idle()` (run automatically
 every `max_idle` seconds from the check path) drops full buckets and rebuilds the dicts so memory
 returns to baseline after a crowd of tenants leaves. The same single value maps one-to-one onto a
-Redis key with a PX expiry for a shared limiter later.
+Redis key with a PX expiry: `aigw.state.redis.RedisRateLimiter` keeps the buckets there, shared by
+every instance, and falls back to this class's in-memory buckets when Redis is unreachable.
+
+The proxy calls the async methods (`take_request`, `take_tokens`, `settle_tokens`) so a shared
+limiter can do its round trip; here they only wrap the synchronous checks.
 
 Unlimited (0) limits return the shared `UNLIMITED` decision and allocate nothing.
 """
@@ -125,6 +129,23 @@ class RateLimiter:
     def bucket_count(self) -> int:
         """Buckets held in memory (requests + tokens)."""
         return len(self._requests) + len(self._tokens)
+
+    # --- the interface the proxy uses -----------------------------------------------------
+
+    async def take_request(self, tenant: str) -> RateDecision:
+        """`check_request()`, awaitable (a shared limiter asks its store)."""
+        return self.check_request(tenant)
+
+    async def take_tokens(self, tenant: str, tokens: int) -> RateDecision:
+        """`check_tokens()`, awaitable."""
+        return self.check_tokens(tenant, tokens)
+
+    async def settle_tokens(self, tenant: str, estimate: int, used: int) -> None:
+        """Replace a request's token estimate by what it used. Never raises."""
+        if used > estimate:
+            self.add_tokens(tenant, used - estimate)
+        elif used < estimate:
+            self.refund_tokens(tenant, estimate - used)
 
     # --- hot path -------------------------------------------------------------------------
 

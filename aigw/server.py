@@ -72,6 +72,7 @@ class Gateway:
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         server_overrides: dict[str, Any] | None = None,
+        worker: int | None = None,
     ) -> None:
         self.config = config
         # `aigw serve` flags (--host, --port, --admin-socket, --access-log): re-applied on
@@ -80,6 +81,10 @@ class Gateway:
         # Health time and strategy randomness of the balancers, injectable for tests.
         self._clock = clock
         self._rng = rng
+        #: index of this process under `aigw serve --workers N` (None: a lone daemon); workers
+        #: share the port with SO_REUSEPORT and say who answered in `x-aigw-worker`
+        self.worker = worker
+        self.worker_pid = str(os.getpid()) if worker is not None else None
         self.admin_socket = Path(
             admin_socket or config.server.admin_socket or default_admin_socket()
         ).expanduser()
@@ -139,9 +144,14 @@ class Gateway:
         from aigw.state import open_store
 
         self.store = await open_store(config.state)
-        self.quota = QuotaManager(self.store, config.quota)
+        # A shared store drops the reservations of a crashed instance after this long: the
+        # longest a request may take, plus slack for the settle after it.
+        ttl = config.server.request_timeout + 60.0
+        self.quota = QuotaManager(self.store, config.quota, reservation_ttl=ttl)
         await self.quota.start()
-        self.ratelimiter = RateLimiter(config.rate_limit)
+        self.ratelimiter = self.store.rate_limiter(config.rate_limit) or RateLimiter(
+            config.rate_limit
+        )
         if config.cache.enabled:
             from aigw.cache import ResponseCache
 
@@ -170,7 +180,7 @@ class Gateway:
         )
         await runner.setup()
         try:
-            sock = _bind_tcp(server.host, server.port)
+            sock = _bind_tcp(server.host, server.port, reuse_port=self.worker is not None)
         except OSError as exc:
             await runner.cleanup()
             await self._close_long_lived()
@@ -343,6 +353,7 @@ class Gateway:
             "models": list(self.config.models),
             "providers": list(self.config.providers),
             "draining": self.draining,
+            "worker": self.worker,
         }
 
     def refresh_gauges(self) -> None:
@@ -388,11 +399,13 @@ def _provider_config(provider: Provider) -> ProviderConfig | None:
     return getattr(provider, "config", None)
 
 
-def _bind_tcp(host: str, port: int) -> socket.socket:
+def _bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # `--workers N`: the kernel spreads connections over the workers
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(1024)
         sock.setblocking(False)
@@ -437,12 +450,18 @@ async def run(
     admin_socket: str | None = None,
     ready: Any = None,
     server_overrides: dict[str, Any] | None = None,
+    worker: int | None = None,
+    stop: asyncio.Event | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
-    gateway = Gateway(config, admin_socket=admin_socket, server_overrides=server_overrides)
+    """Run until SIGTERM/SIGINT (or until `stop` is set); SIGHUP reloads. Returns the exit code.
+
+    `worker` is the index of this process under `aigw serve --workers N` (see `aigw.workers`)."""
+    gateway = Gateway(
+        config, admin_socket=admin_socket, server_overrides=server_overrides, worker=worker
+    )
     await gateway.start()
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     signals_seen = 0
     reloads: set[asyncio.Future[None]] = set()
 
@@ -467,13 +486,16 @@ async def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    log.info(
-        "aigw %s serving http://%s/v1 (admin socket %s, config %s)",
-        __version__,
-        gateway.listen_address,
-        gateway.admin_socket,
-        config.source,
-    )
+    if worker is None:
+        log.info(
+            "aigw %s serving http://%s/v1 (admin socket %s, config %s)",
+            __version__,
+            gateway.listen_address,
+            gateway.admin_socket,
+            config.source,
+        )
+    else:
+        log.info("worker %d (pid %d) ready on %s", worker, os.getpid(), gateway.listen_address)
     if ready is not None:
         ready(gateway)
     await stop.wait()

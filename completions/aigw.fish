@@ -20,7 +20,7 @@ end
 # True when option $argv[2] of command path $argv[1] takes a value.
 function __aigw_takes_value
     switch "$argv[1] $argv[2]"
-        case 'aigw lb stats --admin-socket' 'aigw lb stats -c' 'aigw lb stats --config' 'aigw lb stats --interval' 'aigw lb stats --model' 'aigw quota reset --admin-socket' 'aigw quota reset -c' 'aigw quota reset --config' 'aigw quota set --admin-socket' 'aigw quota set -c' 'aigw quota set --config' 'aigw quota set --period' 'aigw quota show --admin-socket' 'aigw quota show -c' 'aigw quota show --config' 'aigw serve --admin-socket' 'aigw serve -c' 'aigw serve --config' 'aigw serve --host' 'aigw serve --log-level' 'aigw serve -p' 'aigw serve --port' 'aigw status --admin-socket' 'aigw status -c' 'aigw status --config' 'aigw validate --request'
+        case 'aigw lb stats --admin-socket' 'aigw lb stats -c' 'aigw lb stats --config' 'aigw lb stats --interval' 'aigw lb stats --model' 'aigw quota reset --admin-socket' 'aigw quota reset -c' 'aigw quota reset --config' 'aigw quota set --admin-socket' 'aigw quota set -c' 'aigw quota set --config' 'aigw quota set --period' 'aigw quota show --admin-socket' 'aigw quota show -c' 'aigw quota show --config' 'aigw serve --admin-socket' 'aigw serve -c' 'aigw serve --config' 'aigw serve --host' 'aigw serve --log-level' 'aigw serve -p' 'aigw serve --port' 'aigw serve -w' 'aigw serve --workers' 'aigw status --admin-socket' 'aigw status -c' 'aigw status --config' 'aigw validate --request'
             return 0
     end
     return 1
@@ -63,7 +63,7 @@ complete -c aigw -f  # no file names unless a value is a path
 complete -c aigw -n '__aigw_at aigw' -a 'lb' -d 'Load balancing of the running daemon.'
 complete -c aigw -n '__aigw_at aigw' -a 'quota' -d 'Per-tenant token quotas of the running daemon.'
 complete -c aigw -n '__aigw_at aigw' -a 'serve' -d 'Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).'
-complete -c aigw -n '__aigw_at aigw' -a 'status' -d 'Show the running daemon: pid, version, uptime, config, listen address.'
+complete -c aigw -n '__aigw_at aigw' -a 'status' -d 'Show the running daemon: pid, version, uptime, config, listen address (and workers).'
 complete -c aigw -n '__aigw_at aigw' -a 'validate' -d 'Check a config file offline: exit 0 when valid, 1 with every problem otherwise.'
 complete -c aigw -n '__aigw_at aigw' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw' -l 'install-completion' -d 'Install completion for the current shell.'
@@ -113,6 +113,7 @@ complete -c aigw -n '__aigw_at aigw serve' -l 'help' -d 'Show this message and e
 complete -c aigw -n '__aigw_at aigw serve' -l 'host' -x -d 'Listen address (overrides server.host).'
 complete -c aigw -n '__aigw_at aigw serve' -l 'log-level' -x -d 'debug, info, warning or error.'
 complete -c aigw -n '__aigw_at aigw serve' -s 'p' -l 'port' -x -d 'Listen port (overrides server.port).'
+complete -c aigw -n '__aigw_at aigw serve' -s 'w' -l 'workers' -x -d 'Worker processes sharing the port (SO_REUSEPORT); more than 1 needs state.backend: redis.'
 
 # aigw status
 complete -c aigw -n '__aigw_at aigw status' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'

@@ -25,6 +25,7 @@ from aigw.config import (
     StateConfig,
     TargetConfig,
 )
+from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 from tests.upstream import Upstream
 
 
@@ -207,3 +208,37 @@ def daemon_factory(tmp_path: Path, sock_dir: Path) -> Iterator[Callable[..., Dae
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(10)
+
+
+# --- a real redis-server ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server per test process (xdist worker), emptied before each test that uses it
+    through `redis_url`."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    import redis
+
+    with redis.Redis.from_url(redis_session.url) as client:
+        client.flushall()
+    return redis_session.url
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (to kill and restart), with fsynced AOF so a kill
+    loses nothing that was acknowledged."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    yield server
+    server.stop()

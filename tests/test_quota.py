@@ -1,6 +1,6 @@
 """Quota manager: the origin's quota cases, calendar periods, concurrency, estimates.
 
-Manager tests run over every store (STORES, as in test_state.py)."""
+Manager tests run over every store (STORES, as in test_state.py; redis on a real redis-server)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from aigw.quota import (
 )
 from aigw.state import StateStore, open_store
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", "redis"]
 
 
 def ts(text: str) -> float:
@@ -52,10 +52,11 @@ Factory = Callable[..., Awaitable[QuotaManager]]
 @pytest.fixture(params=STORES)
 async def make_manager(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
     stores: list[StateStore] = []
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
 
     async def factory(clock: Clock | None = None, **quota: Any) -> QuotaManager:
         state = StateConfig(
-            backend=request.param, path=str(tmp_path / "state.db"), flush_interval=3600.0
+            backend=request.param, path=str(tmp_path / "state.db"), url=url, flush_interval=3600.0
         )
         store = await open_store(state)
         stores.append(store)

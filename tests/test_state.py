@@ -1,6 +1,8 @@
 """State store contract tests, run over every store; then sqlite durability (close/reopen, kill -9).
 
-To add a store (redis), add its name to STORES and a branch to `_open`.
+Every store in STORES runs the contract; redis runs against a real redis-server (skipped when
+it is not installed). Redis-only behaviour (expiry, crashed instances, outages) is in
+test_redis.py.
 """
 
 from __future__ import annotations
@@ -26,23 +28,27 @@ from aigw.state.base import Override, UsageCounters
 from aigw.state.memory import MemoryStore
 from aigw.state.sqlite import SqliteStore
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", "redis"]
+IN_PROCESS = ["memory", "sqlite"]
 REPO = Path(__file__).resolve().parent.parent
 
 Opener = Callable[[], Awaitable[StateStore]]
 
 
-def _state_config(backend: str, tmp_path: Path) -> StateConfig:
-    return StateConfig(backend=backend, path=str(tmp_path / "state.db"), flush_interval=3600.0)
+def _state_config(backend: str, tmp_path: Path, url: str | None = None) -> StateConfig:
+    return StateConfig(
+        backend=backend, path=str(tmp_path / "state.db"), url=url, flush_interval=3600.0
+    )
 
 
 @pytest.fixture(params=STORES)
 async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """Opens stores of one backend on the same location; closes them all at the end."""
     opened: list[StateStore] = []
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
 
     async def _open() -> StateStore:
-        store = await open_store(_state_config(request.param, tmp_path))
+        store = await open_store(_state_config(request.param, tmp_path, url))
         opened.append(store)
         return store
 
@@ -195,7 +201,7 @@ async def test_flush_and_close_are_idempotent(store: StateStore) -> None:
 # --- memory bounds ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", STORES)
+@pytest.mark.parametrize("backend", IN_PROCESS)
 async def test_old_period_counters_leave_memory(backend: str, tmp_path: Path) -> None:
     store = await open_store(_state_config(backend, tmp_path))
     assert isinstance(store, MemoryStore)
@@ -265,8 +271,10 @@ async def test_sqlite_default_path_comes_from_platformdirs() -> None:
         await store.close()
 
 
-async def test_open_store_rejects_unknown_backend(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="redis"):
+async def test_open_store_rejects_unknown_backend_and_redis_without_url() -> None:
+    with pytest.raises(ValueError, match="not available"):
+        await open_store(StateConfig(backend="etcd"))
+    with pytest.raises(ValueError, match=r"needs state\.url"):
         await open_store(StateConfig(backend="redis"))
 
 

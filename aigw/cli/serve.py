@@ -32,6 +32,14 @@ def serve(
     admin_socket: str = AdminSocketOption,
     access_log: bool = typer.Option(False, "--access-log", help="Log one line per request."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        "-w",
+        min=1,
+        help="Worker processes sharing the port (SO_REUSEPORT); more than 1 needs "
+        "state.backend: redis.",
+    ),
 ) -> None:
     """Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads)."""
     import asyncio
@@ -65,6 +73,26 @@ def serve(
         server_overrides["access_log"] = True
     if server_overrides:
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, **server_overrides))
+    if workers > 1:
+        if cfg.state.backend != "redis":
+            # Each process would enforce its own quotas and rate limits: N times the limits.
+            fail(
+                f"--workers {workers} needs a shared state store: set state.backend: redis "
+                f"(this config uses {cfg.state.backend})",
+                EXIT_STARTUP,
+            )
+        from aigw.workers import StartupError as WorkersStartupError
+        from aigw.workers import supervise
+
+        try:
+            code = asyncio.run(
+                supervise(cfg, workers, log_level=level, server_overrides=server_overrides)
+            )
+        except WorkersStartupError as exc:
+            fail(str(exc), EXIT_STARTUP)
+        except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
+            code = 0
+        raise typer.Exit(code)
 
     from aigw.server import StartupError, run
 
@@ -82,7 +110,7 @@ def status(
     config: str = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Show the running daemon: pid, version, uptime, config, listen address."""
+    """Show the running daemon: pid, version, uptime, config, listen address (and workers)."""
     from aigw.admin_client import AdminClient, AdminError
 
     try:
@@ -104,6 +132,10 @@ def status(
     table.add_row("listen", data["listen"] + "/v1")
     table.add_row("admin socket", data["admin_socket"])
     table.add_row("state", data["state_backend"])
+    workers = data.get("workers")
+    if workers:
+        pids = ", ".join(str(w["pid"]) for w in workers)
+        table.add_row("workers", f"{len(workers)} (pids {pids})")
     table.add_row("models", ", ".join(data["models"]) or "-")
     console.print(table)
 

@@ -1,4 +1,4 @@
-"""State stores shared by quotas (and later the cache and shared rate limits).
+"""State stores shared by quotas and (redis) rate limits.
 
 `STORE_BACKENDS` is the one registry of backends; `open_store()` builds and opens one.
 Implementations are imported lazily so importing this package stays cheap.
@@ -27,9 +27,18 @@ def _sqlite(config: StateConfig, path: str | os.PathLike[str] | None) -> StateSt
     return SqliteStore(where, flush_interval=config.flush_interval)
 
 
+def _redis(config: StateConfig, path: str | os.PathLike[str] | None) -> StateStore:
+    from aigw.state.redis import RedisStore
+
+    if not config.url:
+        raise ValueError("state backend 'redis' needs state.url (redis://host:port/db)")
+    return RedisStore(config.url, on_failure=config.on_failure)
+
+
 STORE_BACKENDS: dict[str, Callable[[StateConfig, str | os.PathLike[str] | None], StateStore]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
 }
 
 

@@ -16,7 +16,9 @@ tenant's reserved counter or refuses, and no other reservation on the same key c
 
 Overrides are rare admin writes and are persisted before `set_override()` returns. The store also
 keeps a local, always-readable view of them (`overrides`) so the hot path resolves a tenant's
-limit with one dict lookup and no I/O; a shared store keeps that view fresh (e.g. redis pub/sub).
+limit with one dict lookup and no I/O. A shared store keeps that view fresh with a version check
+inside `reserve()`'s round trip: when another instance changed an override, `reserve()` reserves
+nothing, reloads the view and answers `stale=True`, and the caller resolves the limit again.
 
 Durability of the in-process stores is described in their modules (`memory`: none; `sqlite`:
 write-behind every `flush_interval`, `kill -9` loses at most that window of usage).
@@ -27,7 +29,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from aigw.config import RateLimitConfig
+    from aigw.ratelimit import RateLimiter
 
 #: `(tenant, period_key)`.
 UsageKey = tuple[str, str]
@@ -65,6 +71,13 @@ class ReserveResult:
     used: int
     #: Tokens held by in-flight reservations, including this one when allowed.
     reserved: int
+    #: A shared store saw that the overrides changed since its local view: nothing was
+    #: reserved, the view is reloaded; resolve the tenant's limit again and retry.
+    stale: bool = False
+
+
+#: The answer to a reserve that saw changed overrides (shared, never allocated per request).
+STALE = ReserveResult(False, 0, 0, stale=True)
 
 
 class StateStore(ABC):
@@ -97,13 +110,17 @@ class StateStore(ABC):
         *,
         reservation_id: int,
         ttl: float,
+        expires_at: float | None = None,
     ) -> ReserveResult:
         """Atomically: if used + reserved + tokens <= limit, add `tokens` to reserved and allow;
         else change nothing and refuse. `limit <= 0` means no limit (always allowed).
 
         Called for every request, unlimited ones too (`tokens=0, limit=0`): in-process stores
-        learn the tenant's current period from it, so they can forget past ones. A shared store
-        may answer that case locally without a round trip."""
+        learn the tenant's current period from it, so they can forget past ones; a shared store
+        checks in the same round trip that its view of the overrides is current.
+
+        `expires_at` is the end of the period (epoch seconds; `math.inf` for `never`, None when
+        unknown): a shared store lets the period's counters expire some time after it."""
 
     @abstractmethod
     async def commit(
@@ -163,6 +180,19 @@ class StateStore(ABC):
 
     async def list_overrides(self) -> dict[str, Override]:
         return dict(self.overrides)
+
+    async def refresh_overrides(self) -> None:
+        """Bring the local view of the overrides up to date (a shared store reads them again;
+        in-process stores are always current)."""
+        return None
+
+    # --- shared rate limits -----------------------------------------------------------------
+
+    def rate_limiter(self, config: RateLimitConfig) -> RateLimiter | None:
+        """A rate limiter whose buckets live in this store, shared by every instance using it;
+        None (the default) when the store is in-process and the gateway's own in-memory limiter
+        is the right one."""
+        return None
 
     # --- lifecycle --------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ class MemoryStore(StateStore):
         *,
         reservation_id: int,
         ttl: float,
+        expires_at: float | None = None,
     ) -> ReserveResult:
         key = (tenant, period_key)
         counters = self._counters.get(key)

@@ -1,0 +1,805 @@
+"""Redis state store: quota usage, reservations, overrides and rate-limit buckets shared by every
+gateway instance (and every `--workers` process) pointing at the same Redis.
+
+Keys, all under `prefix` (default `aigw:`):
+
+    aigw:u:<tenant>:<period>     hash    i, o, t = input/output/total tokens; r = reserved
+    aigw:r:<tenant>:<period>     zset    in-flight reservations "<instance>:<id>:<tokens>",
+                                         scored by their expiry (ms)
+    aigw:tenants                 zset    tenant -> last usage (s), trimmed after TENANT_RETENTION
+    aigw:overrides               hash    tenant -> "<tokens>:<period>" (`aigw quota set`)
+    aigw:overrides:v             int     bumped by every override change
+    aigw:rl:<tenant>:req|tok     string  token bucket as a GCRA arrival time (µs), PX expiry
+
+Atomicity: each hot-path operation is one round trip running one Lua script (`reserve` is
+check-and-reserve, `commit` replaces a reservation by usage, `take` is one GCRA step), so no
+instance can interleave another's check and write. Scripts read Redis's own clock (`TIME`), so
+instances with skewed clocks still agree.
+
+Nothing grows without bound: usage hashes (and their reservation sets) expire
+`RETENTION_MARGIN` after their period ends (`never` periods do not expire; usage recorded for a
+period this process never reserved in keeps `DEFAULT_RETENTION`); each reservation expires
+`ttl` after it was made, so the reservations of a crashed instance are dropped by the next
+request of that tenant; buckets expire when full; the tenants index is trimmed as it is written.
+
+Overrides: the local view read on the hot path is checked against `aigw:overrides:v` inside
+every `reserve` round trip; when another instance changed an override, `reserve` reserves
+nothing, reloads the view and answers `stale`, and the quota manager resolves the limit again.
+So `aigw quota set` on one instance applies to the next request on every instance.
+
+Failure policy (`state.on_failure`), when a call fails (connection refused, reset, or no answer
+within `socket_timeout`):
+- `fail_open` (default): serve. Quotas are enforced per instance against the last usage seen in
+  Redis plus what this instance counted since; rate limits use this instance's in-memory
+  buckets; usage is kept locally and added to Redis when it is back (reconciliation). A usage
+  write whose answer was lost may be counted twice: the error is on the side of the quota.
+- `fail_closed`: refuse new requests with 503 `state_unavailable`; requests already running
+  still have their usage kept and reconciled.
+Either way the outage is logged once (warning) and the recovery once (info). While Redis is
+down no request waits for it: one background task pings every `recovery_interval`, reconciles
+and switches back.
+
+Redis Cluster is not supported (scripts touch keys of several slots); use one Redis, optionally
+with replicas and Sentinel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from aigw.errors import StateUnavailableError
+from aigw.ratelimit import UNLIMITED, RateDecision, RateLimiter
+from aigw.state.base import STALE, Override, ReserveResult, StateStore, UsageCounters, UsageKey
+
+if TYPE_CHECKING:
+    from aigw.config import RateLimitConfig
+    from aigw.ratelimit import _Bucket
+
+log = logging.getLogger("aigw.state")
+
+#: Usage of a period is kept this long after the period ends (late commits, `quota show`).
+RETENTION_MARGIN = 2 * 86400
+#: Expiry of usage written for a period whose end this process does not know.
+DEFAULT_RETENTION = 40 * 86400
+#: A tenant without usage for this long leaves the tenants index.
+TENANT_RETENTION = 40 * 86400
+
+#: Connections per store; calls beyond wait up to POOL_WAIT seconds for one.
+MAX_CONNECTIONS = 16
+POOL_WAIT = 2.0
+
+_UNAVAILABLE = (RedisError, OSError, TimeoutError)
+
+# --- scripts ---------------------------------------------------------------------------------
+
+_COMMON = """
+local function now_ms(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+-- at > 0: expire at that epoch second; at < 0: never; at == 0: a default, unless already set
+local function touch(key, at, default_ttl)
+  if at > 0 then
+    redis.call('EXPIREAT', key, at)
+  elseif at == 0 and redis.call('TTL', key) == -1 then
+    redis.call('EXPIRE', key, default_ttl)
+  end
+end
+-- drop expired reservations (a crashed instance's) and return what is still reserved
+local function sweep(ukey, rkey, now)
+  local r = tonumber(redis.call('HGET', ukey, 'r') or '0')
+  local left = r
+  local gone = redis.call('ZRANGEBYSCORE', rkey, '-inf', now)
+  if #gone > 0 then
+    for _, m in ipairs(gone) do
+      left = left - tonumber(string.match(m, ':(%d+)$'))
+    end
+    redis.call('ZREMRANGEBYSCORE', rkey, '-inf', now)
+  end
+  if left < 0 or redis.call('EXISTS', rkey) == 0 then left = 0 end
+  if left ~= r then redis.call('HSET', ukey, 'r', left) end
+  return left
+end
+"""
+
+# KEYS: usage, reservations, overrides version
+# ARGV: tokens, limit, member, ttl_ms, expire_at, version_seen, now_ms, default_ttl
+_RESERVE = (
+    _COMMON
+    + """
+local v = redis.call('GET', KEYS[3]) or '0'
+if v ~= ARGV[6] then return {-1, 0, 0, v} end
+local now = now_ms(ARGV[7])
+local r = sweep(KEYS[1], KEYS[2], now)
+local used = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+local tokens = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+if limit > 0 and used + r + tokens > limit then return {0, used, r, v} end
+if tokens > 0 then
+  if redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3]) == 1 then
+    r = redis.call('HINCRBY', KEYS[1], 'r', tokens)
+  end
+  local at, dttl = tonumber(ARGV[5]), tonumber(ARGV[8])
+  touch(KEYS[1], at, dttl)
+  touch(KEYS[2], at, dttl)
+end
+return {1, used, r, v}
+"""
+)
+
+# KEYS: usage, reservations, tenants index
+# ARGV: input, output, total, expire_at, default_ttl, tenant ('' = no usage), now_ms,
+#       tenant_retention_s, members to remove...
+# Returns used + reserved after the write.
+_COMMIT = (
+    _COMMON
+    + """
+local freed = 0
+for n = 9, #ARGV do
+  if redis.call('ZREM', KEYS[2], ARGV[n]) == 1 then
+    freed = freed + tonumber(string.match(ARGV[n], ':(%d+)$'))
+  end
+end
+if freed > 0 then
+  local r = redis.call('HINCRBY', KEYS[1], 'r', -freed)
+  if r < 0 or redis.call('EXISTS', KEYS[2]) == 0 then redis.call('HSET', KEYS[1], 'r', 0) end
+end
+local i, o, t = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if i ~= 0 then redis.call('HINCRBY', KEYS[1], 'i', i) end
+if o ~= 0 then redis.call('HINCRBY', KEYS[1], 'o', o) end
+if t ~= 0 then redis.call('HINCRBY', KEYS[1], 't', t) end
+if i ~= 0 or o ~= 0 or t ~= 0 or freed > 0 then
+  touch(KEYS[1], tonumber(ARGV[4]), tonumber(ARGV[5]))
+end
+if ARGV[6] ~= '' then
+  local now = math.floor(now_ms(ARGV[7]) / 1000)
+  redis.call('ZADD', KEYS[3], now, ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[8]))
+end
+local now_t = redis.call('HMGET', KEYS[1], 't', 'r')
+return tonumber(now_t[1] or '0') + tonumber(now_t[2] or '0')
+"""
+)
+
+# KEYS: usage, reservations. ARGV: now_ms
+_READ = (
+    _COMMON
+    + """
+local r = sweep(KEYS[1], KEYS[2], now_ms(ARGV[1]))
+local v = redis.call('HMGET', KEYS[1], 'i', 'o', 't')
+return {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), r}
+"""
+)
+
+# KEYS: usage. ARGV: expire_at, default_ttl
+_RESET = (
+    _COMMON
+    + """
+redis.call('HSET', KEYS[1], 'i', 0, 'o', 0, 't', 0)
+touch(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+return 1
+"""
+)
+
+_NOW_US = """
+local function now_us(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return t[1] * 1000000 + t[2]
+end
+"""
+
+# One GCRA step (see aigw.ratelimit): KEYS: bucket. ARGV: interval_us, size, units, now_us
+_TAKE = (
+    _NOW_US
+    + """
+local now = now_us(ARGV[4])
+local interval = tonumber(ARGV[1])
+local span = tonumber(ARGV[2]) * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local ahead = tat + tonumber(ARGV[3]) * interval - now
+if ahead > span + interval * 1e-6 then
+  return {0, string.format('%.17g', ahead - span), string.format('%.17g', tat - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', now + ahead), 'PX', math.ceil(ahead / 1000) + 1)
+return {1, string.format('%.17g', ahead), '0'}
+"""
+)
+
+# Charge (delta > 0) or refund (delta < 0) tokens: KEYS: bucket. ARGV: delta_us, now_us
+_ADJUST = (
+    _NOW_US
+    + """
+local now = now_us(ARGV[2])
+local delta = tonumber(ARGV[1])
+local cur = redis.call('GET', KEYS[1])
+if delta < 0 and not cur then return 0 end
+local tat = tonumber(cur or '0')
+if delta > 0 and tat < now then tat = now end
+tat = tat + delta
+if tat > now then
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Usage of one (tenant, period) that could not be written: added to Redis on recovery."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    #: reservations made in Redis before the outage, to drop when the usage is written
+    members: list[str] = field(default_factory=list)
+
+    def merge(self, other: _Pending) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.total_tokens += other.total_tokens
+        self.members.extend(other.members)
+
+
+def redacted_url(url: str) -> str:
+    """`host:port/db` of a Redis URL, never its credentials."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path or url
+    host = parts.hostname or "localhost"
+    port = parts.port or 6379
+    db = parts.path.lstrip("/") or "0"
+    return f"{host}:{port}/{db}"
+
+
+class RedisStore(StateStore):
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_failure: str = "fail_open",
+        prefix: str = "aigw:",
+        clock: Callable[[], float] | None = None,
+        socket_timeout: float = 1.0,
+        recovery_interval: float = 0.5,
+    ) -> None:
+        if on_failure not in ("fail_open", "fail_closed"):
+            raise ValueError(f"unknown on_failure policy {on_failure!r}")
+        self.url = url
+        self.where = redacted_url(url)
+        self.on_failure = on_failure
+        self.prefix = prefix
+        #: injected time for tests (epoch seconds); None: the Redis server's clock
+        self.clock = clock
+        self.recovery_interval = recovery_interval
+        # No automatic retries: a script re-sent after a lost answer could count usage twice,
+        # and a dead Redis must cost one timeout, not several. Stale pooled connections are
+        # dropped on recovery instead. Query parameters of the URL win over these defaults.
+        # At most MAX_CONNECTIONS calls at once; more wait for a connection (a burst of
+        # requests must not open hundreds of sockets, nor fail).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+        )
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._commit = self._redis.register_script(_COMMIT)
+        self._read = self._redis.register_script(_READ)
+        self._reset = self._redis.register_script(_RESET)
+        self._take = self._redis.register_script(_TAKE)
+        self._adjust = self._redis.register_script(_ADJUST)
+        self._overrides: dict[str, Override] = {}
+        self._version = "0"
+        #: tells this process's reservations apart from other instances' with the same id
+        self._instance = uuid.uuid4().hex[:12]
+        self._expiry: dict[str, int] = {}  # period key -> expire_at argument of the scripts
+        self._tenants_key = prefix + "tenants"
+        self._overrides_key = prefix + "overrides"
+        self._version_key = prefix + "overrides:v"
+        # --- outage state
+        self._down = False
+        self._closed = False
+        self._recovery: asyncio.Task[None] | None = None
+        self._pending: dict[UsageKey, _Pending] = {}
+        self._local_reserved: dict[UsageKey, int] = {}
+        self._local_ids: set[tuple[str, str, int]] = set()
+        #: used + reserved as last seen in Redis, the base of local enforcement in an outage
+        self._last_seen: dict[UsageKey, int] = {}
+        #: outages seen and usage records reconciled (stats, tests)
+        self.outages = 0
+        self.reconciled = 0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load the overrides. An unreachable Redis does not stop the gateway: it starts in
+        the outage mode of its `on_failure` policy and switches over when Redis answers."""
+        try:
+            await self._load_overrides()
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+            self._recovery = None
+        if self._pending:
+            try:
+                await self._reconcile()
+            except _UNAVAILABLE:
+                lost = sum(p.total_tokens for p in self._pending.values())
+                log.warning(
+                    "state: redis %s still unreachable at shutdown: %d tokens of usage counted "
+                    "during the outage are lost",
+                    self.where,
+                    lost,
+                )
+        await self._redis.aclose()
+
+    async def flush(self) -> None:
+        """Writes are synchronous; usage kept during an outage is written by the recovery."""
+        return None
+
+    @property
+    def available(self) -> bool:
+        """False while Redis is unreachable (outage mode)."""
+        return not self._down
+
+    # --- keys and arguments ------------------------------------------------------------------
+
+    def _usage_key(self, tenant: str, period_key: str) -> str:
+        return f"{self.prefix}u:{tenant}:{period_key}"
+
+    def _reservations_key(self, tenant: str, period_key: str) -> str:
+        return f"{self.prefix}r:{tenant}:{period_key}"
+
+    def bucket_key(self, tenant: str, kind: str) -> str:
+        return f"{self.prefix}rl:{tenant}:{kind}"
+
+    def _now_ms(self) -> str:
+        return "" if self.clock is None else str(int(self.clock() * 1000))
+
+    def _now_us(self) -> str:
+        return "" if self.clock is None else str(int(self.clock() * 1_000_000))
+
+    def _expire_at(self, period_key: str, expires_at: float | None) -> int:
+        if expires_at is None:
+            return self._expiry.get(period_key, 0)
+        if math.isinf(expires_at):
+            at = -1
+        else:  # never in the past, even for a period of an injected clock
+            at = max(int(expires_at) + RETENTION_MARGIN, int(time.time()) + 3600)
+        if self._expiry.get(period_key) != at:
+            if len(self._expiry) > 1024:  # period keys of past periods
+                self._expiry.clear()
+            self._expiry[period_key] = at
+        return at
+
+    # --- usage ------------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        tenant: str,
+        period_key: str,
+        tokens: int,
+        limit: int,
+        *,
+        reservation_id: int,
+        ttl: float,
+        expires_at: float | None = None,
+    ) -> ReserveResult:
+        key = (tenant, period_key)
+        at = self._expire_at(period_key, expires_at)
+        if not self._down:
+            try:
+                reply = await self._reserve(
+                    keys=[
+                        self._usage_key(tenant, period_key),
+                        self._reservations_key(tenant, period_key),
+                        self._version_key,
+                    ],
+                    args=[
+                        tokens,
+                        limit,
+                        f"{self._instance}:{reservation_id}:{tokens}",
+                        max(1, int(ttl * 1000)),
+                        at,
+                        self._version,
+                        self._now_ms(),
+                        DEFAULT_RETENTION,
+                    ],
+                )
+            except _UNAVAILABLE as exc:
+                self._lost(exc)
+            else:
+                code = int(reply[0])
+                if code < 0:  # overrides changed on another instance
+                    try:
+                        await self._load_overrides()
+                    except _UNAVAILABLE as exc:
+                        self._lost(exc)
+                    return STALE
+                used, reserved = int(reply[1]), int(reply[2])
+                if limit > 0:
+                    if len(self._last_seen) > 100_000:
+                        self._last_seen.clear()
+                    self._last_seen[key] = used + reserved
+                return ReserveResult(code == 1, used, reserved)
+        return self._reserve_locally(key, tokens, limit, reservation_id)
+
+    def _reserve_locally(
+        self, key: UsageKey, tokens: int, limit: int, reservation_id: int
+    ) -> ReserveResult:
+        if self.on_failure == "fail_closed":
+            raise self.unavailable_error()
+        held = self._local_reserved.get(key, 0)
+        pending = self._pending.get(key)
+        used = self._last_seen.get(key, 0) + (pending.total_tokens if pending else 0)
+        if limit > 0 and used + held + tokens > limit:
+            return ReserveResult(False, used, held)
+        if tokens > 0:
+            held += tokens
+            self._local_reserved[key] = held
+            self._local_ids.add((key[0], key[1], reservation_id))
+        return ReserveResult(True, used, held)
+
+    def _settle_local(self, key: UsageKey, reserved: int, reservation_id: int) -> str | None:
+        """Drop a reservation made locally during an outage (returns None), or name the Redis
+        reservation to remove."""
+        if reserved <= 0:
+            return None
+        local = (key[0], key[1], reservation_id)
+        if local in self._local_ids:
+            self._local_ids.discard(local)
+            left = self._local_reserved.get(key, 0) - reserved
+            if left > 0:
+                self._local_reserved[key] = left
+            else:
+                self._local_reserved.pop(key, None)
+            return None
+        return f"{self._instance}:{reservation_id}:{reserved}"
+
+    async def commit(
+        self,
+        tenant: str,
+        period_key: str,
+        reserved: int,
+        input_tokens: int,
+        output_tokens: int,
+        total_tokens: int,
+        *,
+        reservation_id: int,
+    ) -> None:
+        key = (tenant, period_key)
+        member = self._settle_local(key, reserved, reservation_id)
+        if member is None and not (input_tokens or output_tokens or total_tokens):
+            return
+        pending = _Pending(input_tokens, output_tokens, total_tokens, [member] if member else [])
+        if not self._down:
+            try:
+                await self._write(key, pending)
+                return
+            except _UNAVAILABLE as exc:
+                self._lost(exc)
+        self._keep(key, pending)
+
+    async def release(
+        self, tenant: str, period_key: str, reserved: int, *, reservation_id: int
+    ) -> None:
+        await self.commit(tenant, period_key, reserved, 0, 0, 0, reservation_id=reservation_id)
+
+    async def _write(self, key: UsageKey, pending: _Pending) -> None:
+        tenant, period_key = key
+        used = pending.input_tokens or pending.output_tokens or pending.total_tokens
+        seen = await self._commit(
+            keys=[
+                self._usage_key(tenant, period_key),
+                self._reservations_key(tenant, period_key),
+                self._tenants_key,
+            ],
+            args=[
+                pending.input_tokens,
+                pending.output_tokens,
+                pending.total_tokens,
+                self._expire_at(period_key, None),
+                DEFAULT_RETENTION,
+                tenant if used else "",
+                self._now_ms(),
+                TENANT_RETENTION,
+                *pending.members,
+            ],
+        )
+        if key in self._last_seen:  # only tenants with a limit are tracked
+            self._last_seen[key] = int(seen)
+
+    def _keep(self, key: UsageKey, pending: _Pending) -> None:
+        kept = self._pending.get(key)
+        if kept is None:
+            self._pending[key] = pending
+        else:
+            kept.merge(pending)
+
+    async def get_usage(self, keys: Sequence[UsageKey]) -> list[UsageCounters]:
+        self._check_up()
+        if not keys:
+            return []
+        now = self._now_ms()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for tenant, period_key in keys:
+                    await self._read(
+                        keys=[
+                            self._usage_key(tenant, period_key),
+                            self._reservations_key(tenant, period_key),
+                        ],
+                        args=[now],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            raise self.unavailable_error() from None
+        return [
+            UsageCounters(int(i), int(o), int(t), int(r) + self._local_reserved.get(key, 0))
+            for key, (i, o, t, r) in zip(keys, replies, strict=True)
+        ]
+
+    async def tenants(self) -> set[str]:
+        self._check_up()
+        try:
+            names = await self._redis.zrange(self._tenants_key, 0, -1)
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            raise self.unavailable_error() from None
+        return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
+
+    async def reset_usage(self, tenant: str, period_key: str) -> None:
+        self._check_up()
+        try:
+            await self._reset(
+                keys=[self._usage_key(tenant, period_key)],
+                args=[self._expire_at(period_key, None), DEFAULT_RETENTION],
+            )
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            raise self.unavailable_error() from None
+        pending = self._pending.get((tenant, period_key))
+        if pending is not None:  # usage counted in an outage belongs to the zeroed period too
+            pending.input_tokens = pending.output_tokens = pending.total_tokens = 0
+
+    # --- overrides --------------------------------------------------------------------------
+
+    @property
+    def overrides(self) -> Mapping[str, Override]:
+        return self._overrides
+
+    async def set_override(self, tenant: str, override: Override | None) -> None:
+        self._check_up()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if override is None:
+                    pipe.hdel(self._overrides_key, tenant)
+                else:
+                    pipe.hset(
+                        self._overrides_key, tenant, f"{override.tokens}:{override.period or ''}"
+                    )
+                pipe.incr(self._version_key)
+                await pipe.execute()
+            await self._load_overrides()
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            raise self.unavailable_error() from None
+
+    async def refresh_overrides(self) -> None:
+        if self._down:
+            return  # keep the last view; the recovery reloads it
+        try:
+            await self._load_overrides()
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+
+    async def _load_overrides(self) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._overrides_key)
+            pipe.get(self._version_key)
+            mapping, version = await pipe.execute()
+        overrides: dict[str, Override] = {}
+        for raw_tenant, raw in mapping.items():
+            tokens, _, period = raw.decode().partition(":")
+            overrides[raw_tenant.decode()] = Override(int(tokens), period or None)
+        self._overrides = overrides
+        self._version = version.decode() if version is not None else "0"
+
+    # --- shared rate limits -----------------------------------------------------------------
+
+    def rate_limiter(self, config: RateLimitConfig) -> RedisRateLimiter:
+        return RedisRateLimiter(config, self)
+
+    async def take(self, key: str, shape: _Bucket, units: float) -> RateDecision | None:
+        """One GCRA step on a shared bucket; None when Redis is unreachable."""
+        if self._down:
+            return None
+        interval_us = shape.interval * 1_000_000
+        try:
+            allowed, a, b = await self._take(
+                keys=[key], args=[repr(interval_us), shape.size, repr(units), self._now_us()]
+            )
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            return None
+        if int(allowed):
+            ahead = float(a) / 1_000_000
+            remaining = int((shape.span - ahead) / shape.interval + 1e-6)
+            return RateDecision(True, shape.size, remaining, 0.0, ahead)
+        retry = round(float(a) / 1_000_000, 9)
+        return RateDecision(False, shape.size, 0, retry if retry > 0 else 0.0, float(b) / 1e6)
+
+    async def adjust(self, key: str, shape: _Bucket, units: float) -> bool:
+        """Charge (units > 0) or refund (units < 0) a shared bucket; False when unreachable."""
+        if self._down:
+            return False
+        try:
+            await self._adjust(
+                keys=[key], args=[repr(units * shape.interval * 1_000_000), self._now_us()]
+            )
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            return False
+        return True
+
+    # --- outages ----------------------------------------------------------------------------
+
+    def unavailable_error(self) -> StateUnavailableError:
+        return StateUnavailableError(
+            "The gateway's shared state store is unreachable; try again shortly.",
+            self.recovery_interval,
+        )
+
+    def _check_up(self) -> None:
+        if self._down:
+            raise self.unavailable_error()
+
+    def _lost(self, exc: BaseException) -> None:
+        """A call failed: switch to outage mode (once) and start watching for the recovery."""
+        if self._down:
+            return
+        self._down = True
+        self.outages += 1
+        if self.on_failure == "fail_open":
+            mode = "fail_open: serving, counting usage locally until it is back"
+        else:
+            mode = "fail_closed: answering 503 until it is back"
+        log.warning("state: redis %s is unreachable (%s); %s", self.where, _describe(exc), mode)
+        if not self._closed:
+            self._recovery = asyncio.get_running_loop().create_task(
+                self._recover(), name="aigw-redis-recovery"
+            )
+
+    async def _recover(self) -> None:
+        while True:
+            await asyncio.sleep(self.recovery_interval)
+            try:
+                # Connections opened before the outage may be dead: start afresh.
+                await self._redis.connection_pool.disconnect()
+                await self._load_overrides()
+                records = await self._reconcile()
+            except _UNAVAILABLE:
+                continue
+            # _reconcile returned with nothing pending and without awaiting since it checked:
+            # every commit from here on goes to Redis directly.
+            self._down = False
+            self._recovery = None
+            log.info(
+                "state: redis %s is reachable again; reconciled %d usage record(s) kept "
+                "during the outage",
+                self.where,
+                records,
+            )
+            return
+
+    async def _reconcile(self) -> int:
+        """Write the usage kept during the outage; returns how many records were written."""
+        records = 0
+        while self._pending:
+            key = next(iter(self._pending))
+            pending = self._pending.pop(key)
+            try:
+                await self._write(key, pending)
+            except BaseException:
+                self._keep(key, pending)  # commits that arrived meanwhile merge into it
+                raise
+            records += 1
+            self.reconciled += 1
+        return records
+
+
+class RedisRateLimiter(RateLimiter):
+    """Token buckets in Redis, shared by every instance; the inherited in-memory buckets serve
+    while Redis is unreachable under `fail_open`. Tenants without a limit never leave the
+    process. `clock` (epoch seconds) is for tests; by default the Redis server's clock rules."""
+
+    def __init__(
+        self,
+        config: RateLimitConfig,
+        store: RedisStore,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._store = store
+        if clock is not None:
+            store.clock = clock
+
+    async def take_request(self, tenant: str) -> RateDecision:
+        shape = self._req_rules.get(tenant, self._req_default)
+        if shape is None:
+            return UNLIMITED
+        decision = await self._store.take(self._store.bucket_key(tenant, "req"), shape, 1.0)
+        if decision is not None:
+            return decision
+        self._check_open()
+        return self.check_request(tenant)
+
+    async def take_tokens(self, tenant: str, tokens: int) -> RateDecision:
+        shape = self._tok_rules.get(tenant, self._tok_default)
+        if shape is None:
+            return UNLIMITED
+        units = float(min(tokens, shape.size))
+        decision = await self._store.take(self._store.bucket_key(tenant, "tok"), shape, units)
+        if decision is not None:
+            return decision
+        self._check_open()
+        return self.check_tokens(tenant, tokens)
+
+    async def settle_tokens(self, tenant: str, estimate: int, used: int) -> None:
+        shape = self._tok_rules.get(tenant, self._tok_default)
+        if shape is None or used == estimate:
+            return
+        key = self._store.bucket_key(tenant, "tok")
+        if await self._store.adjust(key, shape, float(used - estimate)):
+            return
+        if self._store.on_failure == "fail_open":
+            await super().settle_tokens(tenant, estimate, used)
+
+    def _check_open(self) -> None:
+        if self._store.on_failure != "fail_open":
+            raise self._store.unavailable_error()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+__all__ = ["RedisRateLimiter", "RedisStore", "redacted_url"]
