@@ -10,9 +10,11 @@ StrategyName = Literal["round_robin", "random", "weighted_random", "least_connec
 BackendName = Literal["memory", "sqlite", "redis"]
 PeriodName = Literal["hourly", "daily", "weekly", "monthly", "never"]
 ProviderType = Literal["openai", "mock"]
+LoopName = Literal["auto", "asyncio", "uvloop"]
 
 STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 PERIODS: tuple[str, ...] = get_args(PeriodName)
 PROVIDER_TYPES: tuple[str, ...] = get_args(ProviderType)
+LOOPS: tuple[str, ...] = get_args(LoopName)
 BUILTIN_HOOKS: tuple[str, ...] = ("validation", "content_filter", "audit")

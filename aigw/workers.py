@@ -67,6 +67,7 @@ class WorkerSpec:
     log_level: int
     #: re-applied on every reload (the port and the private admin socket among them)
     server_overrides: dict[str, Any]
+    loop: str = "auto"  # event loop (aigw.loops)
 
 
 @dataclass(eq=False)
@@ -93,10 +94,12 @@ class Supervisor:
         *,
         log_level: int = logging.INFO,
         server_overrides: dict[str, Any] | None = None,
+        loop: str = "auto",
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.config = config
+        self.loop = loop
         self.server_overrides = dict(server_overrides or {})
         self.log_level = log_level
         self.admin_socket = Path(config.server.admin_socket or default_admin_socket()).expanduser()
@@ -174,6 +177,7 @@ class Supervisor:
             dataclasses.replace(self.config, server=server),
             self.log_level,
             overrides,
+            self.loop,
         )
 
     async def _spawn(self, worker: _Worker) -> None:
@@ -471,12 +475,15 @@ async def supervise(
     *,
     log_level: int = logging.INFO,
     server_overrides: dict[str, Any] | None = None,
+    loop: str = "auto",
 ) -> int:
     """Run the supervisor until SIGTERM/SIGINT; returns the exit code. `server_overrides` are
     the `aigw serve` flags, re-applied by every worker on reload."""
-    supervisor = Supervisor(config, workers, log_level=log_level, server_overrides=server_overrides)
+    supervisor = Supervisor(
+        config, workers, log_level=log_level, server_overrides=server_overrides, loop=loop
+    )
     await supervisor.start()
-    loop = asyncio.get_running_loop()
+    running = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen = 0
 
@@ -490,8 +497,8 @@ async def supervise(
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: supervisor.forward(signal.SIGHUP))
+        running.add_signal_handler(sig, on_stop)
+    running.add_signal_handler(signal.SIGHUP, lambda: supervisor.forward(signal.SIGHUP))
     log.info(
         "aigw %s serving http://%s/v1 with %d workers (pids %s; admin socket %s, config %s)",
         __version__,
@@ -572,7 +579,9 @@ def worker_main() -> int:
     from aigw.server import StartupError as GatewayStartupError
 
     try:
-        return asyncio.run(_run_worker(spec))
+        from aigw.loops import run as run_loop
+
+        return run_loop(_run_worker(spec), spec.loop)
     except GatewayStartupError as exc:
         log.error("worker %d cannot start: %s", spec.index, exc)
         return 3

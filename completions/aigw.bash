@@ -26,7 +26,7 @@ _aigw_options() {
         'aigw quota reset') _aigw_reply='--admin-socket -c --config --help' ;;  # Zero a tenant's usage in its current period.
         'aigw quota set') _aigw_reply='--admin-socket -c --config --help --period' ;;  # Set a tenant's token quota at runtime (persisted; wins over the config).
         'aigw quota show') _aigw_reply='--admin-socket -c --config --help --json' ;;  # Usage per tenant: input/output/total tokens, limit, % used, next reset.
-        'aigw serve') _aigw_reply='--access-log --admin-socket -c --config --help --host --log-level -p --port -w --workers' ;;  # Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).
+        'aigw serve') _aigw_reply='--access-log --admin-socket -c --config --help --host --log-level --loop -p --port -w --workers' ;;  # Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).
         'aigw status') _aigw_reply='--admin-socket -c --config --help --json' ;;  # Show the running daemon: pid, version, uptime, config, listen address (and workers).
         'aigw validate') _aigw_reply='--help --json --request' ;;  # Check a config file offline: exit 0 when valid, 1 with every problem otherwise.
         *) _aigw_reply='' ;;
@@ -66,7 +66,8 @@ _aigw_option() {
         'aigw serve -c' | 'aigw serve --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
         'aigw serve --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw serve --host') _aigw_reply=value ;;  # Listen address (overrides server.host).
-        'aigw serve --log-level') _aigw_reply=value ;;  # debug, info, warning or error.
+        'aigw serve --log-level') _aigw_reply=choice _aigw_choices='debug info warning error' ;;  # How much to log.
+        'aigw serve --loop') _aigw_reply=choice _aigw_choices='auto asyncio uvloop' ;;  # Event loop: uvloop when installed (auto), or plain asyncio.
         'aigw serve -p' | 'aigw serve --port') _aigw_reply=value ;;  # Listen port (overrides server.port).
         'aigw serve -w' | 'aigw serve --workers') _aigw_reply=value ;;  # Worker processes sharing the port (SO_REUSEPORT); more than 1 needs state.backend: redis.
         'aigw status --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).

@@ -20,7 +20,7 @@ end
 # True when option $argv[2] of command path $argv[1] takes a value.
 function __aigw_takes_value
     switch "$argv[1] $argv[2]"
-        case 'aigw lb stats --admin-socket' 'aigw lb stats -c' 'aigw lb stats --config' 'aigw lb stats --interval' 'aigw lb stats --model' 'aigw quota reset --admin-socket' 'aigw quota reset -c' 'aigw quota reset --config' 'aigw quota set --admin-socket' 'aigw quota set -c' 'aigw quota set --config' 'aigw quota set --period' 'aigw quota show --admin-socket' 'aigw quota show -c' 'aigw quota show --config' 'aigw serve --admin-socket' 'aigw serve -c' 'aigw serve --config' 'aigw serve --host' 'aigw serve --log-level' 'aigw serve -p' 'aigw serve --port' 'aigw serve -w' 'aigw serve --workers' 'aigw status --admin-socket' 'aigw status -c' 'aigw status --config' 'aigw validate --request'
+        case 'aigw lb stats --admin-socket' 'aigw lb stats -c' 'aigw lb stats --config' 'aigw lb stats --interval' 'aigw lb stats --model' 'aigw quota reset --admin-socket' 'aigw quota reset -c' 'aigw quota reset --config' 'aigw quota set --admin-socket' 'aigw quota set -c' 'aigw quota set --config' 'aigw quota set --period' 'aigw quota show --admin-socket' 'aigw quota show -c' 'aigw quota show --config' 'aigw serve --admin-socket' 'aigw serve -c' 'aigw serve --config' 'aigw serve --host' 'aigw serve --log-level' 'aigw serve --loop' 'aigw serve -p' 'aigw serve --port' 'aigw serve -w' 'aigw serve --workers' 'aigw status --admin-socket' 'aigw status -c' 'aigw status --config' 'aigw validate --request'
             return 0
     end
     return 1
@@ -111,7 +111,8 @@ complete -c aigw -n '__aigw_at aigw serve' -l 'admin-socket' -r -F -d 'Admin soc
 complete -c aigw -n '__aigw_at aigw serve' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
 complete -c aigw -n '__aigw_at aigw serve' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw serve' -l 'host' -x -d 'Listen address (overrides server.host).'
-complete -c aigw -n '__aigw_at aigw serve' -l 'log-level' -x -d 'debug, info, warning or error.'
+complete -c aigw -n '__aigw_at aigw serve' -l 'log-level' -x -a 'debug info warning error' -d 'How much to log.'
+complete -c aigw -n '__aigw_at aigw serve' -l 'loop' -x -a 'auto asyncio uvloop' -d 'Event loop: uvloop when installed (auto), or plain asyncio.'
 complete -c aigw -n '__aigw_at aigw serve' -s 'p' -l 'port' -x -d 'Listen port (overrides server.port).'
 complete -c aigw -n '__aigw_at aigw serve' -s 'w' -l 'workers' -x -d 'Worker processes sharing the port (SO_REUSEPORT); more than 1 needs state.backend: redis.'
 

@@ -6,10 +6,11 @@ import dataclasses
 import json
 import logging
 import sys
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import typer
 
+from aigw.choices import LoopName
 from aigw.cli.common import (
     EXIT_STARTUP,
     AdminSocketOption,
@@ -18,6 +19,8 @@ from aigw.cli.common import (
     console,
     fail,
 )
+
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +34,11 @@ def serve(
     port: int = typer.Option(None, "--port", "-p", help="Listen port (overrides server.port)."),
     admin_socket: str = AdminSocketOption,
     access_log: bool = typer.Option(False, "--access-log", help="Log one line per request."),
-    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    log_level: Annotated[LogLevel, typer.Option("--log-level", help="How much to log.")] = "info",
+    loop: Annotated[
+        LoopName,
+        typer.Option("--loop", help="Event loop: uvloop when installed (auto), or plain asyncio."),
+    ] = "auto",
     workers: int = typer.Option(
         1,
         "--workers",
@@ -42,10 +49,9 @@ def serve(
     ),
 ) -> None:
     """Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads)."""
-    import asyncio
-
     from aigw.config import load_config
     from aigw.errors import ConfigError
+    from aigw.loops import run as run_loop
     from aigw.paths import discover_config_path
 
     level = getattr(logging, log_level.upper(), None)
@@ -85,8 +91,11 @@ def serve(
         from aigw.workers import supervise
 
         try:
-            code = asyncio.run(
-                supervise(cfg, workers, log_level=level, server_overrides=server_overrides)
+            code = run_loop(
+                supervise(
+                    cfg, workers, log_level=level, server_overrides=server_overrides, loop=loop
+                ),
+                loop,
             )
         except WorkersStartupError as exc:
             fail(str(exc), EXIT_STARTUP)
@@ -97,7 +106,7 @@ def serve(
     from aigw.server import StartupError, run
 
     try:
-        code = asyncio.run(run(cfg, server_overrides=server_overrides))
+        code = run_loop(run(cfg, server_overrides=server_overrides), loop)
     except StartupError as exc:
         fail(str(exc), EXIT_STARTUP)
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
