@@ -47,6 +47,7 @@ from aigw.errors import (
 from aigw.hooks.base import RequestContext, ResponseInfo, Usage
 from aigw.ratelimit import UNLIMITED, limit_error
 from aigw.ratelimit import headers as rate_headers
+from aigw.redact import redact
 from aigw.streaming import StreamTap, usage_from_body
 from aigw.tenants import is_valid_tenant
 
@@ -58,9 +59,12 @@ if TYPE_CHECKING:
     from aigw.ratelimit import RateLimiter
     from aigw.server import Gateway, Runtime
 
-log = logging.getLogger("aigw.access")
+log = logging.getLogger("aigw.proxy")
 
 _JSON_CT = "application/json"
+_RETRY_HEADERS = ("retry-after", "retry-after-ms")
+#: Status recorded for a request whose client went away first (nginx's convention).
+CLIENT_CLOSED = 499
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -225,6 +229,8 @@ class Proxy:
                     raise limit_error(ctx.tenant, req_decision, tok_decision)
                 if tok_decision.limit:
                     charge.limiter = limiter
+                    # A request larger than the bucket takes only the bucket: settle that.
+                    charge.tokens_taken = min(charge.estimate, tok_decision.limit)
                     headers.update(rate_headers(req_decision, tok_decision))
             if quota is not None:
                 charge.reservation = await quota.reserve(ctx.tenant, charge.estimate)
@@ -236,33 +242,63 @@ class Proxy:
                 ctx.cache = headers["x-aigw-cache"] = "miss"
             return await self._forward(request, ctx, rt, raw, headers, charge)
         except GatewayError as err:
-            await self._settle(ctx, charge, None)
-            ctx.status = err.status
-            if metrics is not None:
-                reason = _rejection_reason(err)
-                if reason is not None:
-                    metrics.rejected(reason)
-                metrics.request_done(
-                    ctx.model,
-                    ctx.target or "",
-                    err.status,
-                    time.monotonic() - ctx.started,
-                    charge.upstream_time,
-                    None,
-                )
-            await _run_on_error(rt, ctx, err)
-            err.headers = {**headers, **err.headers}
-            gw.access_log(ctx, request)
-            return _error(err, rid)
+            return await self._fail(request, ctx, rt, charge, headers, err)
         except asyncio.CancelledError:
-            # The client went away before an answer started: give back what was reserved.
+            # The client went away before an answer started: give back what was reserved and
+            # count the request (a stream abandoned midway was already counted).
             await self._settle(ctx, charge, None)
-            ctx.status = 499
-            gw.access_log(ctx, request)
+            if ctx.status != CLIENT_CLOSED:
+                ctx.status = CLIENT_CLOSED
+                if metrics is not None:
+                    metrics.request_done(
+                        ctx.model,
+                        ctx.target or "",
+                        CLIENT_CLOSED,
+                        time.monotonic() - ctx.started,
+                        charge.upstream_time,
+                        None,
+                    )
+                gw.access_log(ctx, request)
             raise
+        except Exception:
+            # A bug (ours or a user hook's) must still end as OpenAI error JSON with every
+            # charge settled, never as aiohttp's plain-text 500 with a reservation held.
+            log.exception("request %s failed", rid)
+            internal = GatewayError("The gateway failed to handle this request.")
+            return await self._fail(request, ctx, rt, charge, headers, internal)
         finally:
             if metrics is not None:
                 metrics.in_flight(-1)
+
+    async def _fail(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        rt: Runtime,
+        charge: Charge,
+        headers: dict[str, str],
+        err: GatewayError,
+    ) -> web.Response:
+        """The one way a request ends in an error response."""
+        await self._settle(ctx, charge, None)
+        ctx.status = err.status
+        metrics = self.gw.metrics
+        if metrics is not None:
+            reason = _rejection_reason(err)
+            if reason is not None:
+                metrics.rejected(reason)
+            metrics.request_done(
+                ctx.model,
+                ctx.target or "",
+                err.status,
+                time.monotonic() - ctx.started,
+                charge.upstream_time,
+                None,
+            )
+        await _run_on_error(rt, ctx, err)
+        err.headers = {**headers, **err.headers}
+        self.gw.access_log(ctx, request)
+        return _error(err, ctx.request_id)
 
     # --- cache -----------------------------------------------------------------------------------
 
@@ -298,9 +334,11 @@ class Proxy:
         headers["x-aigw-cache"] = "hit"
         ctx.provider = hit.headers.get("x-aigw-provider")
         info = ResponseInfo(200, body=hit.body, usage=hit.usage)
-        for hook in rt.after_hooks:
-            await hook.after_response(ctx, info)
-        await self._settle(ctx, charge, None)
+        try:
+            for hook in rt.after_hooks:
+                await hook.after_response(ctx, info)
+        finally:
+            await self._settle(ctx, charge, None)
         if self.gw.metrics is not None:
             self.gw.metrics.request_done(
                 ctx.model, "cache", 200, time.monotonic() - ctx.started, 0.0, None
@@ -308,12 +346,7 @@ class Proxy:
         self.gw.access_log(ctx, request)
         if not ctx.stream:
             return web.Response(status=200, body=hit.body, headers=headers)
-        headers.pop("content-type", None)
-        out = web.StreamResponse(status=200, headers={**headers, **_SSE_HEADERS})
-        await out.prepare(request)
-        await out.write(b"".join(replay_as_sse(hit.body, ctx.endpoint, ctx.client_wants_usage)))
-        await out.write_eof()
-        return out
+        return await _replay(request, ctx, hit.body, headers)
 
     def _cache_store(
         self, ctx: RequestContext, charge: Charge, body: bytes | None, headers: dict[str, str]
@@ -389,6 +422,8 @@ class Proxy:
                 except BaseException:
                     lease.neutral()
                     raise
+                headers["x-aigw-provider"] = target.provider
+                headers["x-aigw-model"] = target.model
                 if resp.status >= 400:
                     status_err = await _status_error(resp, lease)
                     charge.upstream_time += time.monotonic() - upstream_started
@@ -396,8 +431,6 @@ class Proxy:
                         raise status_err
                     last_error = status_err
                     continue
-                headers["x-aigw-provider"] = target.provider
-                headers["x-aigw-model"] = target.model
                 deliver = self._deliver_stream if ctx.stream else self._deliver
                 result = await deliver(
                     request, ctx, rt, resp, lease, headers, charge, upstream_started
@@ -423,8 +456,11 @@ class Proxy:
         headers: dict[str, str],
         charge: Charge,
         upstream_started: float,
+        *,
+        as_sse: bool = False,
     ) -> web.StreamResponse | None:
-        """A whole (non-streamed) answer. None: the upstream failed, try the next target."""
+        """A whole (non-streamed) answer; `as_sse` replays it as a stream for a client that
+        asked for one. None: the upstream failed, try the next target."""
         try:
             body = await resp.read()
         except GatewayError as err:
@@ -434,6 +470,9 @@ class Proxy:
         except BaseException:
             lease.neutral()
             raise
+        if body.lstrip()[:1] != b"{":  # an HTML error page from a proxy in front, say
+            lease.failure("The upstream answered 200 with a body that is not a JSON object")
+            return None
         lease.success()
         charge.upstream_time += time.monotonic() - upstream_started
         ctx.usage = usage_from_body(body)
@@ -443,7 +482,7 @@ class Proxy:
             for hook in rt.after_hooks:
                 await hook.after_response(ctx, info)
         finally:
-            await self._settle(ctx, charge, ctx.usage)
+            await self._settle(ctx, charge, ctx.usage, answered=True)
         headers["Content-Type"] = resp.headers.get("content-type", _JSON_CT)
         self._cache_store(ctx, charge, info.body, headers)
         if self.gw.metrics is not None:
@@ -456,6 +495,8 @@ class Proxy:
                 None,
             )
         self.gw.access_log(ctx, request)
+        if as_sse and info.body is not None:
+            return await _replay(request, ctx, info.body, headers)
         return web.Response(status=resp.status, body=info.body, headers=headers)
 
     async def _deliver_stream(
@@ -471,6 +512,15 @@ class Proxy:
     ) -> web.StreamResponse | None:
         """Stream the answer through. None: the upstream failed before anything reached the
         client, try the next target."""
+        content_type = resp.headers.get("content-type", "text/event-stream")
+        if not content_type.startswith("text/event-stream"):
+            if "json" in content_type:  # an upstream that ignores `stream`: replay its answer
+                return await self._deliver(
+                    request, ctx, rt, resp, lease, headers, charge, upstream_started, as_sse=True
+                )
+            lease.failure(f"The upstream answered a stream request with {content_type[:40]}")
+            resp.close()
+            return None
         tap = StreamTap(strip_usage=not ctx.client_wants_usage, collect=rt.collect_stream)
         chunks = resp.iter_chunks()
         first = b""
@@ -512,15 +562,19 @@ class Proxy:
                 data = tap.feed(chunk)
                 if data:
                     await out.write(data)
-            if not tap.done:
-                failure = UpstreamError("The upstream closed the stream before [DONE]")
+            if not tap.done and not tap.finished:
+                failure = UpstreamError("The upstream closed the stream before it finished")
         except GatewayError as err:
             failure = err
+        except Exception:  # our bug, not the target's: end the stream with an error event
+            log.exception("stream %s failed", ctx.request_id)
+            failure = GatewayError("The gateway failed while streaming this answer.")
+            failure.client_fault = True  # keeps the target's record clean
         except (ConnectionError, asyncio.CancelledError) as exc:
             # The client went away: stop the upstream, still record what was produced.
             resp.close()
             lease.neutral()
-            ctx.status = 499  # client closed request (nginx's convention)
+            ctx.status = CLIENT_CLOSED
             ctx.usage = tap.usage or self._estimate(ctx, tap)
             await self._settle(ctx, charge, ctx.usage)
             await self._after_stream(ctx, rt, tap, request)
@@ -532,7 +586,10 @@ class Proxy:
             await chunks.aclose()
             resp.close()
         if failure is not None:
-            lease.failure(failure.message)
+            if failure.client_fault:
+                lease.neutral()
+            else:
+                lease.failure(failure.message)
             ctx.status = failure.status
             with contextlib.suppress(ConnectionError):
                 await out.write(error_event(failure))
@@ -578,18 +635,28 @@ class Proxy:
             pass  # the answer is already out: a hook cannot take it back
         self.gw.access_log(ctx, request)
 
-    async def _settle(self, ctx: RequestContext, charge: Charge, usage: Usage | None) -> None:
+    async def _settle(
+        self,
+        ctx: RequestContext,
+        charge: Charge,
+        usage: Usage | None,
+        *,
+        answered: bool = False,
+    ) -> None:
         """Replace the request's worst-case charges (quota reservation, token-rate estimate)
-        by what it really used; exactly once per request."""
+        by what it really used; exactly once per request. `answered`: the client got an answer,
+        so one without usage (some servers omit it) costs the worst case, never nothing."""
         if charge.settled:
             return
         charge.settled = True
         gw = self.gw
-        used = usage.total_tokens if usage is not None else 0
-        if charge.limiter is not None:
-            await charge.limiter.settle_tokens(ctx.tenant, charge.estimate, used)
         if usage is not None and gw.metrics is not None:
             gw.metrics.tokens(ctx.tenant, ctx.model, usage.prompt_tokens, usage.completion_tokens)
+        if usage is None and answered:
+            usage = Usage(0, 0, charge.estimate)
+        used = usage.total_tokens if usage is not None else 0
+        if charge.limiter is not None:
+            await charge.limiter.settle_tokens(ctx.tenant, charge.tokens_taken, used)
         if charge.reservation is not None and gw.quota is not None:
             if usage is None:
                 await gw.quota.release(charge.reservation)
@@ -620,6 +687,7 @@ class Charge:
         "limiter",
         "reservation",
         "settled",
+        "tokens_taken",
         "upstream_time",
     )
 
@@ -627,6 +695,7 @@ class Charge:
         self.estimate = 0
         self.reservation: Reservation | None = None
         self.limiter: RateLimiter | None = None  # set only when a token limit applies
+        self.tokens_taken = 0  # what the token bucket really gave
         self.cache: ResponseCache | None = None
         self.cache_key: bytes | None = None  # None: do not store the answer
         self.settled = False
@@ -647,11 +716,14 @@ async def _status_error(resp: UpstreamResponse, lease: Lease) -> GatewayError:
         raise
     finally:
         resp.close()
-    err = UpstreamStatusError(resp.status, body)
+    # The upstream's own retry advice reaches the client (the SDKs back off by it).
+    advice = {k: resp.headers[k] for k in _RETRY_HEADERS if k in resp.headers}
+    err = UpstreamStatusError(resp.status, body, headers=advice)
     if err.client_fault:
         lease.neutral()
     else:
-        lease.failure(f"HTTP {resp.status}: {err.message}"[:200])
+        # Upstream messages may quote (masked) provider keys: stats never show them.
+        lease.failure(redact(f"HTTP {resp.status}: {err.message}")[:200])
     return err
 
 
@@ -670,6 +742,21 @@ def _rejection_reason(err: GatewayError) -> RejectionReason | None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+async def _replay(
+    request: web.Request, ctx: RequestContext, body: bytes, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Send a whole answer (cached, or from an upstream that ignored `stream`) as SSE."""
+    for name in ("content-type", "Content-Type"):
+        headers.pop(name, None)
+    events = b"".join(replay_as_sse(body, ctx.endpoint, ctx.client_wants_usage))
+    out = web.StreamResponse(status=200, headers={**headers, **_SSE_HEADERS})
+    await out.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        await out.write(events)
+        await out.write_eof()
+    return out
 
 
 _REQUEST_IDS = itertools.count(1)
@@ -702,6 +789,8 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
         raise InvalidRequestError(
             f"We could not parse the JSON body of your request: {exc}"
         ) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("The JSON body of your request is nested too deeply.") from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     return body

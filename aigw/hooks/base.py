@@ -32,8 +32,10 @@ class Usage:
             prompt = int(data.get("prompt_tokens") or 0)
             completion = int(data.get("completion_tokens") or 0)
             total = int(data.get("total_tokens") or (prompt + completion))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
+        if prompt < 0 or completion < 0 or total < 0:
+            return None  # a negative count would credit the tenant's quota
         return cls(prompt, completion, total)
 
 

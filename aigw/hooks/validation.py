@@ -628,6 +628,8 @@ def endpoint_for_body(body: dict[str, Any]) -> str:
 class ValidationHook(Hook):
     """The `validation` hook: rejects malformed requests before quota, cache and upstream."""
 
+    modifies_request = False  # it only reads: the client's bytes can go upstream as they are
+
     def __init__(self, models: Collection[str]) -> None:
         super().__init__()
         #: The gateway's model names; replace (don't mutate in place) on config reload.
