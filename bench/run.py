@@ -467,10 +467,12 @@ def run_wrk(
     body: str,
     key: str,
     pin: bool,
+    script: Path = LUA_SCRIPT,
 ) -> tuple[dict[str, Any], str, float]:
-    """Run wrk once; returns (figures from post.lua, wrk's text output, wrk CPU seconds)."""
+    """Run wrk once; returns (figures from post.lua, wrk's text output, wrk CPU seconds).
+    `script` must print post.lua's BENCH_RESULT line (bench/cache_bench.py extends post.lua)."""
     argv = [tools["wrk"], "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
-    argv += ["--timeout", "10s", "-s", str(LUA_SCRIPT), url]
+    argv += ["--timeout", "10s", "-s", str(script), url]
     if pin:
         argv = [tools["taskset"], "-c", LOAD_CPU, *argv]
     env = dict(os.environ, BENCH_BODY=body, BENCH_KEY=key)
@@ -506,6 +508,7 @@ def measure(
     warmup: int,
     nginx_pid: int,
     pin: bool,
+    script: Path = LUA_SCRIPT,
 ) -> Leg:
     if mode == "stream":
         path, body = target.stream_path, STREAM_BODY
@@ -522,6 +525,7 @@ def measure(
             body=body,
             key=target.key,
             pin=pin,
+            script=script,
         )
     proxy_cpu0 = cpu_seconds(target.pid) if target.pid else 0.0
     nginx_cpu0 = cpu_seconds(nginx_pid)
@@ -536,6 +540,7 @@ def measure(
         body=body,
         key=target.key,
         pin=pin,
+        script=script,
     )
     wall = time.monotonic() - t0
     nginx_cpu = cpu_seconds(nginx_pid) - nginx_cpu0
