@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import stat
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -100,6 +101,7 @@ class Gateway:
         self.access_logging = config.server.access_log
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._reload_lock = asyncio.Lock()
         self._retired: list[tuple[list[Provider], list[Hook]]] = []  # replaced by a reload
         self.listen_address = f"{config.server.host}:{config.server.port}"
         self.bound_port: int | None = None
@@ -195,7 +197,16 @@ class Gateway:
         self.listen_address = f"{server.host}:{self.bound_port}"
         await web.SockSite(runner, sock).start()
         self._runners.append(runner)
-        await self._start_admin()
+        try:
+            await self._start_admin()
+        except OSError as exc:
+            for started in self._runners:
+                await started.cleanup()
+            self._runners.clear()
+            await self._close_long_lived()
+            raise StartupError(
+                f"cannot create the admin socket {self.admin_socket}: {exc.strerror or exc}"
+            ) from None
         self._tasks.append(asyncio.create_task(self._probe_loop(), name="aigw-probes"))
 
     def build_proxy_app(self) -> web.Application:
@@ -223,13 +234,7 @@ class Gateway:
         self._runners.append(runner)
 
     def _check_admin_socket(self) -> None:
-        path = self.admin_socket
-        if not path.exists():
-            return
-        if _socket_alive(path):
-            raise StartupError(f"another aigw daemon is already running on the admin socket {path}")
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # stale: its daemon died without cleaning up
+        claim_admin_socket(self.admin_socket)
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests (up to shutdown_timeout), release all."""
@@ -264,8 +269,12 @@ class Gateway:
 
     async def reload(self, path: str | None = None) -> Config:
         """Re-read the config and swap the runtime; in-flight requests finish on the old one."""
+        async with self._reload_lock:  # SIGHUP and POST /reload must not interleave
+            return await self._reload(path)
+
+    async def _reload(self, path: str | None) -> Config:
         source = path or (None if self.config.source.startswith("<") else self.config.source)
-        config = load_config(source)
+        config = await asyncio.to_thread(load_config, source)  # file I/O and YAML off the loop
         if self._server_overrides:
             config = replace(config, server=replace(config.server, **self._server_overrides))
         old = self.runtime
@@ -291,12 +300,23 @@ class Gateway:
         hooks = [h for h in old.hooks if h not in new.hooks]
         if retired or hooks:
             self._retired.append((retired, hooks))
-            self._tasks.append(asyncio.create_task(self._retire(retired, hooks)))
+            retire = asyncio.create_task(self._retire(retired, hooks))
+            self._tasks.append(retire)
+            retire.add_done_callback(self._forget_task)
         restart_only = [
             name
             for name in ("state", "cache", "metrics")
             if getattr(config, name) != getattr(old.config, name)
         ]
+        for name in ("max_body_size", "shutdown_timeout"):
+            if getattr(config.server, name) != getattr(old.config.server, name):
+                restart_only.append(f"server.{name}")
+        if self.metrics is not None:
+            live = {t.id for m in new.balancers.snapshot().models for t in m.targets}
+            for model in old.balancers.snapshot().models:
+                for target in model.targets:
+                    if target.id not in live:
+                        self.metrics.forget_target(target.id)
         if (config.server.host, config.server.port, config.server.admin_socket) != (
             old.config.server.host,
             old.config.server.port,
@@ -311,6 +331,10 @@ class Gateway:
         else:
             log.info("config reloaded from %s", config.source)
         return config
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
 
     async def _retire(self, providers: list[Provider], hooks: list[Hook]) -> None:
         # Requests started on the old runtime may still use these: close them after the longest
@@ -413,6 +437,21 @@ def _bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socke
         sock.close()
         raise
     return sock
+
+
+def claim_admin_socket(path: Path) -> None:
+    """Make `path` free for a new admin socket: refuse when a live daemon answers there or when
+    it is not a socket at all (never delete a user's file); remove a stale socket."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"{path} exists and is not a socket; not removing it")
+    if _socket_alive(path):
+        raise StartupError(f"another aigw daemon is already running on the admin socket {path}")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # stale: its daemon died without cleaning up
 
 
 def _socket_alive(path: Path) -> bool:

@@ -42,6 +42,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, we
 from aigw import __version__
 from aigw.config import Config
 from aigw.paths import default_admin_socket
+from aigw.server import StartupError, claim_admin_socket
 
 log = logging.getLogger("aigw")
 
@@ -52,10 +53,6 @@ RESTART_WINDOW = 60.0
 STARTUP_TIMEOUT = 60.0
 #: Admin calls forwarded to a worker.
 ADMIN_TIMEOUT = 30.0
-
-
-class StartupError(Exception):
-    """The workers cannot start: exit code 3."""
 
 
 @dataclass(frozen=True)
@@ -119,17 +116,8 @@ class Supervisor:
     # --- start ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from aigw.server import _socket_alive
-
         self.failed = asyncio.get_running_loop().create_future()
-        if self.admin_socket.exists():
-            if _socket_alive(self.admin_socket):
-                raise StartupError(
-                    f"another aigw daemon is already running on the admin socket "
-                    f"{self.admin_socket}"
-                )
-            with contextlib.suppress(FileNotFoundError):
-                self.admin_socket.unlink()
+        claim_admin_socket(self.admin_socket)
         self._reserve_port()
         self.admin_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.worker_dir.mkdir(mode=0o700, exist_ok=True)
@@ -576,13 +564,11 @@ def worker_main() -> int:
         format=f"%(asctime)s %(levelname)s %(name)s[worker {spec.index}]: %(message)s",
         stream=sys.stderr,
     )
-    from aigw.server import StartupError as GatewayStartupError
-
     try:
         from aigw.loops import run as run_loop
 
         return run_loop(_run_worker(spec), spec.loop)
-    except GatewayStartupError as exc:
+    except StartupError as exc:
         log.error("worker %d cannot start: %s", spec.index, exc)
         return 3
 

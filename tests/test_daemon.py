@@ -248,3 +248,58 @@ def test_builtin_default_serves_mock(tmp_path: Path, sock_dir: Path) -> None:
         assert proc.wait(15) == 0
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_admin_socket_path_that_is_a_file_is_never_deleted(tmp_path: Path) -> None:
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(MINIMAL)
+    result = run_cli("serve", "--config", str(cfg), "--port", "0", "--admin-socket", str(precious))
+    assert result.returncode == 3
+    assert "not a socket" in result.stderr and "Traceback" not in result.stderr
+    assert precious.read_text() == "keep me"
+
+
+def test_admin_socket_that_cannot_be_created_exits_3(tmp_path: Path) -> None:
+    too_long = Path("/tmp") / ("x" * 120) / "admin.sock"  # beyond AF_UNIX's ~107 bytes
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(MINIMAL)
+    try:
+        result = run_cli(
+            "serve", "--config", str(cfg), "--port", "0", "--admin-socket", str(too_long)
+        )
+    finally:
+        if too_long.parent.exists():
+            too_long.parent.rmdir()
+    assert result.returncode == 3
+    assert "cannot create the admin socket" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_finds_the_admin_socket_like_the_clients(tmp_path: Path, sock_dir: Path) -> None:
+    """`$AIGW_ADMIN_SOCKET` is honoured by `aigw serve` and by `aigw status` alike."""
+    env = {"AIGW_ADMIN_SOCKET": str(sock_dir / "env.sock")}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(MINIMAL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aigw", "serve", "--config", str(cfg), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(env),
+    )
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while "serving" not in line:
+            line = proc.stdout.readline()
+            assert line, "daemon exited"
+        status = run_cli("status", env=env)
+        assert status.returncode == 0, status.stderr
+        assert str(proc.pid) in status.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()

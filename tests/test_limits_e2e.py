@@ -166,6 +166,10 @@ async def test_tokens_per_minute_limit_and_headers(
         assert big.headers["x-ratelimit-remaining-tokens"] == "0"
         clock.advance(wait)
         assert (await post(s, gw, {**BODY, "max_tokens": 400 - 8})).status == 200
+        # It took the whole bucket (300), not its 400 estimate, and used USED: settling gives
+        # back 300 - USED, never more than it took.
+        after = await post(s, gw)
+        assert after.headers["x-ratelimit-remaining-tokens"] == str(300 - USED - ESTIMATE)
 
 
 async def test_tokens_per_minute_holds_under_concurrency(

@@ -31,6 +31,7 @@ class Behaviour:
     omit_done: bool = False  # end the stream cleanly but without `data: [DONE]`
     reset_before_first_chunk: bool = False  # stream: send the 200 headers, then reset
     error_body_hang: bool = False  # error status: send its headers, never its body
+    retry_after: str | None = None  # error status: send this `retry-after` header
 
 
 class Upstream:
@@ -107,7 +108,10 @@ class Upstream:
                 await resp.prepare(request)
                 await asyncio.sleep(3600)
                 return resp
-            return web.Response(status=b.status, body=payload, content_type="application/json")
+            extra = {"retry-after": b.retry_after} if b.retry_after is not None else None
+            return web.Response(
+                status=b.status, body=payload, content_type="application/json", headers=extra
+            )
         return body
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

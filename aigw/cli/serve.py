@@ -17,6 +17,7 @@ from aigw.cli.common import (
     ConfigOption,
     JsonOption,
     console,
+    env_admin_socket,
     fail,
 )
 
@@ -73,40 +74,32 @@ def serve(
         server_overrides["host"] = host
     if port is not None:
         server_overrides["port"] = port
-    if admin_socket:
-        server_overrides["admin_socket"] = admin_socket
+    socket_path = admin_socket or env_admin_socket()  # found as the client commands find it
+    if socket_path:
+        server_overrides["admin_socket"] = socket_path
     if access_log:
         server_overrides["access_log"] = True
     if server_overrides:
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, **server_overrides))
-    if workers > 1:
-        if cfg.state.backend != "redis":
-            # Each process would enforce its own quotas and rate limits: N times the limits.
-            fail(
-                f"--workers {workers} needs a shared state store: set state.backend: redis "
-                f"(this config uses {cfg.state.backend})",
-                EXIT_STARTUP,
-            )
-        from aigw.workers import StartupError as WorkersStartupError
-        from aigw.workers import supervise
-
-        try:
-            code = run_loop(
-                supervise(
-                    cfg, workers, log_level=level, server_overrides=server_overrides, loop=loop
-                ),
-                loop,
-            )
-        except WorkersStartupError as exc:
-            fail(str(exc), EXIT_STARTUP)
-        except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
-            code = 0
-        raise typer.Exit(code)
-
+    if workers > 1 and cfg.state.backend != "redis":
+        # Each process would enforce its own quotas and rate limits: N times the limits.
+        fail(
+            f"--workers {workers} needs a shared state store: set state.backend: redis "
+            f"(this config uses {cfg.state.backend})",
+            EXIT_STARTUP,
+        )
     from aigw.server import StartupError, run
 
+    if workers > 1:
+        from aigw.workers import supervise
+
+        main = supervise(
+            cfg, workers, log_level=level, server_overrides=server_overrides, loop=loop
+        )
+    else:
+        main = run(cfg, server_overrides=server_overrides)
     try:
-        code = run_loop(run(cfg, server_overrides=server_overrides), loop)
+        code = run_loop(main, loop)
     except StartupError as exc:
         fail(str(exc), EXIT_STARTUP)
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it

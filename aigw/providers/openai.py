@@ -10,12 +10,9 @@ from aigw.providers.http import HTTPClient, PreparedRequest
 
 # Upstream response headers worth passing to the client; everything else is hop-by-hop or noise.
 FORWARDED_HEADERS: tuple[str, ...] = (
-    "content-type",
-    "openai-processing-ms",
-    "openai-model",
-    "openai-organization",
-    "openai-version",
-    "x-request-id",
+    "content-type",  # JSON or SSE: how the proxy delivers the answer
+    "retry-after",  # an upstream 429/503's advice, passed on to the client
+    "retry-after-ms",
 )
 
 PROBE_TIMEOUT = 10.0
