@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aigw import jsonutil
 from aigw.hooks.base import Usage
 
 #: Request fields that never change the answer: end-user id (abuse tracking), delivery mode and
@@ -54,16 +55,10 @@ def cache_key(tenant: str, endpoint: str, body: dict[str, Any]) -> bytes | None:
     canonical = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
     try:
         # A JSON array keeps tenant and endpoint unambiguous whatever characters they hold.
-        text = json.dumps(
-            [tenant, endpoint, canonical],
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        )
+        text = jsonutil.dumps_sorted([tenant, endpoint, canonical])
     except (TypeError, ValueError):
         return None
-    return hashlib.blake2b(text.encode(), digest_size=32).digest()
+    return hashlib.blake2b(text, digest_size=32).digest()
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import os
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from aigw import jsonutil
 from aigw.cache import (
     CachedResponse,
     ResponseCache,
@@ -782,15 +782,11 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise InvalidRequestError("The request body is empty; send a JSON object.")
     try:
-        body = json.loads(raw)
-    except UnicodeDecodeError as exc:
-        raise InvalidRequestError("The request body is not valid UTF-8.") from exc
-    except ValueError as exc:
+        body = jsonutil.loads(raw)
+    except ValueError as exc:  # invalid JSON, invalid UTF-8, nesting too deep
         raise InvalidRequestError(
             f"We could not parse the JSON body of your request: {exc}"
         ) from exc
-    except RecursionError as exc:
-        raise InvalidRequestError("The JSON body of your request is nested too deeply.") from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     return body
@@ -804,7 +800,7 @@ def _upstream_body(ctx: RequestContext, upstream_model: str) -> bytes:
         opts = dict(opts) if isinstance(opts, dict) else {}
         opts["include_usage"] = True
         body["stream_options"] = opts
-    return json.dumps(body).encode()
+    return jsonutil.dumps(body)
 
 
 def _stream_text(events: list[bytes]) -> str:
@@ -813,7 +809,7 @@ def _stream_text(events: list[bytes]) -> str:
         if not event.startswith(b"data: {"):
             continue
         try:
-            data = json.loads(event[6:])
+            data = jsonutil.loads(event[6:])
         except ValueError:
             continue
         for choice in data.get("choices") or ():
@@ -832,7 +828,7 @@ def _model_object(name: str, created: int) -> dict[str, Any]:
 
 def _json(payload: Any, rid: str) -> web.Response:
     return web.Response(
-        body=json.dumps(payload).encode(),
+        body=jsonutil.dumps(payload),
         headers={"Content-Type": _JSON_CT, "x-request-id": rid},
     )
 

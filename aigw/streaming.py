@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aigw import jsonutil
 from aigw.hooks.base import Usage
 
 _SEP = b"\n\n"
 _USAGE_KEY = b'"usage"'
+_DECODER = json.JSONDecoder()  # raw_decode: parse one value out of a longer text
 # When the client did not ask for usage, OpenAI sends no usage key at all; upstream we asked for
 # it, so every chunk carries `"usage": null`, which is cut out again (cheap bytes.replace).
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
@@ -131,7 +133,7 @@ def _event_json(event: bytes) -> dict[str, Any] | None:
             if payload == b"[DONE]":
                 return None
             try:
-                data = json.loads(payload)
+                data = jsonutil.loads(payload)
             except ValueError:
                 return None
             return data if isinstance(data, dict) else None
@@ -146,14 +148,14 @@ def usage_from_body(body: bytes) -> Usage | None:
         colon = body.find(b":", idx + len(_USAGE_KEY))
         if colon > 0:
             try:
-                value, _ = json.JSONDecoder().raw_decode(body[colon + 1 :].decode().lstrip())
+                value, _ = _DECODER.raw_decode(body[colon + 1 :].decode().lstrip())
             except (ValueError, UnicodeDecodeError):
                 value = None
             usage = Usage.from_json(value)
             if usage is not None:
                 return usage
     try:
-        data = json.loads(body)
+        data = jsonutil.loads(body)
     except ValueError:
         return None
     return Usage.from_json(data.get("usage")) if isinstance(data, dict) else None
