@@ -277,6 +277,38 @@ async def test_invalid_http_is_an_upstream_error(serve: Any, clients: Any) -> No
         await post(clients(), server.url)
 
 
+async def test_interim_1xx_answers_are_skipped(serve: Any, clients: Any) -> None:
+    async def early_hints(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await w.drain()
+        # An interim head's headers must not end up on the final answer.
+        w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\nX-Request-Id: early\r\n\r\n")
+        await w.drain()
+        w.write(answer(b'{"final":%d}' % req.seq))
+        return True
+
+    server = await serve(early_hints)
+    client = clients()
+    for n in range(2):
+        resp = await post(client, server.url)
+        assert resp.status == 200
+        assert resp.headers == {"content-type": "application/json"}
+        assert await resp.read() == b'{"final":%d}' % n
+    assert server.connections == 1  # the connection stays usable after interim answers
+
+
+async def test_a_protocol_upgrade_is_invalid_http(serve: Any, clients: Any) -> None:
+    async def upgrade(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n")
+        return True
+
+    server = await serve(upgrade)
+    client = clients()
+    with pytest.raises(UpstreamError, match="invalid HTTP"):
+        await (await post(client, server.url)).read()
+    assert next(iter(client.pools.values())).count == 0
+
+
 # --- slow and broken upstreams ---------------------------------------------------------------
 
 

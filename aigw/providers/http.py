@@ -6,7 +6,8 @@ this client does only what an upstream call needs:
 - one pool per (scheme, host, port) with a connection limit (waiters queue until the request
   deadline), LIFO keep-alive reuse and an idle timeout;
 - Content-Length, chunked and close-delimited bodies, HTTP/1.0 and `Connection: close` answers,
-  gzip/deflate bodies decoded (we ask for `identity`, so only a stubborn upstream compresses);
+  gzip/deflate bodies decoded (we ask for `identity`, so only a stubborn upstream compresses),
+  interim 1xx answers (100 Continue, 103 Early Hints) skipped for the final one;
 - streaming chunk by chunk with backpressure (reading pauses while the consumer lags);
 - TLS with the standard `ssl` module and certificate verification, an extra CA from config;
 - HTTP proxies: absolute-form requests for http upstreams, CONNECT tunnels for https ones;
@@ -414,6 +415,7 @@ class _Connection(asyncio.Protocol):
         "_complete",
         "_has_length",
         "_headers",
+        "_interim",
         "_keep_alive",
         "_tunnel_buf",
         "_tunnel_waiter",
@@ -438,6 +440,7 @@ class _Connection(asyncio.Protocol):
         self._has_length = False
         self._chunked = False
         self._complete = False
+        self._interim = False
         self._keep_alive = False
         self._tunnel_buf: bytearray | None = None
         self._tunnel_waiter: asyncio.Future[None] | None = None
@@ -459,7 +462,7 @@ class _Connection(asyncio.Protocol):
         resp.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # we never upgrade
             self._fail(UpstreamError(f"Upstream '{self.pool.client.label}' sent invalid HTTP"))
             return
         if self._complete:
@@ -515,7 +518,16 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         resp = self.response
         assert resp is not None
-        resp.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints…: an interim answer; the final one follows on the
+            # same connection (101 is an upgrade, which llhttp reports as an error).
+            self._interim = True
+            self._headers = {}
+            self._has_length = self._chunked = False
+            resp.encoding = None
+            return
+        resp.status = status
         resp.headers = self._headers
         resp.state = _BODY
         waiter = resp.waiter
@@ -535,6 +547,9 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(True)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False  # only the interim answer ended: keep waiting for the head
+            return
         self._complete = True
         self._keep_alive = self.parser.should_keep_alive()
 
@@ -543,7 +558,7 @@ class _Connection(asyncio.Protocol):
     def begin(self, resp: HTTPResponse, payload: bytes) -> None:
         self.response = resp
         self._headers = {}
-        self._has_length = self._chunked = self._complete = False
+        self._has_length = self._chunked = self._complete = self._interim = False
         if self.transport.is_closing():
             self._fail(
                 UpstreamError(f"Upstream '{self.pool.client.label}' connection already closed")
