@@ -827,3 +827,80 @@ async def test_an_unsupported_proxy_fails_requests_not_start_up(clients: Any) ->
     client = clients(proxy="socks5://127.0.0.1:1080")
     with pytest.raises(UpstreamError, match="proxy unusable"):
         await post(client, "http://127.0.0.1:9/v1")
+
+
+# --- the openai provider over the transport -----------------------------------------------------
+
+
+@pytest.fixture
+def no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+
+
+async def provider_post(provider: OpenAIProvider) -> HTTPResponse:
+    resp = await provider.send("chat/completions", b"{}", stream=False, timeout=5)
+    assert isinstance(resp, HTTPResponse)
+    await resp.read()
+    return resp
+
+
+@pytest.mark.usefixtures("no_env_proxy")
+async def test_a_base_url_query_stays_after_the_endpoint(serve: Any) -> None:
+    server = await serve()
+    base = f"http://127.0.0.1:{server.port}/openai/deployments/gpt/?api-version=2024-02-01#frag"
+    provider = OpenAIProvider(ProviderConfig(name="azure", base_url=base))
+    try:
+        await provider_post(provider)
+        await provider.probe()
+    finally:
+        await provider.close()
+    assert [r.target for r in server.requests] == [
+        "/openai/deployments/gpt/chat/completions?api-version=2024-02-01",
+        "/openai/deployments/gpt/models?api-version=2024-02-01",
+    ]
+
+
+@pytest.mark.usefixtures("no_env_proxy")
+async def test_base_url_credentials_become_basic_auth(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await serve()
+    base = f"http://us%40er:p%3Ass@127.0.0.1:{server.port}/v1"
+    provider = OpenAIProvider(ProviderConfig(name="basic", base_url=base))
+    keyed = OpenAIProvider(ProviderConfig(name="keyed", base_url=base, api_key=Secret(SECRET)))
+    try:
+        await provider_post(provider)
+        await provider_post(keyed)
+    finally:
+        await provider.close()
+        await keyed.close()
+    plain, with_key = server.requests
+    assert plain.headers["authorization"] == "Basic " + base64.b64encode(b"us@er:p:ss").decode()
+    assert plain.headers["host"] == f"127.0.0.1:{server.port}"  # never the credentials
+    assert plain.target == "/v1/chat/completions"
+    assert with_key.headers["authorization"] == f"Bearer {SECRET}"  # the explicit key wins
+    assert "keyed" in caplog.text and "ignored" in caplog.text
+    assert "p%3Ass" not in caplog.text and "p:ss" not in caplog.text
+
+
+@pytest.mark.usefixtures("no_env_proxy")
+async def test_retry_after_headers_are_kept_from_upstream_answers(serve: Any) -> None:
+    async def overloaded(req: Req, w: asyncio.StreamWriter) -> bool:
+        extra = "Retry-After: 20\r\nretry-after-ms: 19500\r\nX-Other: dropped\r\n"
+        w.write(answer(b'{"error":{"message":"slow down"}}', status=429, extra=extra))
+        return True
+
+    server = await serve(overloaded)
+    provider = OpenAIProvider(ProviderConfig(name="up", base_url=server.url))
+    try:
+        resp = await provider_post(provider)
+    finally:
+        await provider.close()
+    assert resp.status == 429
+    assert resp.headers == {
+        "content-type": "application/json",
+        "retry-after": "20",
+        "retry-after-ms": "19500",
+    }
