@@ -12,6 +12,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -691,6 +692,41 @@ async def test_tls_untrusted_certificate_fails_clearly(https_upstream: Any, clie
         with pytest.raises(UpstreamError, match=r"TLS certificate of 127\.0\.0\.1 not trusted"):
             await post(client, url)
         assert next(iter(client.pools.values())).count == 0
+
+
+async def test_start_builds_the_tls_context_off_the_event_loop(
+    https_upstream: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, certs = https_upstream
+    built_in: list[str] = []
+    real = ssl.create_default_context
+
+    def recording(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built_in.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("aigw.providers.http.ssl.create_default_context", recording)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    provider = OpenAIProvider(ProviderConfig(name="tls", base_url=url, ca_file=str(certs.ca_file)))
+    try:
+        await provider.start()
+        assert len(built_in) == 1 and built_in[0] != threading.current_thread().name
+        resp = await provider.send("chat/completions", b'{"n":1}', stream=False, timeout=5)
+        assert json.loads(await resp.read())["echo"] == {"n": 1}
+    finally:
+        await provider.close()
+    assert len(built_in) == 1  # the request used the context built at start
+
+
+async def test_a_bad_ca_file_fails_requests_not_start(tmp_path: Path, clients: Any) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    client = clients(ca_file=str(bad))
+    client.prepare("POST", "https://127.0.0.1:9/v1/chat/completions", {})
+    await client.start()
+    with pytest.raises(UpstreamError, match="cannot load its ca_file"):
+        await post(client, "https://127.0.0.1:9/v1")
 
 
 # --- HTTP proxies ------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ this client does only what an upstream call needs:
   gzip/deflate bodies decoded (we ask for `identity`, so only a stubborn upstream compresses),
   interim 1xx answers (100 Continue, 103 Early Hints) skipped for the final one;
 - streaming chunk by chunk with backpressure (reading pauses while the consumer lags);
-- TLS with the standard `ssl` module and certificate verification, an extra CA from config;
+- TLS with the standard `ssl` module and certificate verification, an extra CA from config; the
+  context is built by `start()` in a worker thread (loading the CA store blocks for ~50 ms);
 - HTTP proxies: absolute-form requests for http upstreams, CONNECT tunnels for https ones;
 - one retry on a fresh connection when a reused idle one fails before any response byte (the
   server closed it while idle: nothing was processed, so repeating is safe).
@@ -169,14 +170,36 @@ class HTTPClient:
         for pool in self.pools.values():
             pool.close()
 
-    def ssl_context(self) -> ssl.SSLContext:
+    async def start(self) -> None:
+        """Build the TLS context in a worker thread when an https origin is known: loading the
+        system CA store takes ~50 ms, which would otherwise freeze the event loop (every stream)
+        on the first HTTPS request."""
+        if self._ssl is not None or not any(scheme == "https" for scheme, _, _ in self.pools):
+            return
+        try:
+            ctx = await asyncio.to_thread(self._new_ssl_context)
+        except OSError:
+            return  # a bad ca_file fails the requests (as an UpstreamError), not the start
         if self._ssl is None:
-            ctx = ssl.create_default_context()
-            if self.ca_file:
-                ctx.load_verify_locations(cafile=self.ca_file)  # added to the system CAs
-            ctx.set_alpn_protocols(["http/1.1"])
             self._ssl = ctx
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:  # not started (or a new https origin): build it here, once
+            try:
+                self._ssl = self._new_ssl_context()
+            except OSError as exc:  # ssl.SSLError included: a ca_file that is not PEM
+                reason = exc.strerror or getattr(exc, "reason", None) or type(exc).__name__
+                raise UpstreamError(
+                    f"Upstream '{self.label}' TLS setup failed: cannot load its ca_file ({reason})"
+                ) from exc
         return self._ssl
+
+    def _new_ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if self.ca_file:
+            ctx.load_verify_locations(cafile=self.ca_file)  # added to the system CAs
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
 
 
 class _Proxy:

@@ -82,6 +82,9 @@ class OpenAIProvider(Provider):
             headers.pop("Content-Type", None)
         return self.client.prepare(method, f"{self.base_url}/{endpoint}{self._query}", headers)
 
+    async def start(self) -> None:
+        await self.client.start()  # the TLS context, off the event loop
+
     async def close(self) -> None:
         await self.client.close()
 
