@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from aigw.config import ProviderConfig, Secret
-from aigw.errors import UpstreamError, UpstreamTimeoutError
+from aigw.errors import UpstreamBusyError, UpstreamError, UpstreamTimeoutError
 from aigw.providers.http import HIGH_WATER, HTTPClient, HTTPResponse
 from aigw.providers.openai import OpenAIProvider
 from tests.upstream import Upstream
@@ -434,7 +434,7 @@ async def test_pool_limit_queues_requests(serve: Any, clients: Any) -> None:
     assert server.connections == 2 and server.max_open == 2
 
 
-async def test_waiting_for_a_connection_is_bounded_by_the_deadline(
+async def test_waiting_for_a_connection_is_bounded_and_busy_is_distinct(
     serve: Any, clients: Any
 ) -> None:
     release = asyncio.Event()
@@ -445,15 +445,47 @@ async def test_waiting_for_a_connection_is_bounded_by_the_deadline(
         return True
 
     server = await serve(held)
+    client = clients(max_connections=1, connect_timeout=0.02)
+    busy = asyncio.create_task(post(client, server.url))
+    await until(lambda: len(server.requests) == 1)
+    async with asyncio.timeout(30):  # a guard only: without the bound it would wait 600 s
+        with pytest.raises(UpstreamBusyError, match="all 1 connections in use") as err:
+            await post(client, server.url, timeout=600)
+    assert err.value.status == 503 and err.value.headers["retry-after"] == "1"
+    assert not isinstance(err.value, UpstreamTimeoutError)  # not the target's fault
+    patient = clients(max_connections=1, connect_timeout=60)
+    held_too = asyncio.create_task(post(patient, server.url))
+    await until(lambda: len(server.requests) == 2)
+    with pytest.raises(UpstreamBusyError):
+        await post(patient, server.url, timeout=0.02)  # the request deadline bounds it too
+    release.set()
+    assert await (await busy).read() == b'{"ok":true}'
+    assert await (await held_too).read() == b'{"ok":true}'
+    assert await (await post(client, server.url)).read() == b'{"ok":true}'  # the slot is back
+    assert server.connections == 2
+
+
+async def test_closing_the_client_fails_its_waiters(serve: Any, clients: Any) -> None:
+    release = asyncio.Event()
+
+    async def held(req: Req, w: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        return False
+
+    server = await serve(held)
     client = clients(max_connections=1)
     busy = asyncio.create_task(post(client, server.url))
     await until(lambda: len(server.requests) == 1)
-    with pytest.raises(UpstreamTimeoutError, match="free connection"):
-        await post(client, server.url, timeout=0.02)
+    waiting = asyncio.create_task(post(client, server.url))
+    pool = next(iter(client.pools.values()))
+    await until(lambda: len(pool.waiters) == 1)
+    await client.close()
+    with pytest.raises(UpstreamError, match="client is closed"):
+        await waiting
     release.set()
-    assert await (await busy).read() == b'{"ok":true}'
-    assert await (await post(client, server.url)).read() == b'{"ok":true}'  # the slot is back
-    assert server.connections == 1
+    busy.cancel()
+    with pytest.raises((asyncio.CancelledError, UpstreamError)):
+        await busy
 
 
 async def test_idle_connections_expire(serve: Any, clients: Any) -> None:

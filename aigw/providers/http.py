@@ -3,8 +3,10 @@
 aiohttp's `ClientSession` costs about half of a naive gateway's CPU per request (DESIGN.md §7);
 this client does only what an upstream call needs:
 
-- one pool per (scheme, host, port) with a connection limit (waiters queue until the request
-  deadline), LIFO keep-alive reuse and an idle timeout;
+- one pool per (scheme, host, port) with a connection limit, LIFO keep-alive reuse and an idle
+  timeout; when the pool is full, waiters queue for at most the connect timeout (and never past
+  the request deadline), then get `UpstreamBusyError`: the gateway's own congestion, which the
+  proxy answers by trying another target rather than by blaming this one;
 - Content-Length, chunked and close-delimited bodies, HTTP/1.0 and `Connection: close` answers,
   gzip/deflate bodies decoded (we ask for `identity`, so only a stubborn upstream compresses),
   interim 1xx answers (100 Continue, 103 Early Hints) skipped for the final one;
@@ -33,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from aigw.errors import GatewayError, UpstreamError, UpstreamTimeoutError
+from aigw.errors import GatewayError, UpstreamBusyError, UpstreamError, UpstreamTimeoutError
 from aigw.providers.base import UpstreamResponse
 
 #: Buffered body bytes above which the socket stops being read until the consumer catches up.
@@ -266,7 +268,10 @@ class Pool:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Connection | bool | None] = loop.create_future()
         self.waiters.append(fut)
-        timer = loop.call_at(deadline, _expire, fut)
+        # As long as a connect may take: a slot that frees later than that is better had from
+        # another target than waited for until the request deadline.
+        give_up = min(deadline, loop.time() + self.client.connect_timeout)
+        timer = loop.call_at(give_up, _expire, fut)
         try:
             got = await fut
         except asyncio.CancelledError:
@@ -279,8 +284,11 @@ class Pool:
             return got, True
         if got is None:  # a slot was handed over: open a connection in it
             return await self._open(deadline), False
-        raise UpstreamTimeoutError(
-            f"Upstream '{self.client.label}' timed out waiting for a free connection"
+        if self.closed:
+            raise UpstreamError(f"Upstream '{self.client.label}' client is closed")
+        raise UpstreamBusyError(
+            f"Upstream '{self.client.label}' busy: all {self.max_connections} connections "
+            "in use, none came free in time"
         )
 
     def _give_back(self, got: _Connection | bool | None) -> None:
