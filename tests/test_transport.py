@@ -380,7 +380,7 @@ async def test_stale_reused_connection_is_retried_once_on_a_fresh_one(
         return True
 
     server = await serve(closes_when_reused)
-    client = clients()
+    client = clients(clock=lambda: 100.0)  # the close comes "at once" after the write
     assert await (await post(client, server.url, b'{"n":1}')).read() == b'{"ok":true}'
     assert await (await post(client, server.url, b'{"n":2}')).read() == b'{"ok":true}'
     assert [(r.conn, r.seq, r.body) for r in server.requests] == [
@@ -388,6 +388,97 @@ async def test_stale_reused_connection_is_retried_once_on_a_fresh_one(
         (0, 1, b'{"n":2}'),  # lost with the connection: nothing was answered
         (1, 0, b'{"n":2}'),  # the retry
     ]
+
+
+async def test_a_connection_closed_while_idle_as_it_is_reused_is_retried(
+    serve: Any, clients: Any
+) -> None:
+    server = await serve()
+    client = clients(clock=lambda: 100.0)
+    await (await post(client, server.url, b'{"n":1}')).read()
+    server._writers[0].transport.abort()  # the server times the idle connection out…
+    resp = await post(client, server.url, b'{"n":2}')  # …just as the client reuses it
+    assert await resp.read() == b'{"ok":true}'
+    assert [(r.conn, r.body) for r in server.requests] == [(0, b'{"n":1}'), (1, b'{"n":2}')]
+
+
+async def test_a_request_the_upstream_worked_on_is_never_sent_again(
+    serve: Any, clients: Any
+) -> None:
+    now = [100.0]
+    worked = asyncio.Event()
+
+    async def dies_while_working(req: Req, w: asyncio.StreamWriter) -> bool:
+        if req.seq == 1:
+            await worked.wait()  # reads the request, "generates" for 0.5 s, then goes away
+            return False
+        w.write(answer())
+        return True
+
+    server = await serve(dies_while_working)
+    client = clients(clock=lambda: now[0])
+    await (await post(client, server.url, b'{"n":1}')).read()
+    second = asyncio.create_task(post(client, server.url, b'{"n":2}'))
+    await until(lambda: len(server.requests) == 2)
+    now[0] += 0.5
+    worked.set()
+    with pytest.raises(UpstreamError, match="closed the connection before answering"):
+        await second
+    assert [r.body for r in server.requests] == [b'{"n":1}', b'{"n":2}']  # never re-sent
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def test_a_connection_lost_while_the_request_was_written_is_retried(
+    clients: Any,
+) -> None:
+    """However late: a server that has not received the whole request cannot have run it."""
+    now = [100.0]
+    bodies: list[tuple[int, int]] = []  # (connection, body length) of every whole request
+    cut = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(writers)
+        writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if index == 0 and bodies:  # the second request: stop reading its body
+                    await cut.wait()
+                    writer.transport.abort()
+                    return
+                body = await reader.readexactly(length)
+                bodies.append((index, len(body)))
+                writer.write(answer())
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by accepted sockets
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(handle, sock=sock)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    try:
+        client = clients(clock=lambda: now[0])
+        await (await post(client, url)).read()
+        conn = next(iter(client.pools.values())).idle[-1]
+        big = b'{"pad":"' + b"x" * (8 << 20) + b'"}'
+        sending = asyncio.create_task(post(client, url, big))
+        await until(lambda: conn.writing)  # the kernel buffers are full: still writing
+        now[0] += 0.5
+        cut.set()
+        resp = await sending
+        assert await resp.read() == b'{"ok":true}'
+        assert bodies == [(0, 2), (1, len(big))]  # the retry, on a fresh connection
+    finally:
+        server.close()
+        for w in writers:
+            w.close()
+        await server.wait_closed()
 
 
 async def test_no_retry_once_answer_bytes_arrived(serve: Any, clients: Any) -> None:

@@ -14,8 +14,11 @@ this client does only what an upstream call needs:
 - TLS with the standard `ssl` module and certificate verification, an extra CA from config; the
   context is built by `start()` in a worker thread (loading the CA store blocks for ~50 ms);
 - HTTP proxies: absolute-form requests for http upstreams, CONNECT tunnels for https ones;
-- one retry on a fresh connection when a reused idle one fails before any response byte (the
-  server closed it while idle: nothing was processed, so repeating is safe).
+- one retry on a fresh connection when a reused idle connection fails before any response byte
+  and either while the request was still being written (the server cannot have a whole request)
+  or within `STALE_WINDOW` of writing it (the server had closed it while idle). Any later close
+  may come from a server that read the request and worked on it: a POST is never sent twice
+  then, the caller fails over instead.
 
 Failures surface as `UpstreamError` / `UpstreamTimeoutError` with short messages that never
 contain headers or credentials.
@@ -40,6 +43,13 @@ from aigw.providers.base import UpstreamResponse
 
 #: Buffered body bytes above which the socket stops being read until the consumer catches up.
 HIGH_WATER: Final = 256 * 1024
+
+#: How soon after the request was written a close still means "closed while idle". A server
+#: that times an idle connection out sends its FIN (or, getting our request on a closed socket,
+#: an RST) before it could read the request, so the close reaches us within one round trip of
+#: our write. 50 ms covers round trips to any nearby or same-continent upstream; on a slower
+#: path the lost race is not retried here and the balancer fails over instead (never unsafe).
+STALE_WINDOW: Final = 0.05
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
@@ -159,7 +169,8 @@ class HTTPClient:
             except BaseException:
                 resp.close()
                 raise
-            # The server closed this idle connection as we reused it: retry once on a new one.
+            # The server closed this idle connection as we reused it (it never had the whole
+            # request): retry once on a new one.
             conn, reused = await pool.acquire(deadline, fresh=True)
             reused = False
 
@@ -330,6 +341,7 @@ class Pool:
                     if transport is None:  # pragma: no cover - only with a non-TLS loop
                         raise ConnectionError("TLS upgrade failed")
                     conn.transport = transport
+                    _track_writes(transport)
         except BaseException as exc:
             if conn is not None:
                 conn.state = _DEAD
@@ -428,6 +440,13 @@ class Pool:
                 fut.set_result(False)
 
 
+def _track_writes(transport: asyncio.BaseTransport) -> None:
+    """pause_writing() as soon as a write leaves bytes buffered, resume_writing() once all are
+    out: how a connection knows whether its request was wholly written."""
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=1, low=0)  # (0 would pause every TLS write)
+
+
 def _expire(fut: asyncio.Future[_Connection | bool | None]) -> None:
     if not fut.done():
         fut.set_result(False)
@@ -455,8 +474,10 @@ class _Connection(asyncio.Protocol):
         "paused",
         "pool",
         "response",
+        "sent_at",
         "state",
         "transport",
+        "writing",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -467,6 +488,8 @@ class _Connection(asyncio.Protocol):
         self.state = _ACTIVE
         self.idle_since = 0.0
         self.paused = False
+        self.writing = False  # the request is not wholly out of our buffers yet
+        self.sent_at = 0.0  # client clock when the request was wholly written
         self._headers: dict[str, str] = {}
         self._has_length = False
         self._chunked = False
@@ -480,6 +503,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        _track_writes(self.transport)
 
     def data_received(self, data: bytes) -> None:
         resp = self.response
@@ -517,18 +541,26 @@ class _Connection(asyncio.Protocol):
             self._keep_alive = False
             self._finish()
             return
-        label = self.pool.client.label
+        client = self.pool.client
         if resp.state == _HEAD:
-            err = UpstreamError(f"Upstream '{label}' closed the connection before answering")
+            err = UpstreamError(f"Upstream '{client.label}' closed the connection before answering")
+            # Safe to send again only if the server cannot have read the whole request.
+            stale = not resp.got_bytes and (
+                self.writing or client.clock() - self.sent_at < STALE_WINDOW
+            )
+            self._fail(err, stale=stale)
         else:
-            err = UpstreamError(f"Upstream '{label}' connection broke mid-response")
-        self._fail(err)
+            self._fail(UpstreamError(f"Upstream '{client.label}' connection broke mid-response"))
+
+    # Request bodies are bounded by max_body_size, so the transport buffers them whole; with
+    # the write limits of `_track_writes` these two only tell when the request is wholly out.
 
     def pause_writing(self) -> None:
-        pass  # request bodies are bounded by max_body_size: the transport buffers them
+        self.writing = True
 
     def resume_writing(self) -> None:
-        pass
+        self.writing = False
+        self.sent_at = self.pool.client.clock()
 
     # --- llhttp callbacks ------------------------------------------------------------------
 
@@ -592,10 +624,13 @@ class _Connection(asyncio.Protocol):
         self._has_length = self._chunked = self._complete = self._interim = False
         if self.transport.is_closing():
             self._fail(
-                UpstreamError(f"Upstream '{self.pool.client.label}' connection already closed")
+                UpstreamError(f"Upstream '{self.pool.client.label}' connection already closed"),
+                stale=True,  # nothing was written
             )
             return
-        self.transport.write(payload)
+        self.writing = False
+        self.transport.write(payload)  # calls pause_writing() when some of it stays buffered
+        self.sent_at = self.pool.client.clock()
 
     def transport_closing(self) -> bool:
         return self.transport.is_closing()
@@ -625,10 +660,10 @@ class _Connection(asyncio.Protocol):
         self.resume()
         self.pool.release(self, keep_alive=self._keep_alive)
 
-    def _fail(self, err: UpstreamError) -> None:
+    def _fail(self, err: UpstreamError, *, stale: bool = False) -> None:
         resp = self.response
         if resp is not None:
-            resp.fail(err)
+            resp.fail(err, stale=stale)
         self.pool._drop(self)
 
     # --- CONNECT tunnels -------------------------------------------------------------------
@@ -695,13 +730,13 @@ class HTTPResponse(UpstreamResponse):
         self.encoding: bytes | None = None
         self.error: UpstreamError | None = None
         self.got_bytes = False
-        self.stale = False  # failed before any byte of the answer: safe to send again
+        self.stale = False  # the server cannot have processed the request: safe to send again
         self.waiter: asyncio.Future[bool] | None = None
         self.whole = False  # read() wants everything: no backpressure
 
-    def fail(self, err: UpstreamError) -> None:
+    def fail(self, err: UpstreamError, *, stale: bool = False) -> None:
         self.error = err
-        self.stale = self.state == _HEAD and not self.got_bytes
+        self.stale = stale
         self.conn = None
         waiter = self.waiter
         if waiter is not None and not waiter.done():
