@@ -499,6 +499,91 @@ async def test_no_retry_once_answer_bytes_arrived(serve: Any, clients: Any) -> N
     assert len(server.requests) == 2
 
 
+async def test_a_whole_read_is_woken_once_and_trickling_bytes_are_no_stall(
+    serve: Any, clients: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    piece = b"x" * 1000
+    go = [asyncio.Event() for _ in range(4)]
+
+    async def trickle(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(go) * len(piece)))
+        for event in go:
+            await event.wait()
+            w.write(piece)
+            await w.drain()
+        return True
+
+    waits = 0
+    real_wait = HTTPResponse._wait
+
+    async def counting(self: HTTPResponse, limit: float, what: str) -> None:
+        nonlocal waits
+        waits += 1
+        await real_wait(self, limit, what)
+
+    monkeypatch.setattr(HTTPResponse, "_wait", counting)
+    server = await serve(trickle)
+    resp = await post(clients(read_timeout=60), server.url)
+    waits = 0
+    reading = asyncio.create_task(resp.read())
+
+    def watchdog_fires() -> None:  # as if the read timeout had passed since the wait began
+        assert resp.timer is not None
+        resp.timer.cancel()
+        resp.wait_until = resp.loop.time()
+        resp._on_timer()
+
+    for n, event in enumerate(go[:-1], 1):
+        event.set()
+        await until(lambda n=n: resp.buffered == n * len(piece))  # type: ignore[misc]
+        watchdog_fires()  # bytes came since the wait began: not stalled
+        await asyncio.sleep(0)
+        assert not reading.done()
+    go[-1].set()
+    assert await reading == piece * len(go)
+    assert waits == 1  # not woken per packet
+    assert resp.timer is None  # disarmed at the end
+
+    go = [asyncio.Event() for _ in range(4)]
+    stalled = await post(clients(read_timeout=60), server.url)
+    resp = stalled
+    reading = asyncio.create_task(resp.read())
+    go[0].set()
+    await until(lambda: resp.buffered == len(piece))
+    watchdog_fires()
+    watchdog_fires()  # nothing new since the last check: stalled
+    with pytest.raises(UpstreamTimeoutError, match="stalled"):
+        await reading
+
+
+async def test_a_stream_keeps_one_watchdog_timer(serve: Any, clients: Any) -> None:
+    go = [asyncio.Event() for _ in range(5)]
+
+    async def chunks(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for n, event in enumerate(go):
+            await event.wait()
+            w.write(chunk(b"data: %d\n\n" % n))
+            await w.drain()
+        w.write(b"0\r\n\r\n")
+        return True
+
+    server = await serve(chunks)
+    resp = await post(clients(), server.url)
+    timers = set()
+    go[0].set()
+    n = 0
+    async for _ in resp.iter_chunks():
+        if n < len(go) - 1:  # (the last chunk may come with the end, which disarms it)
+            timers.add(resp.timer)
+        n += 1
+        if n < len(go):
+            go[n].set()
+    assert n == len(go)
+    assert len(timers) == 1 and None not in timers  # one timer, not one per chunk
+    assert resp.timer is None
+
+
 # --- the pool ----------------------------------------------------------------------------------
 
 

@@ -452,11 +452,6 @@ def _expire(fut: asyncio.Future[_Connection | bool | None]) -> None:
         fut.set_result(False)
 
 
-def _wake(fut: asyncio.Future[bool]) -> None:
-    if not fut.done():
-        fut.set_result(False)
-
-
 class _Connection(asyncio.Protocol):
     """One socket and its llhttp parser; feeds the response currently in flight."""
 
@@ -602,7 +597,9 @@ class _Connection(asyncio.Protocol):
         assert resp is not None
         resp.chunks.append(body)
         resp.buffered += len(body)
-        if resp.buffered > HIGH_WATER and not self.paused and not resp.whole:
+        if resp.whole:
+            return  # read() wants the whole body: woken by its completion (or an error) only
+        if resp.buffered > HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
         waiter = resp.waiter
@@ -654,6 +651,7 @@ class _Connection(asyncio.Protocol):
         self.response = None
         resp.conn = None
         resp.state = _DONE
+        resp.disarm()
         waiter = resp.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
@@ -713,14 +711,20 @@ class HTTPResponse(UpstreamResponse):
         "encoding",
         "error",
         "got_bytes",
+        "loop",
+        "mark",
         "stale",
         "state",
+        "timer",
+        "timer_at",
+        "wait_until",
         "waiter",
         "whole",
     )
 
     def __init__(self, client: HTTPClient, conn: _Connection, deadline: float) -> None:
         super().__init__(0, {})
+        self.loop = asyncio.get_running_loop()
         self.client = client
         self.conn: _Connection | None = conn
         self.deadline = deadline
@@ -732,29 +736,66 @@ class HTTPResponse(UpstreamResponse):
         self.got_bytes = False
         self.stale = False  # the server cannot have processed the request: safe to send again
         self.waiter: asyncio.Future[bool] | None = None
-        self.whole = False  # read() wants everything: no backpressure
+        self.whole = False  # read() wants everything: woken at the end only, no backpressure
+        # One watchdog timer per response, re-armed only when it fires, instead of a timer per
+        # wait (a stream waits once per chunk): it ends the current wait at `wait_until`.
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.wait_until = 0.0
+        self.mark = 0  # `buffered` when the wait began: progress of a whole read()
 
     def fail(self, err: UpstreamError, *, stale: bool = False) -> None:
         self.error = err
         self.stale = stale
         self.conn = None
+        self.disarm()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
+    def disarm(self) -> None:
+        """The answer is over (complete, failed or closed): stop the watchdog."""
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        fut = self.waiter
+        if fut is None or fut.done():
+            return  # nobody is waiting now: the next wait arms it again
+        now = self.loop.time()
+        if self.whole and self.buffered != self.mark:
+            # Bytes arrived while read() waits for the end (it is not woken per packet): the
+            # body is not stalled; give it another read timeout from now.
+            self.mark = self.buffered
+            self.wait_until = min(now + self.client.read_timeout, self.deadline)
+        if now + 0.001 >= self.wait_until:  # (loops may fire a timer a hair early)
+            fut.set_result(False)
+        else:
+            self.timer_at = self.wait_until
+            self.timer = self.loop.call_at(self.wait_until, self._on_timer)
+
     async def _wait(self, limit: float, what: str) -> None:
         """Until the connection has news, at most `limit` seconds."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         fut: asyncio.Future[bool] = loop.create_future()
         self.waiter = fut
-        timer = loop.call_later(limit, _wake, fut)
+        until = self.wait_until = loop.time() + limit
+        self.mark = self.buffered
+        timer = self.timer
+        if timer is None or self.timer_at > until:  # else it fires sooner and re-arms itself
+            if timer is not None:
+                timer.cancel()
+            self.timer_at = until
+            self.timer = loop.call_at(until, self._on_timer)
         try:
             news = await fut
         except asyncio.CancelledError:
             self.close()  # the caller gave up mid-answer: the connection cannot be reused
             raise
         finally:
-            timer.cancel()
             self.waiter = None
         if not news:
             self.close()
@@ -828,6 +869,7 @@ class HTTPResponse(UpstreamResponse):
                 self.close()  # abandoned mid-stream: abort, so the upstream stops
 
     def close(self) -> None:
+        self.disarm()
         conn = self.conn
         if conn is not None:
             # Not read to the end: abort, so the upstream sees the close (and stops generating).
