@@ -335,6 +335,9 @@ class Pool:
                 )
                 if tls and proxy is not None:
                     await conn.tunnel(self.host, self.port, proxy.auth)
+                    # The tunnel's socket now carries TLS records: default flow control there,
+                    # write tracking on the TLS transport the requests go through.
+                    conn.transport.set_write_buffer_limits()
                     transport = await loop.start_tls(
                         conn.transport, conn, client.ssl_context(), server_hostname=self.host
                     )
