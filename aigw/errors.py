@@ -11,6 +11,8 @@
     ├── QuotaExceededError           429 insufficient_quota (+ x-should-retry: false)
     ├── UpstreamStatusError          an upstream's own 4xx/5xx answer, body passed through
     ├── UpstreamError                502 upstream unreachable / bad response
+    │   └── UpstreamBusyError        503 code upstream_busy: our pool to the target is full,
+    │                                nothing was sent (the proxy tries the next target)
     ├── NoHealthyTargetError         503 no_healthy_target (+ retry-after)
     ├── ServiceUnavailableError      503 shutting down / state store down
     │   └── StateUnavailableError    503 code state_unavailable: shared store unreachable
@@ -159,6 +161,19 @@ class UpstreamError(GatewayError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+
+
+class UpstreamBusyError(UpstreamError):
+    """Every pooled connection to the target is in use and none came free in time: the request
+    was never sent, so the target is not to blame (the proxy settles the lease neutrally and
+    tries the next target)."""
+
+    status = 503
+    code = "upstream_busy"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, headers=retry_after_headers(retry_after))
+        self.retry_after = retry_after
 
 
 class NoHealthyTargetError(GatewayError):

@@ -39,6 +39,7 @@ from aigw.errors import (
     QuotaExceededError,
     RateLimitError,
     RequestTooLargeError,
+    UpstreamBusyError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
@@ -414,6 +415,10 @@ class Proxy:
                 upstream_started = time.monotonic()
                 try:
                     resp = await provider.send(ctx.endpoint, body, stream=ctx.stream, timeout=left)
+                except UpstreamBusyError as err:  # our pool to it is full: not its fault
+                    lease.neutral()
+                    last_error = err
+                    continue
                 except (UpstreamError, UpstreamTimeoutError) as err:
                     charge.upstream_time += time.monotonic() - upstream_started
                     lease.failure(err.message)

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from aigw.config import ProviderConfig, Secret
-from aigw.errors import UpstreamError, UpstreamTimeoutError
+from aigw.errors import UpstreamBusyError, UpstreamError, UpstreamTimeoutError
 from aigw.providers.http import HIGH_WATER, HTTPClient, HTTPResponse
 from aigw.providers.openai import OpenAIProvider
 from tests.upstream import Upstream
@@ -277,6 +278,38 @@ async def test_invalid_http_is_an_upstream_error(serve: Any, clients: Any) -> No
         await post(clients(), server.url)
 
 
+async def test_interim_1xx_answers_are_skipped(serve: Any, clients: Any) -> None:
+    async def early_hints(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await w.drain()
+        # An interim head's headers must not end up on the final answer.
+        w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\nX-Request-Id: early\r\n\r\n")
+        await w.drain()
+        w.write(answer(b'{"final":%d}' % req.seq))
+        return True
+
+    server = await serve(early_hints)
+    client = clients()
+    for n in range(2):
+        resp = await post(client, server.url)
+        assert resp.status == 200
+        assert resp.headers == {"content-type": "application/json"}
+        assert await resp.read() == b'{"final":%d}' % n
+    assert server.connections == 1  # the connection stays usable after interim answers
+
+
+async def test_a_protocol_upgrade_is_invalid_http(serve: Any, clients: Any) -> None:
+    async def upgrade(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n")
+        return True
+
+    server = await serve(upgrade)
+    client = clients()
+    with pytest.raises(UpstreamError, match="invalid HTTP"):
+        await (await post(client, server.url)).read()
+    assert next(iter(client.pools.values())).count == 0
+
+
 # --- slow and broken upstreams ---------------------------------------------------------------
 
 
@@ -347,7 +380,7 @@ async def test_stale_reused_connection_is_retried_once_on_a_fresh_one(
         return True
 
     server = await serve(closes_when_reused)
-    client = clients()
+    client = clients(clock=lambda: 100.0)  # the close comes "at once" after the write
     assert await (await post(client, server.url, b'{"n":1}')).read() == b'{"ok":true}'
     assert await (await post(client, server.url, b'{"n":2}')).read() == b'{"ok":true}'
     assert [(r.conn, r.seq, r.body) for r in server.requests] == [
@@ -355,6 +388,97 @@ async def test_stale_reused_connection_is_retried_once_on_a_fresh_one(
         (0, 1, b'{"n":2}'),  # lost with the connection: nothing was answered
         (1, 0, b'{"n":2}'),  # the retry
     ]
+
+
+async def test_a_connection_closed_while_idle_as_it_is_reused_is_retried(
+    serve: Any, clients: Any
+) -> None:
+    server = await serve()
+    client = clients(clock=lambda: 100.0)
+    await (await post(client, server.url, b'{"n":1}')).read()
+    server._writers[0].transport.abort()  # the server times the idle connection out…
+    resp = await post(client, server.url, b'{"n":2}')  # …just as the client reuses it
+    assert await resp.read() == b'{"ok":true}'
+    assert [(r.conn, r.body) for r in server.requests] == [(0, b'{"n":1}'), (1, b'{"n":2}')]
+
+
+async def test_a_request_the_upstream_worked_on_is_never_sent_again(
+    serve: Any, clients: Any
+) -> None:
+    now = [100.0]
+    worked = asyncio.Event()
+
+    async def dies_while_working(req: Req, w: asyncio.StreamWriter) -> bool:
+        if req.seq == 1:
+            await worked.wait()  # reads the request, "generates" for 0.5 s, then goes away
+            return False
+        w.write(answer())
+        return True
+
+    server = await serve(dies_while_working)
+    client = clients(clock=lambda: now[0])
+    await (await post(client, server.url, b'{"n":1}')).read()
+    second = asyncio.create_task(post(client, server.url, b'{"n":2}'))
+    await until(lambda: len(server.requests) == 2)
+    now[0] += 0.5
+    worked.set()
+    with pytest.raises(UpstreamError, match="closed the connection before answering"):
+        await second
+    assert [r.body for r in server.requests] == [b'{"n":1}', b'{"n":2}']  # never re-sent
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def test_a_connection_lost_while_the_request_was_written_is_retried(
+    clients: Any,
+) -> None:
+    """However late: a server that has not received the whole request cannot have run it."""
+    now = [100.0]
+    bodies: list[tuple[int, int]] = []  # (connection, body length) of every whole request
+    cut = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(writers)
+        writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if index == 0 and bodies:  # the second request: stop reading its body
+                    await cut.wait()
+                    writer.transport.abort()
+                    return
+                body = await reader.readexactly(length)
+                bodies.append((index, len(body)))
+                writer.write(answer())
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by accepted sockets
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(handle, sock=sock)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    try:
+        client = clients(clock=lambda: now[0])
+        await (await post(client, url)).read()
+        conn = next(iter(client.pools.values())).idle[-1]
+        big = b'{"pad":"' + b"x" * (8 << 20) + b'"}'
+        sending = asyncio.create_task(post(client, url, big))
+        await until(lambda: conn.writing)  # the kernel buffers are full: still writing
+        now[0] += 0.5
+        cut.set()
+        resp = await sending
+        assert await resp.read() == b'{"ok":true}'
+        assert bodies == [(0, 2), (1, len(big))]  # the retry, on a fresh connection
+    finally:
+        server.close()
+        for w in writers:
+            w.close()
+        await server.wait_closed()
 
 
 async def test_no_retry_once_answer_bytes_arrived(serve: Any, clients: Any) -> None:
@@ -373,6 +497,91 @@ async def test_no_retry_once_answer_bytes_arrived(serve: Any, clients: Any) -> N
     with pytest.raises(UpstreamError, match=r"broke mid-response|before answering"):
         await post(client, server.url)
     assert len(server.requests) == 2
+
+
+async def test_a_whole_read_is_woken_once_and_trickling_bytes_are_no_stall(
+    serve: Any, clients: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    piece = b"x" * 1000
+    go = [asyncio.Event() for _ in range(4)]
+
+    async def trickle(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(go) * len(piece)))
+        for event in go:
+            await event.wait()
+            w.write(piece)
+            await w.drain()
+        return True
+
+    waits = 0
+    real_wait = HTTPResponse._wait
+
+    async def counting(self: HTTPResponse, limit: float, what: str) -> None:
+        nonlocal waits
+        waits += 1
+        await real_wait(self, limit, what)
+
+    monkeypatch.setattr(HTTPResponse, "_wait", counting)
+    server = await serve(trickle)
+    resp = await post(clients(read_timeout=60), server.url)
+    waits = 0
+    reading = asyncio.create_task(resp.read())
+
+    def watchdog_fires() -> None:  # as if the read timeout had passed since the wait began
+        assert resp.timer is not None
+        resp.timer.cancel()
+        resp.wait_until = resp.loop.time()
+        resp._on_timer()
+
+    for n, event in enumerate(go[:-1], 1):
+        event.set()
+        await until(lambda n=n: resp.buffered == n * len(piece))  # type: ignore[misc]
+        watchdog_fires()  # bytes came since the wait began: not stalled
+        await asyncio.sleep(0)
+        assert not reading.done()
+    go[-1].set()
+    assert await reading == piece * len(go)
+    assert waits == 1  # not woken per packet
+    assert resp.timer is None  # disarmed at the end
+
+    go = [asyncio.Event() for _ in range(4)]
+    stalled = await post(clients(read_timeout=60), server.url)
+    resp = stalled
+    reading = asyncio.create_task(resp.read())
+    go[0].set()
+    await until(lambda: resp.buffered == len(piece))
+    watchdog_fires()
+    watchdog_fires()  # nothing new since the last check: stalled
+    with pytest.raises(UpstreamTimeoutError, match="stalled"):
+        await reading
+
+
+async def test_a_stream_keeps_one_watchdog_timer(serve: Any, clients: Any) -> None:
+    go = [asyncio.Event() for _ in range(5)]
+
+    async def chunks(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for n, event in enumerate(go):
+            await event.wait()
+            w.write(chunk(b"data: %d\n\n" % n))
+            await w.drain()
+        w.write(b"0\r\n\r\n")
+        return True
+
+    server = await serve(chunks)
+    resp = await post(clients(), server.url)
+    timers = set()
+    go[0].set()
+    n = 0
+    async for _ in resp.iter_chunks():
+        if n < len(go) - 1:  # (the last chunk may come with the end, which disarms it)
+            timers.add(resp.timer)
+        n += 1
+        if n < len(go):
+            go[n].set()
+    assert n == len(go)
+    assert len(timers) == 1 and None not in timers  # one timer, not one per chunk
+    assert resp.timer is None
 
 
 # --- the pool ----------------------------------------------------------------------------------
@@ -401,7 +610,7 @@ async def test_pool_limit_queues_requests(serve: Any, clients: Any) -> None:
     assert server.connections == 2 and server.max_open == 2
 
 
-async def test_waiting_for_a_connection_is_bounded_by_the_deadline(
+async def test_waiting_for_a_connection_is_bounded_and_busy_is_distinct(
     serve: Any, clients: Any
 ) -> None:
     release = asyncio.Event()
@@ -412,15 +621,47 @@ async def test_waiting_for_a_connection_is_bounded_by_the_deadline(
         return True
 
     server = await serve(held)
+    client = clients(max_connections=1, connect_timeout=0.02)
+    busy = asyncio.create_task(post(client, server.url))
+    await until(lambda: len(server.requests) == 1)
+    async with asyncio.timeout(30):  # a guard only: without the bound it would wait 600 s
+        with pytest.raises(UpstreamBusyError, match="all 1 connections in use") as err:
+            await post(client, server.url, timeout=600)
+    assert err.value.status == 503 and err.value.headers["retry-after"] == "1"
+    assert not isinstance(err.value, UpstreamTimeoutError)  # not the target's fault
+    patient = clients(max_connections=1, connect_timeout=60)
+    held_too = asyncio.create_task(post(patient, server.url))
+    await until(lambda: len(server.requests) == 2)
+    with pytest.raises(UpstreamBusyError):
+        await post(patient, server.url, timeout=0.02)  # the request deadline bounds it too
+    release.set()
+    assert await (await busy).read() == b'{"ok":true}'
+    assert await (await held_too).read() == b'{"ok":true}'
+    assert await (await post(client, server.url)).read() == b'{"ok":true}'  # the slot is back
+    assert server.connections == 2
+
+
+async def test_closing_the_client_fails_its_waiters(serve: Any, clients: Any) -> None:
+    release = asyncio.Event()
+
+    async def held(req: Req, w: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        return False
+
+    server = await serve(held)
     client = clients(max_connections=1)
     busy = asyncio.create_task(post(client, server.url))
     await until(lambda: len(server.requests) == 1)
-    with pytest.raises(UpstreamTimeoutError, match="free connection"):
-        await post(client, server.url, timeout=0.02)
+    waiting = asyncio.create_task(post(client, server.url))
+    pool = next(iter(client.pools.values()))
+    await until(lambda: len(pool.waiters) == 1)
+    await client.close()
+    with pytest.raises(UpstreamError, match="client is closed"):
+        await waiting
     release.set()
-    assert await (await busy).read() == b'{"ok":true}'
-    assert await (await post(client, server.url)).read() == b'{"ok":true}'  # the slot is back
-    assert server.connections == 1
+    busy.cancel()
+    with pytest.raises((asyncio.CancelledError, UpstreamError)):
+        await busy
 
 
 async def test_idle_connections_expire(serve: Any, clients: Any) -> None:
@@ -661,6 +902,41 @@ async def test_tls_untrusted_certificate_fails_clearly(https_upstream: Any, clie
         assert next(iter(client.pools.values())).count == 0
 
 
+async def test_start_builds_the_tls_context_off_the_event_loop(
+    https_upstream: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, certs = https_upstream
+    built_in: list[str] = []
+    real = ssl.create_default_context
+
+    def recording(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built_in.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("aigw.providers.http.ssl.create_default_context", recording)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    provider = OpenAIProvider(ProviderConfig(name="tls", base_url=url, ca_file=str(certs.ca_file)))
+    try:
+        await provider.start()
+        assert len(built_in) == 1 and built_in[0] != threading.current_thread().name
+        resp = await provider.send("chat/completions", b'{"n":1}', stream=False, timeout=5)
+        assert json.loads(await resp.read())["echo"] == {"n": 1}
+    finally:
+        await provider.close()
+    assert len(built_in) == 1  # the request used the context built at start
+
+
+async def test_a_bad_ca_file_fails_requests_not_start(tmp_path: Path, clients: Any) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    client = clients(ca_file=str(bad))
+    client.prepare("POST", "https://127.0.0.1:9/v1/chat/completions", {})
+    await client.start()
+    with pytest.raises(UpstreamError, match="cannot load its ca_file"):
+        await post(client, "https://127.0.0.1:9/v1")
+
+
 # --- HTTP proxies ------------------------------------------------------------------------------
 
 
@@ -795,3 +1071,80 @@ async def test_an_unsupported_proxy_fails_requests_not_start_up(clients: Any) ->
     client = clients(proxy="socks5://127.0.0.1:1080")
     with pytest.raises(UpstreamError, match="proxy unusable"):
         await post(client, "http://127.0.0.1:9/v1")
+
+
+# --- the openai provider over the transport -----------------------------------------------------
+
+
+@pytest.fixture
+def no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+
+
+async def provider_post(provider: OpenAIProvider) -> HTTPResponse:
+    resp = await provider.send("chat/completions", b"{}", stream=False, timeout=5)
+    assert isinstance(resp, HTTPResponse)
+    await resp.read()
+    return resp
+
+
+@pytest.mark.usefixtures("no_env_proxy")
+async def test_a_base_url_query_stays_after_the_endpoint(serve: Any) -> None:
+    server = await serve()
+    base = f"http://127.0.0.1:{server.port}/openai/deployments/gpt/?api-version=2024-02-01#frag"
+    provider = OpenAIProvider(ProviderConfig(name="azure", base_url=base))
+    try:
+        await provider_post(provider)
+        await provider.probe()
+    finally:
+        await provider.close()
+    assert [r.target for r in server.requests] == [
+        "/openai/deployments/gpt/chat/completions?api-version=2024-02-01",
+        "/openai/deployments/gpt/models?api-version=2024-02-01",
+    ]
+
+
+@pytest.mark.usefixtures("no_env_proxy")
+async def test_base_url_credentials_become_basic_auth(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await serve()
+    base = f"http://us%40er:p%3Ass@127.0.0.1:{server.port}/v1"
+    provider = OpenAIProvider(ProviderConfig(name="basic", base_url=base))
+    keyed = OpenAIProvider(ProviderConfig(name="keyed", base_url=base, api_key=Secret(SECRET)))
+    try:
+        await provider_post(provider)
+        await provider_post(keyed)
+    finally:
+        await provider.close()
+        await keyed.close()
+    plain, with_key = server.requests
+    assert plain.headers["authorization"] == "Basic " + base64.b64encode(b"us@er:p:ss").decode()
+    assert plain.headers["host"] == f"127.0.0.1:{server.port}"  # never the credentials
+    assert plain.target == "/v1/chat/completions"
+    assert with_key.headers["authorization"] == f"Bearer {SECRET}"  # the explicit key wins
+    assert "keyed" in caplog.text and "ignored" in caplog.text
+    assert "p%3Ass" not in caplog.text and "p:ss" not in caplog.text
+
+
+@pytest.mark.usefixtures("no_env_proxy")
+async def test_retry_after_headers_are_kept_from_upstream_answers(serve: Any) -> None:
+    async def overloaded(req: Req, w: asyncio.StreamWriter) -> bool:
+        extra = "Retry-After: 20\r\nretry-after-ms: 19500\r\nX-Other: dropped\r\n"
+        w.write(answer(b'{"error":{"message":"slow down"}}', status=429, extra=extra))
+        return True
+
+    server = await serve(overloaded)
+    provider = OpenAIProvider(ProviderConfig(name="up", base_url=server.url))
+    try:
+        resp = await provider_post(provider)
+    finally:
+        await provider.close()
+    assert resp.status == 429
+    assert resp.headers == {
+        "content-type": "application/json",
+        "retry-after": "20",
+        "retry-after-ms": "19500",
+    }

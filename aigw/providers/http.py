@@ -3,15 +3,22 @@
 aiohttp's `ClientSession` costs about half of a naive gateway's CPU per request (DESIGN.md §7);
 this client does only what an upstream call needs:
 
-- one pool per (scheme, host, port) with a connection limit (waiters queue until the request
-  deadline), LIFO keep-alive reuse and an idle timeout;
+- one pool per (scheme, host, port) with a connection limit, LIFO keep-alive reuse and an idle
+  timeout; when the pool is full, waiters queue for at most the connect timeout (and never past
+  the request deadline), then get `UpstreamBusyError`: the gateway's own congestion, which the
+  proxy answers by trying another target rather than by blaming this one;
 - Content-Length, chunked and close-delimited bodies, HTTP/1.0 and `Connection: close` answers,
-  gzip/deflate bodies decoded (we ask for `identity`, so only a stubborn upstream compresses);
+  gzip/deflate bodies decoded (we ask for `identity`, so only a stubborn upstream compresses),
+  interim 1xx answers (100 Continue, 103 Early Hints) skipped for the final one;
 - streaming chunk by chunk with backpressure (reading pauses while the consumer lags);
-- TLS with the standard `ssl` module and certificate verification, an extra CA from config;
+- TLS with the standard `ssl` module and certificate verification, an extra CA from config; the
+  context is built by `start()` in a worker thread (loading the CA store blocks for ~50 ms);
 - HTTP proxies: absolute-form requests for http upstreams, CONNECT tunnels for https ones;
-- one retry on a fresh connection when a reused idle one fails before any response byte (the
-  server closed it while idle: nothing was processed, so repeating is safe).
+- one retry on a fresh connection when a reused idle connection fails before any response byte
+  and either while the request was still being written (the server cannot have a whole request)
+  or within `STALE_WINDOW` of writing it (the server had closed it while idle). Any later close
+  may come from a server that read the request and worked on it: a POST is never sent twice
+  then, the caller fails over instead.
 
 Failures surface as `UpstreamError` / `UpstreamTimeoutError` with short messages that never
 contain headers or credentials.
@@ -31,11 +38,18 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from aigw.errors import GatewayError, UpstreamError, UpstreamTimeoutError
+from aigw.errors import GatewayError, UpstreamBusyError, UpstreamError, UpstreamTimeoutError
 from aigw.providers.base import UpstreamResponse
 
 #: Buffered body bytes above which the socket stops being read until the consumer catches up.
 HIGH_WATER: Final = 256 * 1024
+
+#: How soon after the request was written a close still means "closed while idle". A server
+#: that times an idle connection out sends its FIN (or, getting our request on a closed socket,
+#: an RST) before it could read the request, so the close reaches us within one round trip of
+#: our write. 50 ms covers round trips to any nearby or same-continent upstream; on a slower
+#: path the lost race is not retried here and the balancer fails over instead (never unsafe).
+STALE_WINDOW: Final = 0.05
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
@@ -155,7 +169,8 @@ class HTTPClient:
             except BaseException:
                 resp.close()
                 raise
-            # The server closed this idle connection as we reused it: retry once on a new one.
+            # The server closed this idle connection as we reused it (it never had the whole
+            # request): retry once on a new one.
             conn, reused = await pool.acquire(deadline, fresh=True)
             reused = False
 
@@ -168,14 +183,36 @@ class HTTPClient:
         for pool in self.pools.values():
             pool.close()
 
-    def ssl_context(self) -> ssl.SSLContext:
+    async def start(self) -> None:
+        """Build the TLS context in a worker thread when an https origin is known: loading the
+        system CA store takes ~50 ms, which would otherwise freeze the event loop (every stream)
+        on the first HTTPS request."""
+        if self._ssl is not None or not any(scheme == "https" for scheme, _, _ in self.pools):
+            return
+        try:
+            ctx = await asyncio.to_thread(self._new_ssl_context)
+        except OSError:
+            return  # a bad ca_file fails the requests (as an UpstreamError), not the start
         if self._ssl is None:
-            ctx = ssl.create_default_context()
-            if self.ca_file:
-                ctx.load_verify_locations(cafile=self.ca_file)  # added to the system CAs
-            ctx.set_alpn_protocols(["http/1.1"])
             self._ssl = ctx
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:  # not started (or a new https origin): build it here, once
+            try:
+                self._ssl = self._new_ssl_context()
+            except OSError as exc:  # ssl.SSLError included: a ca_file that is not PEM
+                reason = exc.strerror or getattr(exc, "reason", None) or type(exc).__name__
+                raise UpstreamError(
+                    f"Upstream '{self.label}' TLS setup failed: cannot load its ca_file ({reason})"
+                ) from exc
         return self._ssl
+
+    def _new_ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if self.ca_file:
+            ctx.load_verify_locations(cafile=self.ca_file)  # added to the system CAs
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
 
 
 class _Proxy:
@@ -242,7 +279,10 @@ class Pool:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Connection | bool | None] = loop.create_future()
         self.waiters.append(fut)
-        timer = loop.call_at(deadline, _expire, fut)
+        # As long as a connect may take: a slot that frees later than that is better had from
+        # another target than waited for until the request deadline.
+        give_up = min(deadline, loop.time() + self.client.connect_timeout)
+        timer = loop.call_at(give_up, _expire, fut)
         try:
             got = await fut
         except asyncio.CancelledError:
@@ -255,8 +295,11 @@ class Pool:
             return got, True
         if got is None:  # a slot was handed over: open a connection in it
             return await self._open(deadline), False
-        raise UpstreamTimeoutError(
-            f"Upstream '{self.client.label}' timed out waiting for a free connection"
+        if self.closed:
+            raise UpstreamError(f"Upstream '{self.client.label}' client is closed")
+        raise UpstreamBusyError(
+            f"Upstream '{self.client.label}' busy: all {self.max_connections} connections "
+            "in use, none came free in time"
         )
 
     def _give_back(self, got: _Connection | bool | None) -> None:
@@ -292,12 +335,16 @@ class Pool:
                 )
                 if tls and proxy is not None:
                     await conn.tunnel(self.host, self.port, proxy.auth)
+                    # The tunnel's socket now carries TLS records: default flow control there,
+                    # write tracking on the TLS transport the requests go through.
+                    conn.transport.set_write_buffer_limits()
                     transport = await loop.start_tls(
                         conn.transport, conn, client.ssl_context(), server_hostname=self.host
                     )
                     if transport is None:  # pragma: no cover - only with a non-TLS loop
                         raise ConnectionError("TLS upgrade failed")
                     conn.transport = transport
+                    _track_writes(transport)
         except BaseException as exc:
             if conn is not None:
                 conn.state = _DEAD
@@ -396,12 +443,14 @@ class Pool:
                 fut.set_result(False)
 
 
+def _track_writes(transport: asyncio.BaseTransport) -> None:
+    """pause_writing() as soon as a write leaves bytes buffered, resume_writing() once all are
+    out: how a connection knows whether its request was wholly written."""
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=1, low=0)  # (0 would pause every TLS write)
+
+
 def _expire(fut: asyncio.Future[_Connection | bool | None]) -> None:
-    if not fut.done():
-        fut.set_result(False)
-
-
-def _wake(fut: asyncio.Future[bool]) -> None:
     if not fut.done():
         fut.set_result(False)
 
@@ -414,6 +463,7 @@ class _Connection(asyncio.Protocol):
         "_complete",
         "_has_length",
         "_headers",
+        "_interim",
         "_keep_alive",
         "_tunnel_buf",
         "_tunnel_waiter",
@@ -422,8 +472,10 @@ class _Connection(asyncio.Protocol):
         "paused",
         "pool",
         "response",
+        "sent_at",
         "state",
         "transport",
+        "writing",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -434,10 +486,13 @@ class _Connection(asyncio.Protocol):
         self.state = _ACTIVE
         self.idle_since = 0.0
         self.paused = False
+        self.writing = False  # the request is not wholly out of our buffers yet
+        self.sent_at = 0.0  # client clock when the request was wholly written
         self._headers: dict[str, str] = {}
         self._has_length = False
         self._chunked = False
         self._complete = False
+        self._interim = False
         self._keep_alive = False
         self._tunnel_buf: bytearray | None = None
         self._tunnel_waiter: asyncio.Future[None] | None = None
@@ -446,6 +501,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        _track_writes(self.transport)
 
     def data_received(self, data: bytes) -> None:
         resp = self.response
@@ -459,7 +515,7 @@ class _Connection(asyncio.Protocol):
         resp.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # we never upgrade
             self._fail(UpstreamError(f"Upstream '{self.pool.client.label}' sent invalid HTTP"))
             return
         if self._complete:
@@ -483,18 +539,26 @@ class _Connection(asyncio.Protocol):
             self._keep_alive = False
             self._finish()
             return
-        label = self.pool.client.label
+        client = self.pool.client
         if resp.state == _HEAD:
-            err = UpstreamError(f"Upstream '{label}' closed the connection before answering")
+            err = UpstreamError(f"Upstream '{client.label}' closed the connection before answering")
+            # Safe to send again only if the server cannot have read the whole request.
+            stale = not resp.got_bytes and (
+                self.writing or client.clock() - self.sent_at < STALE_WINDOW
+            )
+            self._fail(err, stale=stale)
         else:
-            err = UpstreamError(f"Upstream '{label}' connection broke mid-response")
-        self._fail(err)
+            self._fail(UpstreamError(f"Upstream '{client.label}' connection broke mid-response"))
+
+    # Request bodies are bounded by max_body_size, so the transport buffers them whole; with
+    # the write limits of `_track_writes` these two only tell when the request is wholly out.
 
     def pause_writing(self) -> None:
-        pass  # request bodies are bounded by max_body_size: the transport buffers them
+        self.writing = True
 
     def resume_writing(self) -> None:
-        pass
+        self.writing = False
+        self.sent_at = self.pool.client.clock()
 
     # --- llhttp callbacks ------------------------------------------------------------------
 
@@ -515,7 +579,16 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         resp = self.response
         assert resp is not None
-        resp.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints…: an interim answer; the final one follows on the
+            # same connection (101 is an upgrade, which llhttp reports as an error).
+            self._interim = True
+            self._headers = {}
+            self._has_length = self._chunked = False
+            resp.encoding = None
+            return
+        resp.status = status
         resp.headers = self._headers
         resp.state = _BODY
         waiter = resp.waiter
@@ -527,7 +600,9 @@ class _Connection(asyncio.Protocol):
         assert resp is not None
         resp.chunks.append(body)
         resp.buffered += len(body)
-        if resp.buffered > HIGH_WATER and not self.paused and not resp.whole:
+        if resp.whole:
+            return  # read() wants the whole body: woken by its completion (or an error) only
+        if resp.buffered > HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
         waiter = resp.waiter
@@ -535,6 +610,9 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(True)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False  # only the interim answer ended: keep waiting for the head
+            return
         self._complete = True
         self._keep_alive = self.parser.should_keep_alive()
 
@@ -543,13 +621,16 @@ class _Connection(asyncio.Protocol):
     def begin(self, resp: HTTPResponse, payload: bytes) -> None:
         self.response = resp
         self._headers = {}
-        self._has_length = self._chunked = self._complete = False
+        self._has_length = self._chunked = self._complete = self._interim = False
         if self.transport.is_closing():
             self._fail(
-                UpstreamError(f"Upstream '{self.pool.client.label}' connection already closed")
+                UpstreamError(f"Upstream '{self.pool.client.label}' connection already closed"),
+                stale=True,  # nothing was written
             )
             return
-        self.transport.write(payload)
+        self.writing = False
+        self.transport.write(payload)  # calls pause_writing() when some of it stays buffered
+        self.sent_at = self.pool.client.clock()
 
     def transport_closing(self) -> bool:
         return self.transport.is_closing()
@@ -573,16 +654,17 @@ class _Connection(asyncio.Protocol):
         self.response = None
         resp.conn = None
         resp.state = _DONE
+        resp.disarm()
         waiter = resp.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
         self.resume()
         self.pool.release(self, keep_alive=self._keep_alive)
 
-    def _fail(self, err: UpstreamError) -> None:
+    def _fail(self, err: UpstreamError, *, stale: bool = False) -> None:
         resp = self.response
         if resp is not None:
-            resp.fail(err)
+            resp.fail(err, stale=stale)
         self.pool._drop(self)
 
     # --- CONNECT tunnels -------------------------------------------------------------------
@@ -632,14 +714,20 @@ class HTTPResponse(UpstreamResponse):
         "encoding",
         "error",
         "got_bytes",
+        "loop",
+        "mark",
         "stale",
         "state",
+        "timer",
+        "timer_at",
+        "wait_until",
         "waiter",
         "whole",
     )
 
     def __init__(self, client: HTTPClient, conn: _Connection, deadline: float) -> None:
         super().__init__(0, {})
+        self.loop = asyncio.get_running_loop()
         self.client = client
         self.conn: _Connection | None = conn
         self.deadline = deadline
@@ -649,31 +737,68 @@ class HTTPResponse(UpstreamResponse):
         self.encoding: bytes | None = None
         self.error: UpstreamError | None = None
         self.got_bytes = False
-        self.stale = False  # failed before any byte of the answer: safe to send again
+        self.stale = False  # the server cannot have processed the request: safe to send again
         self.waiter: asyncio.Future[bool] | None = None
-        self.whole = False  # read() wants everything: no backpressure
+        self.whole = False  # read() wants everything: woken at the end only, no backpressure
+        # One watchdog timer per response, re-armed only when it fires, instead of a timer per
+        # wait (a stream waits once per chunk): it ends the current wait at `wait_until`.
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.wait_until = 0.0
+        self.mark = 0  # `buffered` when the wait began: progress of a whole read()
 
-    def fail(self, err: UpstreamError) -> None:
+    def fail(self, err: UpstreamError, *, stale: bool = False) -> None:
         self.error = err
-        self.stale = self.state == _HEAD and not self.got_bytes
+        self.stale = stale
         self.conn = None
+        self.disarm()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
+    def disarm(self) -> None:
+        """The answer is over (complete, failed or closed): stop the watchdog."""
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        fut = self.waiter
+        if fut is None or fut.done():
+            return  # nobody is waiting now: the next wait arms it again
+        now = self.loop.time()
+        if self.whole and self.buffered != self.mark:
+            # Bytes arrived while read() waits for the end (it is not woken per packet): the
+            # body is not stalled; give it another read timeout from now.
+            self.mark = self.buffered
+            self.wait_until = min(now + self.client.read_timeout, self.deadline)
+        if now + 0.001 >= self.wait_until:  # (loops may fire a timer a hair early)
+            fut.set_result(False)
+        else:
+            self.timer_at = self.wait_until
+            self.timer = self.loop.call_at(self.wait_until, self._on_timer)
+
     async def _wait(self, limit: float, what: str) -> None:
         """Until the connection has news, at most `limit` seconds."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         fut: asyncio.Future[bool] = loop.create_future()
         self.waiter = fut
-        timer = loop.call_later(limit, _wake, fut)
+        until = self.wait_until = loop.time() + limit
+        self.mark = self.buffered
+        timer = self.timer
+        if timer is None or self.timer_at > until:  # else it fires sooner and re-arms itself
+            if timer is not None:
+                timer.cancel()
+            self.timer_at = until
+            self.timer = loop.call_at(until, self._on_timer)
         try:
             news = await fut
         except asyncio.CancelledError:
             self.close()  # the caller gave up mid-answer: the connection cannot be reused
             raise
         finally:
-            timer.cancel()
             self.waiter = None
         if not news:
             self.close()
@@ -747,6 +872,7 @@ class HTTPResponse(UpstreamResponse):
                 self.close()  # abandoned mid-stream: abort, so the upstream stops
 
     def close(self) -> None:
+        self.disarm()
         conn = self.conn
         if conn is not None:
             # Not read to the end: abort, so the upstream sees the close (and stops generating).

@@ -1,7 +1,20 @@
 """Any OpenAI-compatible upstream (OpenAI, Azure-style proxies, Ollama, vLLM, LM Studio, Groq,
-OpenRouter…) over one pooled keep-alive `HTTPClient` per provider."""
+OpenRouter…) over one pooled keep-alive `HTTPClient` per provider.
+
+`base_url` is the prefix the endpoint paths are appended to:
+
+- a query string stays at the end: `https://x.openai.azure.com/openai/deployments/d?api-version=1`
+  sends to `…/deployments/d/chat/completions?api-version=1` (a fragment is dropped);
+- `user:password@` in it becomes `Authorization: Basic …` (what curl and browsers do), and never
+  goes on the wire or into messages otherwise. An explicit `Authorization` (`api_key`, or one in
+  `headers`) takes precedence; the URL's credentials are then ignored with a warning at start-up.
+"""
 
 from __future__ import annotations
+
+import base64
+import logging
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aigw.config import ProviderConfig
 from aigw.errors import UpstreamError
@@ -17,16 +30,31 @@ FORWARDED_HEADERS: tuple[str, ...] = (
 
 PROBE_TIMEOUT = 10.0
 
+log = logging.getLogger("aigw")
+
 
 class OpenAIProvider(Provider):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config.name)
         self.config = config
-        self.base_url = config.base_url.rstrip("/")
+        self.base_url, self._query, basic = _split_base_url(config.base_url)
         headers = {"Content-Type": "application/json"}
-        headers.update(config.headers)
+        auth = basic
+        for name, value in config.headers.items():
+            if name.lower() == "authorization":
+                auth = value  # one Authorization header: the configured one wins over the URL's
+            else:
+                headers[name] = value
         if config.api_key:
-            headers["Authorization"] = f"Bearer {config.api_key.reveal()}"
+            auth = f"Bearer {config.api_key.reveal()}"
+        if auth is not None:
+            headers["Authorization"] = auth
+        if basic is not None and auth is not basic:
+            log.warning(
+                "provider %s: the user:password in base_url is ignored: "
+                "api_key or headers set Authorization",
+                config.name,
+            )
         self._headers = headers
         # Proxies from the environment, resolved once (never per request).
         self.client = HTTPClient(
@@ -47,7 +75,10 @@ class OpenAIProvider(Provider):
         headers = {"Accept": accept, **self._headers}
         if method == "GET":
             headers.pop("Content-Type", None)
-        return self.client.prepare(method, f"{self.base_url}/{endpoint}", headers)
+        return self.client.prepare(method, f"{self.base_url}/{endpoint}{self._query}", headers)
+
+    async def start(self) -> None:
+        await self.client.start()  # the TLS context, off the event loop
 
     async def close(self) -> None:
         await self.client.close()
@@ -70,6 +101,21 @@ class OpenAIProvider(Provider):
             resp.close()
         if resp.status >= 500 or resp.status == 429:
             raise UpstreamError(f"probe got HTTP {resp.status}")
+
+
+def _split_base_url(base_url: str) -> tuple[str, str, str | None]:
+    """(base URL without credentials, query or fragment and without a trailing slash,
+    "?query" or "", the `Authorization: Basic` value of its user:password or None)."""
+    parts = urlsplit(base_url)
+    netloc = parts.netloc
+    basic = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        raw = f"{unquote(user)}:{unquote(password)}".encode()
+        basic = "Basic " + base64.b64encode(raw).decode("ascii")
+    url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return url, ("?" + parts.query if parts.query else ""), basic
 
 
 def _env_proxy(base_url: str) -> str | None:
