@@ -130,6 +130,14 @@ class RateLimiter:
         """Buckets held in memory (requests + tokens)."""
         return len(self._requests) + len(self._tokens)
 
+    def request_bucket(self, tenant: str) -> _Bucket | None:
+        """Shape of the tenant's request bucket; None when unlimited."""
+        return self._req_rules.get(tenant, self._req_default)
+
+    def token_bucket(self, tenant: str) -> _Bucket | None:
+        """Shape of the tenant's token bucket; None when unlimited."""
+        return self._tok_rules.get(tenant, self._tok_default)
+
     # --- the interface the proxy uses -----------------------------------------------------
 
     async def take_request(self, tenant: str) -> RateDecision:
