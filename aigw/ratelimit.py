@@ -8,8 +8,9 @@ returns to baseline after a crowd of tenants leaves. The same single value maps 
 Redis key with a PX expiry: `aigw.state.redis.RedisRateLimiter` keeps the buckets there, shared by
 every instance, and falls back to this class's in-memory buckets when Redis is unreachable.
 
-The proxy calls the async methods (`take_request`, `take_tokens`, `settle_tokens`) so a shared
-limiter can do its round trip; here they only wrap the synchronous checks.
+`aigw.admission.Admission` calls the async methods (`take_request`, `take_tokens`,
+`settle_tokens`) so a shared limiter can do its round trip; here they only wrap the synchronous
+checks. (The redis store's own admission takes its buckets together with the quota instead.)
 
 Unlimited (0) limits return the shared `UNLIMITED` decision and allocate nothing.
 """
