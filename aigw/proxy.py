@@ -46,7 +46,6 @@ from aigw.errors import (
     error_event,
 )
 from aigw.hooks.base import RequestContext, ResponseInfo, Usage
-from aigw.ratelimit import UNLIMITED, limit_error
 from aigw.ratelimit import headers as rate_headers
 from aigw.redact import redact
 from aigw.streaming import StreamTap, usage_from_body
@@ -198,12 +197,9 @@ class Proxy:
             metrics.in_flight(1)
         try:
             ctx.tenant = rt.auth.tenant(request.headers)
-            limiter = gw.ratelimiter
-            req_decision = UNLIMITED
-            if limiter is not None:
-                req_decision = await limiter.take_request(ctx.tenant)
-                if not req_decision.allowed:
-                    raise limit_error(ctx.tenant, req_decision)
+            admission = gw.admission
+            req_decision = await admission.take_request(ctx.tenant)
+            if req_decision.limit:
                 headers.update(rate_headers(req_decision))
             raw = await _read_body(request, rt.config.server.max_body_size)
             ctx.body = _parse_body(raw)
@@ -224,17 +220,7 @@ class Proxy:
             quota = gw.quota
             if quota is not None:
                 charge.estimate = quota.estimate_tokens(endpoint, body)
-            if limiter is not None:
-                tok_decision = await limiter.take_tokens(ctx.tenant, charge.estimate)
-                if not tok_decision.allowed:
-                    raise limit_error(ctx.tenant, req_decision, tok_decision)
-                if tok_decision.limit:
-                    charge.limiter = limiter
-                    # A request larger than the bucket takes only the bucket: settle that.
-                    charge.tokens_taken = min(charge.estimate, tok_decision.limit)
-                    headers.update(rate_headers(req_decision, tok_decision))
-            if quota is not None:
-                charge.reservation = await quota.reserve(ctx.tenant, charge.estimate)
+            await admission.admit(ctx.tenant, charge, req_decision, headers)
             cache = gw.cache
             if cache is not None:
                 hit = self._cache_lookup(request, ctx, cache, charge)
@@ -659,14 +645,8 @@ class Proxy:
             gw.metrics.tokens(ctx.tenant, ctx.model, usage.prompt_tokens, usage.completion_tokens)
         if usage is None and answered:
             usage = Usage(0, 0, charge.estimate)
-        used = usage.total_tokens if usage is not None else 0
-        if charge.limiter is not None:
-            await charge.limiter.settle_tokens(ctx.tenant, charge.tokens_taken, used)
-        if charge.reservation is not None and gw.quota is not None:
-            if usage is None:
-                await gw.quota.release(charge.reservation)
-            else:
-                await gw.quota.commit(charge.reservation, usage)
+        if charge.limiter is not None or charge.reservation is not None:
+            await gw.admission.settle(ctx.tenant, charge, usage)
 
     def _estimate(self, ctx: RequestContext, tap: StreamTap) -> Usage | None:
         """A stream that ended without usage (client gone, upstream broke): count one token per

@@ -101,7 +101,7 @@ def period_window(period: str, now: float, tz: tzinfo) -> PeriodWindow:
 # --- reservations and status -------------------------------------------------------------
 
 #: How often a reserve is retried when a shared store reports changed overrides.
-_STALE_RETRIES = 8
+STALE_RETRIES = 8
 
 
 @dataclass(slots=True)
@@ -201,7 +201,7 @@ class QuotaManager:
             raise InvalidTenantName(tenant)
         if tokens < 0:
             raise ValueError("tokens must be >= 0")
-        for _ in range(_STALE_RETRIES):
+        for _ in range(STALE_RETRIES):
             limit, period, _ = self.policy(tenant)
             window = self.window(period)
             rid = next(self._ids)
@@ -218,11 +218,20 @@ class QuotaManager:
             if result.stale:  # another instance changed an override: resolve the limit again
                 continue
             if not result.allowed:
-                raise QuotaExceededError(
-                    _exceeded_message(tenant, limit, window, result.used, result.reserved, tokens)
-                )
+                raise self.exceeded(tenant, limit, window, result.used, result.reserved, tokens)
             return Reservation(tenant, window.key, held, rid)
-        raise ServiceUnavailableError("Quota overrides keep changing; try again.")
+        raise overrides_unsettled()
+
+    def next_id(self) -> int:
+        """A reservation id, unique in this process."""
+        return next(self._ids)
+
+    @staticmethod
+    def exceeded(
+        tenant: str, limit: int, window: PeriodWindow, used: int, reserved: int, tokens: int
+    ) -> QuotaExceededError:
+        """The 429 for a refused reservation of `tokens`."""
+        return QuotaExceededError(_exceeded_message(tenant, limit, window, used, reserved, tokens))
 
     async def commit(self, reservation: Reservation, usage: Usage | None) -> None:
         """Replace the reservation by the real usage. With `usage=None` (the upstream reported
@@ -230,11 +239,7 @@ class QuotaManager:
         if reservation.done:
             return
         reservation.done = True
-        if usage is None:
-            prompt, completion, total = 0, 0, reservation.tokens
-        else:
-            prompt, completion = usage.prompt_tokens, usage.completion_tokens
-            total = usage.total_tokens or prompt + completion
+        prompt, completion, total = charged_tokens(reservation, usage)
         await self._store.commit(
             reservation.tenant,
             reservation.period_key,
@@ -369,6 +374,20 @@ class QuotaManager:
     async def close(self) -> None:
         """Flush recorded usage. The store's owner closes the store."""
         await self._store.flush()
+
+
+def charged_tokens(reservation: Reservation, usage: Usage | None) -> tuple[int, int, int]:
+    """`(input, output, total)` a commit records: the usage, or without one the reserved
+    worst case as total tokens."""
+    if usage is None:
+        return 0, 0, reservation.tokens
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    return prompt, completion, usage.total_tokens or prompt + completion
+
+
+def overrides_unsettled() -> ServiceUnavailableError:
+    """A reserve kept seeing changed overrides (`STALE_RETRIES` times in a row)."""
+    return ServiceUnavailableError("Quota overrides keep changing; try again.")
 
 
 def _exceeded_message(

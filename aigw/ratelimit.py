@@ -8,8 +8,9 @@ returns to baseline after a crowd of tenants leaves. The same single value maps 
 Redis key with a PX expiry: `aigw.state.redis.RedisRateLimiter` keeps the buckets there, shared by
 every instance, and falls back to this class's in-memory buckets when Redis is unreachable.
 
-The proxy calls the async methods (`take_request`, `take_tokens`, `settle_tokens`) so a shared
-limiter can do its round trip; here they only wrap the synchronous checks.
+`aigw.admission.Admission` calls the async methods (`take_request`, `take_tokens`,
+`settle_tokens`) so a shared limiter can do its round trip; here they only wrap the synchronous
+checks. (The redis store's own admission takes its buckets together with the quota instead.)
 
 Unlimited (0) limits return the shared `UNLIMITED` decision and allocate nothing.
 """
@@ -129,6 +130,14 @@ class RateLimiter:
     def bucket_count(self) -> int:
         """Buckets held in memory (requests + tokens)."""
         return len(self._requests) + len(self._tokens)
+
+    def request_bucket(self, tenant: str) -> _Bucket | None:
+        """Shape of the tenant's request bucket; None when unlimited."""
+        return self._req_rules.get(tenant, self._req_default)
+
+    def token_bucket(self, tenant: str) -> _Bucket | None:
+        """Shape of the tenant's token bucket; None when unlimited."""
+        return self._tok_rules.get(tenant, self._tok_default)
 
     # --- the interface the proxy uses -----------------------------------------------------
 

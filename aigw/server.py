@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from aigw import __version__
+from aigw.admission import Admission
 from aigw.balancer import Balancers, Clock
 from aigw.config import Config, HookSpec, ProviderConfig, load_config
 from aigw.hooks import build_hooks
@@ -93,8 +94,11 @@ class Gateway:
         self.started_wall = time.time()
         self.draining = False
         self.store: StateStore | None = None
-        self.quota: QuotaManager | None = None
-        self.ratelimiter: RateLimiter | None = None
+        self._quota: QuotaManager | None = None
+        self._ratelimiter: RateLimiter | None = None
+        #: what the proxy admits and settles requests with: rebuilt whenever the quota manager
+        #: or the rate limiter is replaced, so the hot path reads one attribute
+        self.admission: Admission = Admission(None, None)
         self.cache: ResponseCache | None = None
         self.metrics: Metrics | None = None
         self.runtime: Runtime = self._build_runtime(config, None, None)
@@ -105,6 +109,31 @@ class Gateway:
         self._retired: list[tuple[list[Provider], list[Hook]]] = []  # replaced by a reload
         self.listen_address = f"{config.server.host}:{config.server.port}"
         self.bound_port: int | None = None
+
+    @property
+    def quota(self) -> QuotaManager | None:
+        return self._quota
+
+    @quota.setter
+    def quota(self, quota: QuotaManager | None) -> None:
+        self._quota = quota
+        self._build_admission()
+
+    @property
+    def ratelimiter(self) -> RateLimiter | None:
+        return self._ratelimiter
+
+    @ratelimiter.setter
+    def ratelimiter(self, limiter: RateLimiter | None) -> None:
+        self._ratelimiter = limiter
+        self._build_admission()
+
+    def _build_admission(self) -> None:
+        limiter, quota = self._ratelimiter, self._quota
+        if self.store is None:
+            self.admission = Admission(limiter, quota)
+        else:
+            self.admission = self.store.admission(limiter, quota)
 
     # --- building ------------------------------------------------------------------------------
 

@@ -1,16 +1,21 @@
 """What the redis store costs, and what `--workers 2` buys.
 
-    python bench/redis_overhead.py [--requests 5000] [--duration 10] [--quick]
+    python bench/redis_overhead.py [--requests 5000] [--duration 10] [--quick] [--without-hiredis]
 
-Part 1, in process: the state work the proxy does for one request — request bucket, token
-bucket, quota reserve, quota commit, token settle — done N times in a row, once over the sqlite
-store (+ in-memory limiter, the default) and once over the redis store (+ shared limiter), then
-again with 16 requests at a time. Reported: wall µs per request, gateway CPU µs per request,
-and redis-server CPU µs per request (from /proc).
+Part 1, in process: the state work the proxy does for one request through the gateway's
+admission (`aigw.admission`) — request bucket, token bucket and quota reserve, then quota commit
+and token settle — done N times in a row, once over the sqlite store (+ in-memory limiter, the
+default) and once over the redis store (+ shared limiter), then again with 16 requests at a
+time. Reported: wall µs per request, gateway CPU µs per request, redis-server CPU µs per request
+(from /proc) and Redis round trips per request (scripts the server ran, INFO commandstats).
 
 Part 2, end to end: `aigw serve` (mock provider, rate limit and quota on every request) driven by
 wrk with 16 connections: sqlite with one process, redis with one process, redis with
 `--workers 2`. Reported: requests/s, p50, p99.
+
+`--without-hiredis` hides the hiredis package (here and in the `aigw serve` processes), so
+redis-py falls back to its pure-Python reply parser: run it and a plain run back to back to see
+what hiredis buys.
 
 Needs redis-server and wrk (Debian: apt-get install -y redis-server wrk). Everything listens on
 127.0.0.1 on free ports in a temp dir and is stopped on exit. Nothing is pinned: on a 2-core
@@ -93,9 +98,27 @@ def redis_server(tmp: Path) -> Iterator[tuple[str, int]]:
 # --- part 1: the state work of one request, in process ----------------------------------------
 
 
+def scripts_run(port: int) -> int:
+    """Scripts (EVALSHA) the redis-server has run: one per round trip of the store."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"INFO commandstats\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            data += sock.recv(65536)
+        header, _, data = data.partition(b"\r\n")  # a bulk string: $<length>
+        length = int(header[1:])
+        while len(data) < length:
+            data += sock.recv(65536)
+    for line in data.decode().splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return 0
+
+
 async def state_work(backend: str, url: str, redis_pid: int, tmp: Path, n: int) -> dict[str, Any]:
     from aigw.config import QuotaConfig, RateLimitConfig, StateConfig
     from aigw.hooks.base import Usage
+    from aigw.proxy import Charge
     from aigw.quota import QuotaManager
     from aigw.ratelimit import RateLimiter
     from aigw.state import open_store
@@ -105,29 +128,34 @@ async def state_work(backend: str, url: str, redis_pid: int, tmp: Path, n: int) 
     limits = RateLimitConfig(requests_per_second=1e6, burst=10**6, tokens_per_minute=10**9)
     limiter = store.rate_limiter(limits) or RateLimiter(limits)
     quota = QuotaManager(store, QuotaConfig(default=10**15))
+    admission = store.admission(limiter, quota)
     usage = Usage(12, 30, 42)
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
 
     async def one(i: int) -> None:
+        # What the proxy does: take_request before the body, admit after it, settle at the end.
         tenant = f"tenant-{i % 50}"
-        await limiter.take_request(tenant)
-        await limiter.take_tokens(tenant, 60)
-        reservation = await quota.reserve(tenant, 60)
-        await quota.commit(reservation, usage)
-        await limiter.settle_tokens(tenant, 60, 42)
+        charge = Charge()
+        charge.estimate = 60
+        requests = await admission.take_request(tenant)
+        await admission.admit(tenant, charge, requests, {})
+        await admission.settle(tenant, charge, usage)
 
     for i in range(200):  # warm up: connections, scripts, sqlite rows
         await one(i)
-    result: dict[str, Any] = {"backend": backend}
+    result: dict[str, Any] = {"backend": backend, "admission": type(admission).__name__}
     for label, batch in (("serial", 1), ("c16", 16)):
+        scripts0 = scripts_run(port)
         cpu0, redis0, wall0 = time.process_time(), cpu_seconds(redis_pid), time.perf_counter()
         for start in range(0, n, batch):
-            await asyncio.gather(*(one(i) for i in range(start, start + batch)))
+            await asyncio.gather(*(one(i) for i in range(start, min(start + batch, n))))
         wall = time.perf_counter() - wall0
         result[label] = {
             "wall_us": wall / n * 1e6,
             "cpu_us": (time.process_time() - cpu0) / n * 1e6,
             "redis_cpu_us": (cpu_seconds(redis_pid) - redis0) / n * 1e6,
             "per_s": n / wall,
+            "round_trips": (scripts_run(port) - scripts0) / n,
         }
     await quota.close()
     await store.close()
@@ -180,7 +208,7 @@ def end_to_end(
             [sys.executable, "-m", "aigw", "serve", "--config", str(config), "--port", str(port),
              "--admin-socket", str(sock), "--workers", str(workers), "--log-level", "warning"],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO_DIR,
-            env=dict(os.environ, PYTHONPATH=str(REPO_DIR)),
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join([*HIDDEN, str(REPO_DIR)])),
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -217,6 +245,19 @@ def end_to_end(
 
 # --- main ------------------------------------------------------------------------------------
 
+#: directories put first on the path of this process and of `aigw serve` (--without-hiredis)
+HIDDEN: list[str] = []
+
+
+def hide_hiredis(tmp: Path) -> None:
+    """Make `import hiredis` fail, as on a machine without it: redis-py then parses replies in
+    Python. Must run before anything imports redis."""
+    shim = tmp / "no-hiredis"
+    shim.mkdir()
+    (shim / "hiredis.py").write_text('raise ImportError("hidden by bench/redis_overhead.py")\n')
+    sys.path.insert(0, str(shim))
+    HIDDEN.append(str(shim))
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -225,15 +266,24 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="1000 requests, 3 s legs")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--without-hiredis", action="store_true", help="redis-py's pure-Python reply parser"
+    )
+    parser.add_argument("--skip-e2e", action="store_true", help="part 1 only")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.duration = 1000, 3
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not args.skip_e2e:
         sys.exit("wrk is not installed (apt-get install -y wrk)")
-    load = os.getloadavg()[0]
-    print(f"# {os.cpu_count()} CPUs, load average {load:.2f} at start\n")
     with tempfile.TemporaryDirectory(prefix="aigw-redis-bench-") as name:
         tmp = Path(name)
+        if args.without_hiredis:
+            hide_hiredis(tmp)
+        from redis.utils import HIREDIS_AVAILABLE
+
+        load = os.getloadavg()[0]
+        parser_name = "hiredis" if HIREDIS_AVAILABLE else "pure Python"
+        print(f"# {os.cpu_count()} CPUs, load average {load:.2f} at start; {parser_name} parser\n")
         with redis_server(tmp) as (url, redis_pid):
             inproc = [
                 asyncio.run(state_work(b, url, redis_pid, tmp, args.requests))
@@ -242,16 +292,20 @@ def main() -> int:
             e2e = [
                 end_to_end(b, w, url, tmp, args.duration, args.connections)
                 for b, w in (("sqlite", 1), ("redis", 1), ("redis", 2))
+                if not args.skip_e2e
             ]
     print("State work per request (bucket + token bucket + reserve + commit + settle):\n")
-    print("| store | mode | wall µs/req | gateway CPU µs/req | redis CPU µs/req | req/s |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| store | mode | wall µs/req | gateway CPU µs/req | redis CPU µs/req | req/s "
+        "| round trips/req |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for row in inproc:
         for mode in ("serial", "c16"):
             m = row[mode]
             print(
                 f"| {row['backend']} | {mode} | {m['wall_us']:.0f} | {m['cpu_us']:.0f} | "
-                f"{m['redis_cpu_us']:.0f} | {m['per_s']:,.0f} |"
+                f"{m['redis_cpu_us']:.0f} | {m['per_s']:,.0f} | {m['round_trips']:.2f} |"
             )
     print(f"\nEnd to end, wrk -c{args.connections}, {args.duration} s, mock provider:\n")
     print("| store | processes | req/s | p50 ms | p99 ms | aigw CPU µs/req | errors |")
@@ -263,7 +317,8 @@ def main() -> int:
         )
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"in_process": inproc, "end_to_end": e2e}, indent=2))
+        figures = {"hiredis": HIREDIS_AVAILABLE, "in_process": inproc, "end_to_end": e2e}
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 

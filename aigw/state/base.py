@@ -31,8 +31,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from aigw.admission import Admission
+
 if TYPE_CHECKING:
     from aigw.config import RateLimitConfig
+    from aigw.quota import QuotaManager
     from aigw.ratelimit import RateLimiter
 
 #: `(tenant, period_key)`.
@@ -193,6 +196,11 @@ class StateStore(ABC):
         None (the default) when the store is in-process and the gateway's own in-memory limiter
         is the right one."""
         return None
+
+    def admission(self, limiter: RateLimiter | None, quota: QuotaManager | None) -> Admission:
+        """What the proxy admits and settles requests with. In-process stores: each limit in
+        turn (`aigw.admission.Admission`); a shared store may decide them together."""
+        return Admission(limiter, quota)
 
     # --- lifecycle --------------------------------------------------------------------------
 

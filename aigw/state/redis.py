@@ -9,12 +9,17 @@ Keys, all under `prefix` (default `aigw:`):
     aigw:tenants                 zset    tenant -> last usage (s), trimmed after TENANT_RETENTION
     aigw:overrides               hash    tenant -> "<tokens>:<period>" (`aigw quota set`)
     aigw:overrides:v             int     bumped by every override change
-    aigw:rl:<tenant>:req|tok     string  token bucket as a GCRA arrival time (µs), PX expiry
+    aigw:rl:<tenant>:req|tok     string  token bucket as a GCRA arrival time (epoch µs, a
+                                         float), PX expiry
 
-Atomicity: each hot-path operation is one round trip running one Lua script (`reserve` is
-check-and-reserve, `commit` replaces a reservation by usage, `take` is one GCRA step), so no
-instance can interleave another's check and write. Scripts read Redis's own clock (`TIME`), so
-instances with skewed clocks still agree.
+Atomicity: each operation is one round trip running one Lua script, so no instance can
+interleave another's check and write. A request costs two (`RedisAdmission`): at admission one
+script checks the request bucket, the token bucket, the quota and the overrides version and
+takes all three or nothing; at settlement one script replaces the reservation by the usage and
+corrects the token bucket by the difference from the estimate. (`reserve`, `commit`, `take`
+and `adjust` are the same scripts one limit at a time, for the store contract and the
+standalone limiter.) Scripts read Redis's own clock (`TIME`), so instances with skewed clocks
+still agree.
 
 Nothing grows without bound: usage hashes (and their reservation sets) expire
 `RETENTION_MARGIN` after their period ends (`never` periods do not expire; usage recorded for a
@@ -23,9 +28,9 @@ period this process never reserved in keeps `DEFAULT_RETENTION`); each reservati
 request of that tenant; buckets expire when full; the tenants index is trimmed as it is written.
 
 Overrides: the local view read on the hot path is checked against `aigw:overrides:v` inside
-every `reserve` round trip; when another instance changed an override, `reserve` reserves
-nothing, reloads the view and answers `stale`, and the quota manager resolves the limit again.
-So `aigw quota set` on one instance applies to the next request on every instance.
+every admission (and `reserve`) round trip; when another instance changed an override, the
+script takes nothing, the store reloads the view and answers `stale`, and the limit is resolved
+again. So `aigw quota set` on one instance applies to the next request on every instance.
 
 Failure policy (`state.on_failure`), when a call fails (connection refused, reset, or no answer
 within `socket_timeout`):
@@ -53,7 +58,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -61,12 +66,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from aigw.admission import Admission
 from aigw.errors import StateUnavailableError
-from aigw.ratelimit import UNLIMITED, RateDecision, RateLimiter
+from aigw.quota import STALE_RETRIES, Reservation, charged_tokens, overrides_unsettled
+from aigw.ratelimit import UNLIMITED, RateDecision, RateLimiter, limit_error
+from aigw.ratelimit import headers as rate_headers
 from aigw.state.base import STALE, Override, ReserveResult, StateStore, UsageCounters, UsageKey
+from aigw.tenants import InvalidTenantName, is_valid_tenant
 
 if TYPE_CHECKING:
     from aigw.config import RateLimitConfig
+    from aigw.hooks.base import Usage
+    from aigw.proxy import Charge
+    from aigw.quota import QuotaManager
     from aigw.ratelimit import _Bucket
 
 log = logging.getLogger("aigw.state")
@@ -87,11 +99,13 @@ _UNAVAILABLE = (RedisError, OSError, TimeoutError)
 # --- scripts ---------------------------------------------------------------------------------
 
 _COMMON = """
-local function now_ms(arg)
+-- the time in µs: the injected clock's (tests) or the Redis server's
+local function clock_us(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
-  return t[1] * 1000 + math.floor(t[2] / 1000)
+  return t[1] * 1000000 + t[2]
 end
+local function fmt(x) return string.format('%.17g', x) end
 -- at > 0: expire at that epoch second; at < 0: never; at == 0: a default, unless already set
 local function touch(key, at, default_ttl)
   if at > 0 then
@@ -101,56 +115,113 @@ local function touch(key, at, default_ttl)
   end
 end
 -- drop expired reservations (a crashed instance's) and return what is still reserved
-local function sweep(ukey, rkey, now)
+local function sweep(ukey, rkey, now_ms)
   local r = tonumber(redis.call('HGET', ukey, 'r') or '0')
   local left = r
-  local gone = redis.call('ZRANGEBYSCORE', rkey, '-inf', now)
+  local gone = redis.call('ZRANGEBYSCORE', rkey, '-inf', now_ms)
   if #gone > 0 then
     for _, m in ipairs(gone) do
       left = left - tonumber(string.match(m, ':(%d+)$'))
     end
-    redis.call('ZREMRANGEBYSCORE', rkey, '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', rkey, '-inf', now_ms)
   end
   if left < 0 or redis.call('EXISTS', rkey) == 0 then left = 0 end
   if left ~= r then redis.call('HSET', ukey, 'r', left) end
   return left
 end
+-- A token bucket as a GCRA arrival time in µs (see aigw.ratelimit). Whether `units` fit now;
+-- then how far the arrival time runs ahead of now after taking them (when they fit) or how
+-- long until they would (when not); and how far ahead it runs now.
+-- Epoch µs in a double carry a rounding of up to 0.125 µs per write, and a burst adds them up:
+-- a unit may come a thousandth of its interval (plus 1 µs) early, never a whole unit, so a
+-- full bucket always holds exactly `size`.
+local function gcra(key, interval, size, units, now)
+  local span = size * interval
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local ahead = tat + units * interval - now
+  if ahead > span + math.min(interval * 1e-3 + 1, interval * 0.5) then
+    return false, ahead - span, tat - now
+  end
+  return true, ahead, tat - now
+end
+local function gcra_set(key, now, ahead)
+  redis.call('SET', key, fmt(now + ahead), 'PX', math.ceil(ahead / 1000) + 1)
+end
+-- charge (delta > 0) or refund (delta < 0) a bucket, in µs of its arrival time
+local function gcra_adjust(key, delta, now)
+  local cur = redis.call('GET', key)
+  if delta < 0 and not cur then return end
+  local tat = tonumber(cur or '0')
+  if delta > 0 and tat < now then tat = now end
+  tat = tat + delta
+  if tat > now then
+    redis.call('SET', key, fmt(tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  else
+    redis.call('DEL', key)
+  end
+end
 """
 
-# KEYS: usage, reservations, overrides version
-# ARGV: tokens, limit, member, ttl_ms, expire_at, version_seen, now_ms, default_ttl
-_RESERVE = (
+# Admission: request bucket, token bucket and quota check-and-reserve, all or nothing.
+# KEYS: usage, reservations, overrides version[, request bucket, token bucket]
+# ARGV: 1 tokens, 2 limit, 3 member, 4 ttl_ms, 5 expire_at, 6 version_seen, 7 now_us,
+#       8 default_ttl, 9 request interval_us ('' = no request limit), 10 request size,
+#       11 token interval_us ('' = no token limit), 12 token size, 13 token units
+# Returns {-1} when the overrides changed (nothing done), else {admitted, used, reserved,
+# request fits, its lead, its lead now, tokens fit, their lead, their lead now} (see gcra).
+_ADMIT = (
     _COMMON
     + """
 local v = redis.call('GET', KEYS[3]) or '0'
-if v ~= ARGV[6] then return {-1, 0, 0, v} end
-local now = now_ms(ARGV[7])
-local r = sweep(KEYS[1], KEYS[2], now)
+if v ~= ARGV[6] then return {-1} end
+local now = clock_us(ARGV[7])
+local req_on = (ARGV[9] or '') ~= ''
+local tok_on = (ARGV[11] or '') ~= ''
+local req_ok, req_a, req_now = true, 0, 0
+if req_on then
+  req_ok, req_a, req_now = gcra(KEYS[4], tonumber(ARGV[9]), tonumber(ARGV[10]), 1, now)
+end
+local tok_ok, tok_a, tok_now = true, 0, 0
+if tok_on then
+  tok_ok, tok_a, tok_now =
+    gcra(KEYS[5], tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), now)
+end
+local now_ms = math.floor(now / 1000)
+local r = sweep(KEYS[1], KEYS[2], now_ms)
 local used = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
 local tokens = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
-if limit > 0 and used + r + tokens > limit then return {0, used, r, v} end
-if tokens > 0 then
-  if redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3]) == 1 then
-    r = redis.call('HINCRBY', KEYS[1], 'r', tokens)
+local admitted = 0
+if req_ok and tok_ok and not (limit > 0 and used + r + tokens > limit) then
+  admitted = 1
+  if req_on then gcra_set(KEYS[4], now, req_a) end
+  if tok_on then gcra_set(KEYS[5], now, tok_a) end
+  if tokens > 0 then
+    if redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[3]) == 1 then
+      r = redis.call('HINCRBY', KEYS[1], 'r', tokens)
+    end
+    local at, dttl = tonumber(ARGV[5]), tonumber(ARGV[8])
+    touch(KEYS[1], at, dttl)
+    touch(KEYS[2], at, dttl)
   end
-  local at, dttl = tonumber(ARGV[5]), tonumber(ARGV[8])
-  touch(KEYS[1], at, dttl)
-  touch(KEYS[2], at, dttl)
 end
-return {1, used, r, v}
+return {admitted, used, r, req_ok and 1 or 0, fmt(req_a), fmt(req_now),
+        tok_ok and 1 or 0, fmt(tok_a), fmt(tok_now)}
 """
 )
 
-# KEYS: usage, reservations, tenants index
-# ARGV: input, output, total, expire_at, default_ttl, tenant ('' = no usage), now_ms,
-#       tenant_retention_s, members to remove...
+# Settlement: a reservation replaced by usage, and the token bucket corrected.
+# KEYS: usage, reservations, tenants index[, token bucket]
+# ARGV: 1 input, 2 output, 3 total, 4 expire_at, 5 default_ttl, 6 tenant ('' = no usage),
+#       7 now_us, 8 tenant_retention_s, 9 token bucket delta_us ('' = none),
+#       10.. members to remove
 # Returns used + reserved after the write.
 _COMMIT = (
     _COMMON
     + """
 local freed = 0
-for n = 9, #ARGV do
+for n = 10, #ARGV do
   if redis.call('ZREM', KEYS[2], ARGV[n]) == 1 then
     freed = freed + tonumber(string.match(ARGV[n], ':(%d+)$'))
   end
@@ -166,21 +237,27 @@ if t ~= 0 then redis.call('HINCRBY', KEYS[1], 't', t) end
 if i ~= 0 or o ~= 0 or t ~= 0 or freed > 0 then
   touch(KEYS[1], tonumber(ARGV[4]), tonumber(ARGV[5]))
 end
+local now = -1
 if ARGV[6] ~= '' then
-  local now = math.floor(now_ms(ARGV[7]) / 1000)
-  redis.call('ZADD', KEYS[3], now, ARGV[6])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[8]))
+  now = clock_us(ARGV[7])
+  local now_s = math.floor(now / 1000000)
+  redis.call('ZADD', KEYS[3], now_s, ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_s - tonumber(ARGV[8]))
+end
+if ARGV[9] ~= '' then
+  if now < 0 then now = clock_us(ARGV[7]) end
+  gcra_adjust(KEYS[4], tonumber(ARGV[9]), now)
 end
 local now_t = redis.call('HMGET', KEYS[1], 't', 'r')
 return tonumber(now_t[1] or '0') + tonumber(now_t[2] or '0')
 """
 )
 
-# KEYS: usage, reservations. ARGV: now_ms
+# KEYS: usage, reservations. ARGV: now_us
 _READ = (
     _COMMON
     + """
-local r = sweep(KEYS[1], KEYS[2], now_ms(ARGV[1]))
+local r = sweep(KEYS[1], KEYS[2], math.floor(clock_us(ARGV[1]) / 1000))
 local v = redis.call('HMGET', KEYS[1], 'i', 'o', 't')
 return {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), r}
 """
@@ -196,48 +273,23 @@ return 1
 """
 )
 
-_NOW_US = """
-local function now_us(arg)
-  if arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return t[1] * 1000000 + t[2]
-end
-"""
-
-# One GCRA step (see aigw.ratelimit): KEYS: bucket. ARGV: interval_us, size, units, now_us
+# One GCRA step on its own: KEYS: bucket. ARGV: interval_us, size, units, now_us
 _TAKE = (
-    _NOW_US
+    _COMMON
     + """
-local now = now_us(ARGV[4])
-local interval = tonumber(ARGV[1])
-local span = tonumber(ARGV[2]) * interval
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local ahead = tat + tonumber(ARGV[3]) * interval - now
-if ahead > span + interval * 1e-6 then
-  return {0, string.format('%.17g', ahead - span), string.format('%.17g', tat - now)}
-end
-redis.call('SET', KEYS[1], string.format('%.0f', now + ahead), 'PX', math.ceil(ahead / 1000) + 1)
-return {1, string.format('%.17g', ahead), '0'}
+local now = clock_us(ARGV[4])
+local ok, ahead, lead = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), now)
+if not ok then return {0, fmt(ahead), fmt(lead)} end
+gcra_set(KEYS[1], now, ahead)
+return {1, fmt(ahead), '0'}
 """
 )
 
 # Charge (delta > 0) or refund (delta < 0) tokens: KEYS: bucket. ARGV: delta_us, now_us
 _ADJUST = (
-    _NOW_US
+    _COMMON
     + """
-local now = now_us(ARGV[2])
-local delta = tonumber(ARGV[1])
-local cur = redis.call('GET', KEYS[1])
-if delta < 0 and not cur then return 0 end
-local tat = tonumber(cur or '0')
-if delta > 0 and tat < now then tat = now end
-tat = tat + delta
-if tat > now then
-  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
-else
-  redis.call('DEL', KEYS[1])
-end
+gcra_adjust(KEYS[1], tonumber(ARGV[1]), clock_us(ARGV[2]))
 return 1
 """
 )
@@ -258,6 +310,52 @@ class _Pending:
         self.output_tokens += other.output_tokens
         self.total_tokens += other.total_tokens
         self.members.extend(other.members)
+
+
+class Admitted:
+    """What one admission round trip decided (`RedisStore.admit`)."""
+
+    __slots__ = ("admitted", "requests", "reserved", "stale", "tokens", "used")
+
+    def __init__(
+        self,
+        admitted: bool,
+        used: int,
+        reserved: int,
+        requests: RateDecision,
+        tokens: RateDecision,
+        *,
+        stale: bool = False,
+    ) -> None:
+        #: everything was taken (request, tokens, quota reservation)
+        self.admitted = admitted
+        #: quota: tokens recorded in the period, and held by reservations (this one included)
+        self.used = used
+        self.reserved = reserved
+        #: the request and token buckets; an allowed one reports what is left after this
+        #: request when it was admitted, and what is left now when something else refused
+        self.requests = requests
+        self.tokens = tokens
+        #: the overrides had changed: nothing was done, resolve the limit again
+        self.stale = stale
+
+
+_STALE_ADMISSION = Admitted(False, 0, 0, UNLIMITED, UNLIMITED, stale=True)
+
+
+def _decision(
+    shape: _Bucket | None, admitted: bool, fits: Any, lead: Any, lead_now: Any
+) -> RateDecision:
+    """A bucket's part of the admission script's reply as a decision (see `gcra` there)."""
+    if shape is None:
+        return UNLIMITED
+    now = float(lead_now) / 1_000_000
+    if int(fits):
+        ahead = float(lead) / 1_000_000 if admitted else now
+        remaining = int((shape.span - ahead) / shape.interval + 1e-6)
+        return RateDecision(True, shape.size, remaining, 0.0, ahead)
+    retry = round(float(lead) / 1_000_000, 9)
+    return RateDecision(False, shape.size, 0, retry if retry > 0 else 0.0, now)
 
 
 def redacted_url(url: str) -> str:
@@ -308,7 +406,7 @@ class RedisStore(StateStore):
             health_check_interval=30,
         )
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
-        self._reserve = self._redis.register_script(_RESERVE)
+        self._admit = self._redis.register_script(_ADMIT)
         self._commit = self._redis.register_script(_COMMIT)
         self._read = self._redis.register_script(_READ)
         self._reset = self._redis.register_script(_RESET)
@@ -387,9 +485,6 @@ class RedisStore(StateStore):
     def bucket_key(self, tenant: str, kind: str) -> str:
         return f"{self.prefix}rl:{tenant}:{kind}"
 
-    def _now_ms(self) -> str:
-        return "" if self.clock is None else str(int(self.clock() * 1000))
-
     def _now_us(self) -> str:
         return "" if self.clock is None else str(int(self.clock() * 1_000_000))
 
@@ -419,44 +514,93 @@ class RedisStore(StateStore):
         ttl: float,
         expires_at: float | None = None,
     ) -> ReserveResult:
-        key = (tenant, period_key)
+        result = await self.admit(
+            tenant,
+            period_key,
+            tokens,
+            limit,
+            reservation_id=reservation_id,
+            ttl=ttl,
+            expires_at=expires_at,
+        )
+        if result is None:
+            return self._reserve_locally((tenant, period_key), tokens, limit, reservation_id)
+        if result.stale:
+            return STALE
+        return ReserveResult(result.admitted, result.used, result.reserved)
+
+    async def admit(
+        self,
+        tenant: str,
+        period_key: str,
+        tokens: int,
+        limit: int,
+        *,
+        reservation_id: int,
+        ttl: float,
+        expires_at: float | None = None,
+        requests: _Bucket | None = None,
+        token_bucket: _Bucket | None = None,
+        units: float = 0.0,
+    ) -> Admitted | None:
+        """`reserve()` plus one request from the `requests` bucket and `units` from the
+        `token_bucket` (None: no such limit), in one round trip: all are taken or none is.
+
+        None: Redis is unreachable, nothing was taken (the caller falls back per the failure
+        policy). `stale`: the overrides changed, nothing was taken, the view is reloaded."""
         at = self._expire_at(period_key, expires_at)
-        if not self._down:
+        if self._down:
+            return None
+        keys = [
+            self._usage_key(tenant, period_key),
+            self._reservations_key(tenant, period_key),
+            self._version_key,
+        ]
+        args: list[str | int] = [
+            tokens,
+            limit,
+            f"{self._instance}:{reservation_id}:{tokens}",
+            max(1, int(ttl * 1000)),
+            at,
+            self._version,
+            self._now_us(),
+            DEFAULT_RETENTION,
+        ]
+        if requests is not None or token_bucket is not None:
+            keys.append(self.bucket_key(tenant, "req"))
+            keys.append(self.bucket_key(tenant, "tok"))
+            if requests is not None:
+                args += [repr(requests.interval * 1_000_000), requests.size]
+            else:
+                args += ["", 0]
+            if token_bucket is not None:
+                args += [repr(token_bucket.interval * 1_000_000), token_bucket.size, repr(units)]
+            else:
+                args += ["", 0, 0]
+        try:
+            reply = await self._admit(keys=keys, args=args)
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            return None
+        if int(reply[0]) < 0:  # overrides changed on another instance
             try:
-                reply = await self._reserve(
-                    keys=[
-                        self._usage_key(tenant, period_key),
-                        self._reservations_key(tenant, period_key),
-                        self._version_key,
-                    ],
-                    args=[
-                        tokens,
-                        limit,
-                        f"{self._instance}:{reservation_id}:{tokens}",
-                        max(1, int(ttl * 1000)),
-                        at,
-                        self._version,
-                        self._now_ms(),
-                        DEFAULT_RETENTION,
-                    ],
-                )
+                await self._load_overrides()
             except _UNAVAILABLE as exc:
                 self._lost(exc)
-            else:
-                code = int(reply[0])
-                if code < 0:  # overrides changed on another instance
-                    try:
-                        await self._load_overrides()
-                    except _UNAVAILABLE as exc:
-                        self._lost(exc)
-                    return STALE
-                used, reserved = int(reply[1]), int(reply[2])
-                if limit > 0:
-                    if len(self._last_seen) > 100_000:
-                        self._last_seen.clear()
-                    self._last_seen[key] = used + reserved
-                return ReserveResult(code == 1, used, reserved)
-        return self._reserve_locally(key, tokens, limit, reservation_id)
+            return _STALE_ADMISSION
+        admitted = int(reply[0]) == 1
+        used, reserved = int(reply[1]), int(reply[2])
+        if limit > 0:
+            if len(self._last_seen) > 100_000:
+                self._last_seen.clear()
+            self._last_seen[(tenant, period_key)] = used + reserved
+        return Admitted(
+            admitted,
+            used,
+            reserved,
+            _decision(requests, admitted, reply[3], reply[4], reply[5]),
+            _decision(token_bucket, admitted, reply[6], reply[7], reply[8]),
+        )
 
     def _reserve_locally(
         self, key: UsageKey, tokens: int, limit: int, reservation_id: int
@@ -501,33 +645,73 @@ class RedisStore(StateStore):
         *,
         reservation_id: int,
     ) -> None:
+        await self.settle(
+            tenant,
+            period_key,
+            reserved,
+            input_tokens,
+            output_tokens,
+            total_tokens,
+            reservation_id=reservation_id,
+        )
+
+    async def settle(
+        self,
+        tenant: str,
+        period_key: str,
+        reserved: int,
+        input_tokens: int,
+        output_tokens: int,
+        total_tokens: int,
+        *,
+        reservation_id: int,
+        token_bucket: _Bucket | None = None,
+        token_delta: float = 0.0,
+    ) -> bool:
+        """`commit()` plus a correction of `token_delta` tokens (> 0 charge, < 0 refund) to the
+        tenant's `token_bucket`, in one round trip. The usage is never lost (kept and reconciled
+        when Redis is unreachable); returns False when the bucket correction did not reach
+        Redis, so the caller can apply it to its local buckets."""
         key = (tenant, period_key)
         member = self._settle_local(key, reserved, reservation_id)
-        if member is None and not (input_tokens or output_tokens or total_tokens):
-            return
+        adjust = token_bucket is not None and token_delta != 0
+        has_usage = member is not None or bool(input_tokens or output_tokens or total_tokens)
+        if not has_usage and not adjust:
+            return True
         pending = _Pending(input_tokens, output_tokens, total_tokens, [member] if member else [])
         if not self._down:
             try:
-                await self._write(key, pending)
-                return
+                if token_bucket is not None and adjust:
+                    delta_us = repr(token_delta * token_bucket.interval * 1_000_000)
+                    await self._write(key, pending, self.bucket_key(tenant, "tok"), delta_us)
+                else:
+                    await self._write(key, pending)
+                return True
             except _UNAVAILABLE as exc:
                 self._lost(exc)
-        self._keep(key, pending)
+        if has_usage:
+            self._keep(key, pending)
+        return not adjust
 
     async def release(
         self, tenant: str, period_key: str, reserved: int, *, reservation_id: int
     ) -> None:
         await self.commit(tenant, period_key, reserved, 0, 0, 0, reservation_id=reservation_id)
 
-    async def _write(self, key: UsageKey, pending: _Pending) -> None:
+    async def _write(
+        self, key: UsageKey, pending: _Pending, bucket: str | None = None, delta_us: str = ""
+    ) -> None:
         tenant, period_key = key
         used = pending.input_tokens or pending.output_tokens or pending.total_tokens
+        keys = [
+            self._usage_key(tenant, period_key),
+            self._reservations_key(tenant, period_key),
+            self._tenants_key,
+        ]
+        if bucket is not None:
+            keys.append(bucket)
         seen = await self._commit(
-            keys=[
-                self._usage_key(tenant, period_key),
-                self._reservations_key(tenant, period_key),
-                self._tenants_key,
-            ],
+            keys=keys,
             args=[
                 pending.input_tokens,
                 pending.output_tokens,
@@ -535,8 +719,9 @@ class RedisStore(StateStore):
                 self._expire_at(period_key, None),
                 DEFAULT_RETENTION,
                 tenant if used else "",
-                self._now_ms(),
+                self._now_us(),
                 TENANT_RETENTION,
+                delta_us,
                 *pending.members,
             ],
         )
@@ -554,7 +739,7 @@ class RedisStore(StateStore):
         self._check_up()
         if not keys:
             return []
-        now = self._now_ms()
+        now = self._now_us()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for tenant, period_key in keys:
@@ -645,6 +830,18 @@ class RedisStore(StateStore):
 
     def rate_limiter(self, config: RateLimitConfig) -> RedisRateLimiter:
         return RedisRateLimiter(config, self)
+
+    def admission(self, limiter: RateLimiter | None, quota: QuotaManager | None) -> Admission:
+        """One round trip to admit a request and one to settle it, when both the rate limiter
+        and the quota manager keep their state here; else each limit in turn."""
+        if (
+            isinstance(limiter, RedisRateLimiter)
+            and limiter.store is self
+            and quota is not None
+            and quota.store is self
+        ):
+            return RedisAdmission(limiter, quota, self)
+        return Admission(limiter, quota)
 
     async def take(self, key: str, shape: _Bucket, units: float) -> RateDecision | None:
         """One GCRA step on a shared bucket; None when Redis is unreachable."""
@@ -761,6 +958,10 @@ class RedisRateLimiter(RateLimiter):
         if clock is not None:
             store.clock = clock
 
+    @property
+    def store(self) -> RedisStore:
+        return self._store
+
     async def take_request(self, tenant: str) -> RateDecision:
         shape = self._req_rules.get(tenant, self._req_default)
         if shape is None:
@@ -790,11 +991,137 @@ class RedisRateLimiter(RateLimiter):
         if await self._store.adjust(key, shape, float(used - estimate)):
             return
         if self._store.on_failure == "fail_open":
-            await super().settle_tokens(tenant, estimate, used)
+            self.settle_locally(tenant, estimate, used)
+
+    def settle_locally(self, tenant: str, estimate: int, used: int) -> None:
+        """Correct the in-memory bucket (Redis is unreachable)."""
+        if used > estimate:
+            self.add_tokens(tenant, used - estimate)
+        elif used < estimate:
+            self.refund_tokens(tenant, estimate - used)
 
     def _check_open(self) -> None:
         if self._store.on_failure != "fail_open":
             raise self._store.unavailable_error()
+
+
+class RedisAdmission(Admission):
+    """Admission with one round trip each way (see `aigw.admission`).
+
+    `admit` runs one script that checks the request bucket, the token bucket, the quota and the
+    overrides version together and takes all three or nothing: a request refused by any limit
+    spends no request slot, no tokens and no quota. It also means the request bucket is checked
+    after the body is read and the hooks ran (`take_request` takes nothing), unlike in-process
+    admission. `settle` runs one script that commits or releases the reservation and corrects
+    the token bucket.
+
+    While Redis is unreachable: `fail_closed` refuses with 503; `fail_open` admits with the
+    limiter's in-memory buckets and the store's local quota accounting, each in turn."""
+
+    __slots__ = ("_limiter", "store")
+
+    def __init__(self, limiter: RedisRateLimiter, quota: QuotaManager, store: RedisStore) -> None:
+        super().__init__(limiter, quota)
+        self._limiter = limiter
+        self.store = store
+
+    async def take_request(self, tenant: str) -> RateDecision:
+        return UNLIMITED  # taken with the rest, all or nothing, in `admit`
+
+    async def admit(
+        self, tenant: str, charge: Charge, requests: RateDecision, headers: dict[str, str]
+    ) -> None:
+        limiter, store = self._limiter, self.store
+        quota = self.quota
+        assert quota is not None  # the store hands out this class only with a quota manager
+        if not is_valid_tenant(tenant):
+            raise InvalidTenantName(tenant)
+        req_shape = limiter.request_bucket(tenant)
+        tok_shape = limiter.token_bucket(tenant)
+        estimate = charge.estimate
+        units = float(min(estimate, tok_shape.size)) if tok_shape is not None else 0.0
+        for _ in range(STALE_RETRIES):
+            limit, period, _ = quota.policy(tenant)
+            window = quota.window(period)
+            rid = quota.next_id()
+            held = estimate if limit > 0 else 0
+            result = await store.admit(
+                tenant,
+                window.key,
+                held,
+                limit,
+                reservation_id=rid,
+                ttl=quota.reservation_ttl,
+                expires_at=window.end,
+                requests=req_shape,
+                token_bucket=tok_shape,
+                units=units,
+            )
+            if result is None:
+                return await self._admit_locally(tenant, charge, headers)
+            if result.stale:  # another instance changed an override: resolve the limit again
+                continue
+            req, tok = result.requests, result.tokens
+            if not (req.allowed and tok.allowed):
+                raise limit_error(tenant, req, tok)
+            if req.limit or tok.limit:
+                headers.update(rate_headers(req, tok))
+            if not result.admitted:
+                raise quota.exceeded(tenant, limit, window, result.used, result.reserved, estimate)
+            if tok_shape is not None:
+                charge.limiter = limiter
+                charge.tokens_taken = int(units)
+            charge.reservation = Reservation(tenant, window.key, held, rid)
+            return
+        raise overrides_unsettled()
+
+    async def _admit_locally(self, tenant: str, charge: Charge, headers: dict[str, str]) -> None:
+        """Redis is unreachable: the outage policy of `RedisRateLimiter` and `RedisStore`."""
+        store, limiter, quota = self.store, self._limiter, self.quota
+        assert quota is not None
+        if store.on_failure != "fail_open":
+            raise store.unavailable_error()
+        requests = limiter.check_request(tenant)
+        if not requests.allowed:
+            raise limit_error(tenant, requests)
+        tokens = limiter.check_tokens(tenant, charge.estimate)
+        if not tokens.allowed:
+            raise limit_error(tenant, requests, tokens)
+        if requests.limit or tokens.limit:
+            headers.update(rate_headers(requests, tokens))
+        if tokens.limit:
+            charge.limiter = limiter
+            charge.tokens_taken = min(charge.estimate, tokens.limit)
+        charge.reservation = await quota.reserve(tenant, charge.estimate)
+
+    async def settle(self, tenant: str, charge: Charge, usage: Usage | None) -> None:
+        limiter = self._limiter
+        used = usage.total_tokens if usage is not None else 0
+        taken = charge.tokens_taken  # what the bucket gave, which may be less than the estimate
+        shape = None
+        if charge.limiter is not None and used != taken:
+            shape = limiter.token_bucket(tenant)
+        delta = float(used - taken)
+        reservation = charge.reservation
+        if reservation is not None and not reservation.done:
+            reservation.done = True
+            # Without usage the request failed before using anything: a release.
+            counted = (0, 0, 0) if usage is None else charged_tokens(reservation, usage)
+            adjusted = await self.store.settle(
+                tenant,
+                reservation.period_key,
+                reservation.tokens,
+                *counted,
+                reservation_id=reservation.id,
+                token_bucket=shape,
+                token_delta=delta,
+            )
+        elif shape is not None:
+            adjusted = await self.store.adjust(self.store.bucket_key(tenant, "tok"), shape, delta)
+        else:
+            return
+        if not adjusted and self.store.on_failure == "fail_open":
+            limiter.settle_locally(tenant, taken, used)
 
 
 def _describe(exc: BaseException) -> str:
@@ -802,4 +1129,4 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-__all__ = ["RedisRateLimiter", "RedisStore", "redacted_url"]
+__all__ = ["Admitted", "RedisAdmission", "RedisRateLimiter", "RedisStore", "redacted_url"]
