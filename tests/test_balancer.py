@@ -37,6 +37,7 @@ from aigw.config import (
     Secret,
     TargetConfig,
 )
+from tests.clock import FakeClock
 
 HEALTH = HealthConfig(
     error_rate_threshold=0.5,
@@ -46,17 +47,6 @@ HEALTH = HealthConfig(
     max_cooldown=300.0,
     check_interval=0.0,
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def model(

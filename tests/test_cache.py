@@ -22,15 +22,7 @@ from aigw.cache import (
     replay_as_sse,
 )
 from aigw.hooks.base import Usage
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.clock import FakeClock
 
 CHAT = {
     "model": "gpt-4o-mini",

@@ -16,19 +16,12 @@ import pytest
 from aigw.cache import ResponseCache
 from aigw.config import AuthConfig, AuthKey, CacheConfig, QuotaConfig, RateLimitConfig, Secret
 from aigw.ratelimit import RateLimiter
+from tests.clock import FakeClock
 from tests.conftest import RunningGateway, make_config
 from tests.upstream import WORDS, Upstream
 
 ANSWER = " ".join(WORDS)
 USAGE = {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)}
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def chat(content: str = "hello there", **extra: Any) -> dict[str, Any]:

@@ -28,16 +28,9 @@ from typer.testing import CliRunner
 from aigw.balancer import Balancers
 from aigw.cli import lb
 from aigw.config import HealthConfig, ModelConfig, TargetConfig
+from tests.clock import FakeClock
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_snapshot(uptime: float = 3725.0, extra_requests: int = 0) -> dict[str, Any]:

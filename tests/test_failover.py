@@ -23,22 +23,12 @@ from multidict import CIMultiDict
 from aigw.admin_client import AdminClient
 from aigw.balancer import Balancers, TargetStats
 from aigw.config import Config, HealthConfig, ModelConfig, TargetConfig
+from tests.clock import FakeClock
 from tests.conftest import RunningGateway, make_config
 from tests.upstream import WORDS, Upstream
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 TEXT = " ".join(WORDS)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def health(**overrides: Any) -> HealthConfig:

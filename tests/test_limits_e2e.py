@@ -14,6 +14,7 @@ import pytest
 
 from aigw.config import AuthConfig, AuthKey, QuotaConfig, RateLimitConfig, RateLimitRule, Secret
 from aigw.ratelimit import RateLimiter
+from tests.clock import FakeClock as Clock
 from tests.conftest import make_config
 from tests.upstream import WORDS, Upstream
 
@@ -21,17 +22,6 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 BODY = {"model": "gpt-test", "messages": MESSAGES, "max_tokens": 100}
 ESTIMATE = 3 + 4 + 1 + 100  # what the gateway charges up front for BODY
 USED = 7 + len(WORDS)  # what the upstream reports for it
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Reply:

@@ -25,6 +25,7 @@ from aigw.quota import (
     validate_tenant,
 )
 from aigw.state import StateStore, open_store
+from tests.clock import FakeClock as Clock
 
 STORES = ["memory", "sqlite", "redis"]
 
@@ -36,14 +37,6 @@ def ts(text: str) -> float:
 
 def iso_utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 Factory = Callable[..., Awaitable[QuotaManager]]

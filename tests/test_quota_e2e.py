@@ -28,6 +28,7 @@ from aigw.config import QuotaConfig, StateConfig
 from aigw.hooks.base import Usage
 from aigw.quota import QuotaManager, QuotaStatus
 from aigw.state import open_store
+from tests.clock import FakeClock as Clock
 from tests.conftest import Daemon, cli_env, make_config
 from tests.upstream import WORDS, Upstream
 
@@ -160,14 +161,6 @@ async def test_200_concurrent_requests_never_pass_the_quota(
 
 
 # --- acceptance 1 through the gateway: the next reset in a non-UTC zone --------------------------
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ts(text: str) -> float:

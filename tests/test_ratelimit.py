@@ -16,17 +16,7 @@ from aigw.ratelimit import (
     headers,
     limit_error,
 )
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.clock import FakeClock as Clock
 
 
 def limiter(clock: Clock, max_idle: float = 60.0, **kwargs: object) -> RateLimiter:

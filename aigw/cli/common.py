@@ -36,3 +36,18 @@ JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 def env_admin_socket() -> str | None:
     return os.environ.get("AIGW_ADMIN_SOCKET") or None
+
+
+def format_uptime(seconds: float) -> str:
+    """`3d 4h`, `2h 05m`, `7m 09s`, `42s`: how long something has been running."""
+    s = int(max(seconds, 0))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {s:02d}s"
+    return f"{s}s"

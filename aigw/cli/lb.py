@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from aigw.cli.common import AdminSocketOption, ConfigOption, JsonOption, fail
+from aigw.cli.common import AdminSocketOption, ConfigOption, JsonOption, fail, format_uptime
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -62,24 +62,10 @@ def _latency(value: Any) -> str:
     return f"{value:.1f}s"
 
 
-def _duration(seconds: float) -> str:
-    s = int(max(seconds, 0))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {s:02d}s"
-    return f"{s}s"
-
-
 def _probe(value: Any) -> str:
     if not isinstance(value, int | float):
         return "-"
-    return "now" if value <= 0 else "in " + _duration(value + 0.999)
+    return "now" if value <= 0 else "in " + format_uptime(value + 0.999)
 
 
 def _percent(value: Any) -> str:
@@ -181,7 +167,7 @@ def lb_header(snapshot: dict[str, Any], previous: dict[str, Any] | None, interva
     else:
         rate = f"{_rate(total)} req/s over {_elapsed(snapshot, previous, interval):.1f}s"
     return (
-        f"aigw lb · uptime {_duration(_num(snapshot.get('uptime')))} · {rate}"
+        f"aigw lb · uptime {format_uptime(_num(snapshot.get('uptime')))} · {rate}"
         f" · healthy {healthy}/{len(targets)}"
     )
 

@@ -19,6 +19,7 @@ from aigw.cli.common import (
     console,
     env_admin_socket,
     fail,
+    format_uptime,
 )
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -129,7 +130,7 @@ def status(
     table.add_column()
     table.add_row("pid", str(data["pid"]))
     table.add_row("version", data["version"])
-    table.add_row("uptime", _duration(data["uptime"]))
+    table.add_row("uptime", format_uptime(data["uptime"]))
     table.add_row("config", data["config"])
     table.add_row("listen", data["listen"] + "/v1")
     table.add_row("admin socket", data["admin_socket"])
@@ -140,17 +141,3 @@ def status(
         table.add_row("workers", f"{len(workers)} (pids {pids})")
     table.add_row("models", ", ".join(data["models"]) or "-")
     console.print(table)
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}d {h}h {m}m"
-    if h:
-        return f"{h}h {m}m {s}s"
-    if m:
-        return f"{m}m {s}s"
-    return f"{s}s"
