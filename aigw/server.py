@@ -215,13 +215,7 @@ class Gateway:
         except OSError as exc:
             await runner.cleanup()
             await self._close_long_lived()
-            if exc.errno == errno.EADDRINUSE:
-                raise StartupError(
-                    f"port {server.port} on {server.host} is already in use"
-                ) from None
-            raise StartupError(
-                f"cannot listen on {server.host}:{server.port}: {exc.strerror}"
-            ) from None
+            raise listen_error(exc, server.host, server.port) from None
         self.bound_port = sock.getsockname()[1]
         self.listen_address = f"{server.host}:{self.bound_port}"
         await web.SockSite(runner, sock).start()
@@ -466,6 +460,13 @@ def _bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socke
         sock.close()
         raise
     return sock
+
+
+def listen_error(exc: OSError, host: str, port: int) -> StartupError:
+    """The one-line start-up error for a TCP port that cannot be bound."""
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(f"port {port} on {host} is already in use")
+    return StartupError(f"cannot listen on {host}:{port}: {exc.strerror}")
 
 
 def claim_admin_socket(path: Path) -> None:

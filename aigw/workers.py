@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, we
 from aigw import __version__
 from aigw.config import Config
 from aigw.paths import default_admin_socket
-from aigw.server import StartupError, claim_admin_socket
+from aigw.server import StartupError, claim_admin_socket, listen_error
 
 log = logging.getLogger("aigw")
 
@@ -145,13 +144,7 @@ class Supervisor:
             sock.bind((server.host, server.port))
         except OSError as exc:
             sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise StartupError(
-                    f"port {server.port} on {server.host} is already in use"
-                ) from None
-            raise StartupError(
-                f"cannot listen on {server.host}:{server.port}: {exc.strerror}"
-            ) from None
+            raise listen_error(exc, server.host, server.port) from None
         # Bound but never listening: it holds the port and receives no connections.
         self._placeholder = sock
         self.port = sock.getsockname()[1]
