@@ -37,6 +37,7 @@ import platformdirs
 from aigw.config import SIZE_HINT, parse_size
 from aigw.errors import GatewayError
 from aigw.hooks.base import Hook, RequestContext, ResponseInfo, Usage
+from aigw.hooks.texts import answer_texts, request_texts
 from aigw.paths import APP
 from aigw.redact import redact
 
@@ -372,58 +373,17 @@ def _identity(text: str) -> str:
     return text
 
 
-def _content_text(content: object, out: list[str]) -> None:
-    if isinstance(content, str):
-        out.append(content)
-    elif isinstance(content, list):
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                out.append(part["text"])
-
-
 def prompt_text(endpoint: str, body: dict[str, Any]) -> str:
-    """The prompt text of a request: every message's text, a completion prompt, embedding
-    inputs (token arrays are skipped), joined by newlines."""
-    out: list[str] = []
-    if endpoint == "chat/completions":
-        messages = body.get("messages")
-        if isinstance(messages, list):
-            for msg in messages:
-                if isinstance(msg, dict):
-                    _content_text(msg.get("content"), out)
-    else:
-        value = body.get("prompt" if endpoint == "completions" else "input")
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, list):
-            out.extend(v for v in value if isinstance(v, str))
-    return "\n".join(out)
+    """The prompt text of a request, joined by newlines (see aigw.hooks.texts)."""
+    return "\n".join(request_texts(endpoint, body))
 
 
 def answer_text(endpoint: str, body: bytes) -> str | None:
-    """The answer text of a non-streamed answer: message content and tool-call arguments, or
-    completion text. None for embeddings (vectors are not text)."""
+    """The text of a non-streamed answer, joined by newlines; a body that is not JSON is
+    logged as it came. None for embeddings (vectors are not text)."""
     if endpoint == "embeddings":
         return None
-    try:
-        data = json.loads(body)
-    except ValueError:
+    texts = answer_texts(body)
+    if texts is None:
         return body.decode("utf-8", "replace")
-    if not isinstance(data, dict):
-        return None
-    out: list[str] = []
-    choices = data.get("choices")
-    for choice in choices if isinstance(choices, list) else ():
-        if not isinstance(choice, dict):
-            continue
-        if isinstance(choice.get("text"), str):
-            out.append(choice["text"])
-        message = choice.get("message")
-        if isinstance(message, dict):
-            _content_text(message.get("content"), out)
-            calls = message.get("tool_calls")
-            for call in calls if isinstance(calls, list) else ():
-                fn = call.get("function") if isinstance(call, dict) else None
-                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                    out.append(fn["arguments"])
-    return "\n".join(out)
+    return "\n".join(texts)
