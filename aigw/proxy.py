@@ -557,10 +557,6 @@ class Proxy:
                 failure = UpstreamError("The upstream closed the stream before it finished")
         except GatewayError as err:
             failure = err
-        except Exception:  # our bug, not the target's: end the stream with an error event
-            log.exception("stream %s failed", ctx.request_id)
-            failure = GatewayError("The gateway failed while streaming this answer.")
-            failure.client_fault = True  # keeps the target's record clean
         except (ConnectionError, asyncio.CancelledError) as exc:
             # The client went away: stop the upstream, still record what was produced.
             resp.close()
@@ -573,6 +569,10 @@ class Proxy:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return out
+        except Exception:  # our bug, not the target's: end the stream with an error event
+            log.exception("stream %s failed", ctx.request_id)
+            failure = GatewayError("The gateway failed while streaming this answer.")
+            failure.client_fault = True  # keeps the target's record clean
         finally:
             await chunks.aclose()
             resp.close()

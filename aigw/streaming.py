@@ -19,6 +19,8 @@ _DECODER = json.JSONDecoder()  # raw_decode: parse one value out of a longer tex
 # When the client did not ask for usage, OpenAI sends no usage key at all; upstream we asked for
 # it, so every chunk carries `"usage": null`, which is cut out again (cheap bytes.replace).
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
+_KEY_LEN = len(_USAGE_KEY)
+_NULL_AFTER = (b":null", b": null")
 # A choice's real finish reason (content chunks carry `"finish_reason":null`).
 _FINISH = (b'"finish_reason":"', b'"finish_reason": "')
 
@@ -70,8 +72,13 @@ class StreamTap:
         self.chunks += events
         if not self.finished and (_FINISH[0] in complete or _FINISH[1] in complete):
             self.finished = True
-        if _USAGE_KEY in complete:
-            complete = self._pick_usage(complete)
+        keys = complete.count(_USAGE_KEY)
+        if keys:
+            nulls = complete.count(_NULL_USAGE[0]) + complete.count(_NULL_USAGE[1])
+            if nulls < keys:  # a real usage object is in there: parse just that event
+                complete = self._pick_usage(complete)
+            elif self.strip_usage:  # only `"usage": null` fields: cut them in one pass
+                complete = complete.replace(_NULL_USAGE[0], b"").replace(_NULL_USAGE[1], b"")
         if b"data: [DONE]" in complete:
             self.done = True
         if self.events is not None:
@@ -86,32 +93,43 @@ class StreamTap:
         return b""
 
     def _pick_usage(self, complete: bytes) -> bytes:
-        out: list[bytes] = []
-        changed = False
-        for event in complete.split(_SEP):
-            if not event:
+        """Take the usage out of the events that carry a real usage object (usually one, the
+        last), found with bytes.find; every other event at most loses its `"usage": null`."""
+        find = complete.find
+        pos = 0
+        while True:
+            idx = find(_USAGE_KEY, pos)
+            if idx < 0:
+                break
+            after = complete[idx + _KEY_LEN : idx + _KEY_LEN + 7]
+            if after.startswith(_NULL_AFTER):
+                pos = idx + _KEY_LEN
                 continue
-            if _USAGE_KEY in event and not any(n in event for n in _NULL_USAGE):
-                data = _event_json(event)
-                if data is not None:
-                    usage = Usage.from_json(data.get("usage"))
-                    if usage is not None:
-                        self.usage = usage
-                        if self.strip_usage:
-                            changed = True
-                            if not data.get("choices"):
-                                continue  # the usage-only chunk the client did not ask for
-                            data.pop("usage", None)
-                            event = b"data: " + json.dumps(data).encode()
-            elif self.strip_usage:
-                for null in _NULL_USAGE:
-                    if null in event:
-                        event = event.replace(null, b"")
-                        changed = True
-            out.append(event)
-        if not changed:
-            return complete
-        return b"".join(e + _SEP for e in out)
+            start = complete.rfind(_SEP, 0, idx)
+            start = 0 if start < 0 else start + 2
+            end = find(_SEP, idx)
+            end = len(complete) if end < 0 else end + 2
+            replacement = self._usage_event(complete[start:end])
+            complete = complete[:start] + replacement + complete[end:]
+            find = complete.find
+            pos = start + len(replacement)
+        if self.strip_usage:
+            complete = complete.replace(_NULL_USAGE[0], b"").replace(_NULL_USAGE[1], b"")
+        return complete
+
+    def _usage_event(self, event: bytes) -> bytes:
+        """Record the usage of one event; return what the client gets of it (maybe nothing)."""
+        data = _event_json(event)
+        usage = Usage.from_json(data.get("usage")) if data is not None else None
+        if data is None or usage is None:
+            return event
+        self.usage = usage
+        if not self.strip_usage:
+            return event
+        if not data.get("choices"):
+            return b""  # the usage-only chunk the client did not ask for
+        data.pop("usage", None)
+        return b"data: " + jsonutil.dumps(data) + _SEP
 
 
 def _role_only(complete: bytes) -> int:
