@@ -117,11 +117,6 @@ class RateLimiter:
                 kept[tenant] = min(tat, now + shape.span)
         return kept
 
-    @staticmethod
-    def headers(requests: RateDecision, tokens: RateDecision | None = None) -> dict[str, str]:
-        """Same as the module's `headers()`."""
-        return headers(requests, tokens)
-
     @property
     def config(self) -> RateLimitConfig:
         return self._config

@@ -128,7 +128,7 @@ def test_headers_and_limit_error() -> None:
     rl = limiter(clock, requests_per_second=10, burst=20, tokens_per_minute=6000)
     req = rl.check_request("a")
     tok = rl.check_tokens("a", 1000)
-    h = rl.headers(req, tok)
+    h = headers(req, tok)
     assert h == {
         "x-ratelimit-limit-requests": "20",
         "x-ratelimit-remaining-requests": "19",
