@@ -190,12 +190,19 @@ async def test_concurrent_reservations_never_overshoot(store: StateStore) -> Non
     assert await _usage(store, "a", "p1") == UsageCounters(0, 0, 10_000, 10_000)
 
 
-async def test_flush_and_close_are_idempotent(store: StateStore) -> None:
+async def test_flush_and_close_are_idempotent(
+    opener: Opener, request: pytest.FixtureRequest
+) -> None:
+    store = await opener()
     await store.add_usage("a", "p1", 1, 1, 2)
     await store.flush()
-    await store.flush()
+    await store.flush()  # a second flush must not write the same usage again
+    assert (await _usage(store, "a", "p1")).total_tokens == 2
     await store.close()
     await store.close()
+    if request.node.callspec.params["opener"] != "memory":  # persistent: count it once on disk
+        reopened = await opener()
+        assert (await _usage(reopened, "a", "p1")).total_tokens == 2
 
 
 # --- memory bounds ----------------------------------------------------------------------------

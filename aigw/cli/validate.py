@@ -77,18 +77,9 @@ def _print_problems(problems: list[ConfigProblem], as_json: bool) -> None:
     err_console.print(f"[red]invalid config:[/red] {count}", highlight=False)
 
 
-def request_endpoint(body: dict[str, Any]) -> str:
-    """The endpoint a body is meant for, judged by its fields."""
-    if "input" in body:
-        return "embeddings"
-    if "prompt" in body:
-        return "completions"
-    return "chat/completions"
-
-
 def _check_request(file: Path, config: Config, as_json: bool) -> None:
     from aigw.errors import GatewayError
-    from aigw.hooks.validation import validate_request
+    from aigw.hooks.validation import endpoint_for_body, validate_request
 
     try:
         body = json.loads(file.read_bytes())
@@ -98,7 +89,7 @@ def _check_request(file: Path, config: Config, as_json: bool) -> None:
         fail(f"{file}: invalid JSON: {exc}")
     if not isinstance(body, dict):
         fail(f"{file}: a request body must be a JSON object")
-    endpoint = request_endpoint(body)
+    endpoint = endpoint_for_body(body)  # the one guess the daemon's validator also uses
     try:
         validate_request(endpoint, body, config.models.keys())
     except GatewayError as exc:
