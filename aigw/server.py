@@ -32,7 +32,7 @@ from aigw.hooks import build_hooks
 from aigw.hooks.base import Hook, RequestContext
 from aigw.paths import default_admin_socket
 from aigw.providers import Provider, build_provider
-from aigw.proxy import Authenticator, Proxy, not_found_handler
+from aigw.proxy import Authenticator, Proxy
 
 if TYPE_CHECKING:
     from aigw.cache import ResponseCache
@@ -103,7 +103,7 @@ class Gateway:
         self.metrics: Metrics | None = None
         self.runtime: Runtime = self._build_runtime(config, None, None)
         self.access_logging = config.server.access_log
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
         self._retired: list[tuple[list[Provider], list[Hook]]] = []  # replaced by a reload
@@ -202,12 +202,8 @@ class Gateway:
         for provider in self.runtime.providers.values():
             await provider.start()
         server = self.config.server
-        app = self.build_proxy_app()
-        runner = web.AppRunner(
-            app,
-            handler_cancellation=True,
-            shutdown_timeout=server.shutdown_timeout,
-            access_log=None,
+        runner = web.ServerRunner(
+            self.build_proxy_server(), shutdown_timeout=server.shutdown_timeout
         )
         await runner.setup()
         try:
@@ -232,13 +228,25 @@ class Gateway:
             ) from None
         self._tasks.append(asyncio.create_task(self._probe_loop(), name="aigw-probes"))
 
-    def build_proxy_app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.config.server.max_body_size,
-            middlewares=[_not_found_middleware],
+    def build_proxy_server(self) -> web.Server:
+        """aiohttp's low-level server: no Application, router or middleware on the hot path
+        (the proxy routes by exact path itself)."""
+        max_body = self.config.server.max_body_size
+        loop = asyncio.get_running_loop()
+
+        def make_request(
+            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+        ) -> web.BaseRequest:
+            return web.BaseRequest(
+                message, payload, protocol, writer, task, loop, client_max_size=max_body
+            )
+
+        return web.Server(
+            Proxy(self).handle,
+            request_factory=make_request,
+            handler_cancellation=True,
+            access_log=None,
         )
-        Proxy(self).add_routes(app)
-        return app
 
     async def _start_admin(self) -> None:
         from aigw.admin import build_admin_app
@@ -414,7 +422,7 @@ class Gateway:
         if self.cache is not None:
             self.metrics.cache_size(self.cache.entries, self.cache.bytes)
 
-    def access_log(self, ctx: RequestContext, request: web.Request) -> None:
+    def access_log(self, ctx: RequestContext, request: web.BaseRequest) -> None:
         if not self.access_logging:
             return
         usage = ctx.usage
@@ -492,22 +500,6 @@ def _socket_alive(path: Path) -> bool:
         except OSError:
             return False
         return True
-
-
-@web.middleware
-async def _not_found_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-    except web.HTTPNotFound:
-        return await not_found_handler(request)
-    except web.HTTPMethodNotAllowed:
-        from aigw.errors import InvalidRequestError
-        from aigw.proxy import _error, _request_id
-
-        err = InvalidRequestError(f"Method {request.method} is not allowed on {request.path}")
-        err.status = 405
-        return _error(err, _request_id())
-    return response
 
 
 # --- running in the foreground ---------------------------------------------------------------

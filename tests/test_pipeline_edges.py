@@ -234,3 +234,30 @@ async def test_an_absurd_upstream_usage_is_ignored_not_a_crash(
         assert status == 200
         used, reserved = await quota_used(gw)
         assert reserved == 0 and used > 0  # charged the worst case, never credited
+
+
+async def test_routing_unknown_paths_wrong_methods_and_model_names_with_slashes(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    config = make_config({"up": upstream.url}, sock=sock_dir, model="org/gpt-test")
+    gw = await start_gateway(config)
+    base = gw.v1.removesuffix("/v1")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base + "/v1/nope") as r:
+            assert r.status == 404
+            body = await r.json()
+            assert body["error"]["type"] == "invalid_request_error"
+            assert "GET /v1/nope" in body["error"]["message"]
+            assert r.headers["x-request-id"].startswith("req_")
+        async with s.get(gw.v1 + "/chat/completions") as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST"
+            assert "not allowed" in (await r.json())["error"]["message"]
+        async with s.post(gw.v1 + "/models", json={}) as r:
+            assert r.status == 405 and r.headers["Allow"] == "GET"
+        async with s.head(base + "/healthz") as r:
+            assert r.status == 200
+        async with s.get(gw.v1 + "/models/org/gpt-test") as r:
+            assert r.status == 200 and (await r.json())["id"] == "org/gpt-test"
+        async with s.get(gw.v1 + "/models/") as r:
+            assert r.status == 404
+    assert upstream.requests == []
