@@ -7,7 +7,6 @@ parsed as JSON; every other chunk is passed through as bytes.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aigw import jsonutil
@@ -15,7 +14,6 @@ from aigw.hooks.base import Usage
 
 _SEP = b"\n\n"
 _USAGE_KEY = b'"usage"'
-_DECODER = json.JSONDecoder()  # raw_decode: parse one value out of a longer text
 # When the client did not ask for usage, OpenAI sends no usage key at all; upstream we asked for
 # it, so every chunk carries `"usage": null`, which is cut out again (cheap bytes.replace).
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
@@ -160,14 +158,16 @@ def _event_json(event: bytes) -> dict[str, Any] | None:
 
 def usage_from_body(body: bytes) -> Usage | None:
     """Usage of a non-streamed answer without parsing the whole (maybe large) body: OpenAI puts
-    `usage` last, so parse only from its last key occurrence; fall back to a full parse."""
+    `usage` last, so its value runs from the last `"usage":` to the object's closing brace;
+    anything else (another key after it, a look-alike in a string) falls back to a full parse."""
     idx = body.rfind(_USAGE_KEY)
     if idx > 0 and body[idx - 1 : idx] != b"\\":
-        colon = body.find(b":", idx + len(_USAGE_KEY))
-        if colon > 0:
+        colon = body.find(b":", idx + _KEY_LEN)
+        end = body.rfind(b"}")
+        if 0 < colon < end:
             try:
-                value, _ = _DECODER.raw_decode(body[colon + 1 :].decode().lstrip())
-            except (ValueError, UnicodeDecodeError):
+                value = jsonutil.loads(body[colon + 1 : end])
+            except ValueError:
                 value = None
             usage = Usage.from_json(value)
             if usage is not None:

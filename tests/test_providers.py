@@ -103,3 +103,54 @@ def test_env_proxy_resolved_once_per_provider(monkeypatch: pytest.MonkeyPatch) -
     assert _env_proxy("https://api.openai.com/v1") == "http://proxy.internal:3128"
     assert _env_proxy("http://127.0.0.1:11434/v1") is None
     assert _env_proxy("http://example.com/v1") is None  # no HTTP_PROXY set
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # usage last (OpenAI's order): read from its own slice
+        (
+            b'{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,'
+            b'"total_tokens":7}}',
+            (3, 4, 7),
+        ),
+        # nested details, spaces and a newline before the closing brace
+        (
+            b'{"usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3,'
+            b' "prompt_tokens_details": {"cached_tokens": 0}}\n}\n',
+            (2, 1, 3),
+        ),
+        # another key after usage: the full parse finds it
+        (
+            b'{"usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11},'
+            b'"system_fingerprint":"fp"}',
+            (5, 6, 11),
+        ),
+        # a look-alike inside the answer's text (escaped quotes) is never taken for the key
+        (
+            b'{"choices":[{"message":{"content":"say \\"usage\\": {\\"prompt_tokens\\": 9}"}}],'
+            b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}',
+            (1, 1, 2),
+        ),
+        # "usage" as a string value after the real key
+        (
+            b'{"usage":{"prompt_tokens":4,"completion_tokens":0,"total_tokens":4},'
+            b'"choices":[{"message":{"content":"usage"}}]}',
+            (4, 0, 4),
+        ),
+        (b'{"choices":[]}', None),
+        (b'{"usage":null}', None),
+        (b'{"usage":{"prompt_tokens":-1,"completion_tokens":1}}', None),
+        (b"not json", None),
+    ],
+)
+def test_usage_from_body(body: bytes, expected: tuple[int, int, int] | None) -> None:
+    from aigw.streaming import usage_from_body
+
+    usage = usage_from_body(body)
+    got = (
+        None
+        if usage is None
+        else (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+    )
+    assert got == expected
