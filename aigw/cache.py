@@ -61,6 +61,24 @@ def cache_key(tenant: str, endpoint: str, body: dict[str, Any]) -> bytes | None:
     return hashlib.blake2b(text, digest_size=32).digest()
 
 
+def bytes_key(tenant: str, endpoint: str, raw: bytes) -> tuple[str, str, bytes]:
+    """The key of a request's exact bytes (see `Alias`)."""
+    return (tenant, endpoint, hashlib.blake2b(raw, digest_size=32).digest())
+
+
+@dataclass(slots=True, frozen=True)
+class Alias:
+    """What the full path learnt about one exact request body: its entry's key and how its
+    answer is delivered, so the same bytes can be answered without parsing them again. Valid
+    only under the runtime (`generation`) whose hooks passed those bytes."""
+
+    key: bytes
+    model: str
+    stream: bool
+    wants_usage: bool
+    generation: int
+
+
 @dataclass(slots=True)
 class CachedResponse:
     """One stored answer: always the non-streamed OpenAI JSON body."""
@@ -126,6 +144,7 @@ class ResponseCache:
     """
 
     __slots__ = (
+        "_aliases",
         "_clock",
         "_data",
         "bytes",
@@ -154,6 +173,9 @@ class ResponseCache:
         self.ttl = ttl
         self._clock = clock
         self._data: OrderedDict[bytes, CachedResponse] = OrderedDict()
+        # Exact bytes → Alias, at most max_entries (LRU): small fixed-size records, not counted
+        # in the byte budget.
+        self._aliases: OrderedDict[tuple[str, str, bytes], Alias] = OrderedDict()
         self.entries = 0
         self.bytes = 0
         self.hits = 0
@@ -167,21 +189,48 @@ class ResponseCache:
     def get(self, key: bytes, max_age: float | None = None) -> CachedResponse | None:
         """The fresh entry for `key`, or None (a miss). `max_age` narrows freshness for this
         lookup only; an entry too old for it stays for other requests."""
-        entry = self._data.get(key)
+        entry = self._fresh(key, max_age)
         if entry is None:
             self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def get_by_bytes(
+        self, raw_key: tuple[str, str, bytes], generation: int, max_age: float | None = None
+    ) -> tuple[CachedResponse, Alias] | None:
+        """The fresh entry a request with these exact bytes was answered from, with what the
+        full path learnt about them; None (not counted as a miss: the full path looks next)."""
+        alias = self._aliases.get(raw_key)
+        if alias is None or alias.generation != generation:
+            return None
+        entry = self._fresh(alias.key, max_age)
+        if entry is None:
+            return None
+        self._aliases.move_to_end(raw_key)
+        self.hits += 1
+        return entry, alias
+
+    def learn(self, raw_key: tuple[str, str, bytes], alias: Alias) -> None:
+        """Remember which entry these exact bytes map to (used once the entry exists)."""
+        aliases = self._aliases
+        aliases[raw_key] = alias
+        aliases.move_to_end(raw_key)
+        if len(aliases) > self.max_entries:
+            aliases.popitem(last=False)
+
+    def _fresh(self, key: bytes, max_age: float | None) -> CachedResponse | None:
+        entry = self._data.get(key)
+        if entry is None:
             return None
         age = self._clock() - entry.created
         if age >= self.ttl:
             self._remove(key, entry)
             self.expirations += 1
-            self.misses += 1
             return None
         if max_age is not None and age > max_age:
-            self.misses += 1
             return None
         self._data.move_to_end(key)
-        self.hits += 1
         return entry
 
     def put(self, key: bytes, response: CachedResponse) -> int:
@@ -216,6 +265,7 @@ class ResponseCache:
 
     def clear(self) -> None:
         self._data.clear()
+        self._aliases.clear()
         self.entries = 0
         self.bytes = 0
 

@@ -20,9 +20,12 @@ from aiohttp import web
 
 from aigw import jsonutil
 from aigw.cache import (
+    Alias,
+    CacheDirectives,
     CachedResponse,
     ResponseCache,
     assemble_stream,
+    bytes_key,
     cache_key,
     parse_cache_control,
     replay_as_sse,
@@ -220,6 +223,20 @@ class Proxy:
             if req_decision.limit:
                 headers.update(rate_headers(req_decision))
             raw = await _read_body(request, rt.config.server.max_body_size)
+            cache = gw.cache
+            if cache is not None:
+                directives = parse_cache_control(request.headers.get("Cache-Control"))
+                raw_key = bytes_key(ctx.tenant, endpoint, raw)
+                if rt.cache_by_bytes and not directives.no_cache:
+                    # Bytes answered before: no parse, hooks, quota or canonical key.
+                    found = cache.get_by_bytes(raw_key, rt.generation, directives.max_age)
+                    if found is not None:
+                        entry, alias = found
+                        ctx.model, ctx.stream = alias.model, alias.stream
+                        ctx.client_wants_usage = alias.wants_usage
+                        if rt.after_hooks:
+                            ctx.body = _parse_body(raw)
+                        return await self._serve_cached(request, ctx, rt, entry, headers, charge)
             ctx.body = _parse_body(raw)
             model = ctx.body.get("model")
             ctx.model = model if isinstance(model, str) else ""
@@ -235,16 +252,15 @@ class Proxy:
                 ctx.client_wants_usage = (
                     isinstance(opts, dict) and opts.get("include_usage") is True
                 )
+            if cache is not None:
+                hit = self._cache_lookup(ctx, cache, charge, directives, raw_key, rt)
+                if hit is not None:
+                    return await self._serve_cached(request, ctx, rt, hit, headers, charge)
+                ctx.cache = headers["x-aigw-cache"] = "miss"
             quota = gw.quota
             if quota is not None:
                 charge.estimate = quota.estimate_tokens(endpoint, body)
             await admission.admit(ctx.tenant, charge, req_decision, headers)
-            cache = gw.cache
-            if cache is not None:
-                hit = self._cache_lookup(request, ctx, cache, charge)
-                if hit is not None:
-                    return await self._serve_cached(request, ctx, rt, hit, headers, charge)
-                ctx.cache = headers["x-aigw-cache"] = "miss"
             return await self._forward(request, ctx, rt, raw, headers, charge)
         except GatewayError as err:
             return await self._fail(request, ctx, rt, charge, headers, err)
@@ -308,18 +324,26 @@ class Proxy:
     # --- cache -----------------------------------------------------------------------------------
 
     def _cache_lookup(
-        self, request: web.BaseRequest, ctx: RequestContext, cache: ResponseCache, charge: Charge
+        self,
+        ctx: RequestContext,
+        cache: ResponseCache,
+        charge: Charge,
+        directives: CacheDirectives,
+        raw_key: tuple[str, str, bytes],
+        rt: Runtime,
     ) -> CachedResponse | None:
-        directives = parse_cache_control(request.headers.get("Cache-Control"))
         key = cache_key(ctx.tenant, ctx.endpoint, ctx.body)
         if key is None:
             return None
         charge.cache = cache
         charge.cache_key = None if directives.no_store else key
+        if rt.cache_by_bytes:
+            alias = Alias(key, ctx.model, ctx.stream, ctx.client_wants_usage, rt.generation)
+            cache.learn(raw_key, alias)
         hit = None if directives.no_cache else cache.get(key, directives.max_age)
         metrics = self.gw.metrics
-        if metrics is not None:
-            metrics.cache_event("hit" if hit is not None else "miss")
+        if metrics is not None and hit is None:
+            metrics.cache_event("miss")
         return hit
 
     async def _serve_cached(
@@ -331,8 +355,9 @@ class Proxy:
         headers: dict[str, str],
         charge: Charge,
     ) -> web.StreamResponse:
-        """Replay a stored answer: no upstream call, zero quota tokens."""
+        """Replay a stored answer: no upstream call, zero quota tokens (only a request slot)."""
         charge.cache_key = None  # nothing to store again
+        await self.gw.admission.admit_hit(ctx.tenant, headers)
         ctx.cache = "hit"
         ctx.status = 200
         headers.update(hit.headers)
@@ -344,10 +369,10 @@ class Proxy:
                 await hook.after_response(ctx, info)
         finally:
             await self._settle(ctx, charge, None)
-        if self.gw.metrics is not None:
-            self.gw.metrics.request_done(
-                ctx.model, "cache", 200, time.monotonic() - ctx.started, 0.0, None
-            )
+        metrics = self.gw.metrics
+        if metrics is not None:
+            metrics.cache_event("hit")
+            metrics.request_done(ctx.model, "cache", 200, time.monotonic() - ctx.started, 0.0, None)
         self.gw.access_log(ctx, request)
         if not ctx.stream:
             return web.Response(status=200, body=hit.body, headers=headers)

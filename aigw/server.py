@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import random
@@ -18,7 +19,7 @@ import signal
 import socket
 import stat
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,9 @@ class StartupError(Exception):
     """The daemon cannot start (port in use, live daemon on the socket…): exit code 3."""
 
 
+_GENERATIONS = itertools.count(1)
+
+
 @dataclass(eq=False)
 class Runtime:
     """What a config reload replaces as one unit."""
@@ -63,6 +67,10 @@ class Runtime:
     hooks_rewrite: bool  # some hook may change the request body
     wants_stream_text: bool  # some hook needs the text of streamed answers
     collect_stream: bool  # keep streamed events (cache, hooks that need the text)
+    #: every hook is deterministic: cached answers may be found by the request's exact bytes
+    cache_by_bytes: bool
+    #: tells runtimes apart: what one learnt about request bytes does not hold for the next
+    generation: int = field(default_factory=lambda: next(_GENERATIONS))
 
 
 class Gateway:
@@ -166,6 +174,7 @@ class Gateway:
             hooks_rewrite=any(h.modifies_request for h in hooks),
             wants_stream_text=any(h.wants_stream_text for h in hooks),
             collect_stream=collect,
+            cache_by_bytes=all(h.deterministic for h in hooks),
         )
 
     async def _open_long_lived(self) -> None:

@@ -4,6 +4,7 @@ gateway's cache (and rate limiter), so TTL and max-age are tested without sleepi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +15,16 @@ import openai
 import pytest
 
 from aigw.cache import ResponseCache
-from aigw.config import AuthConfig, AuthKey, CacheConfig, QuotaConfig, RateLimitConfig, Secret
+from aigw.config import (
+    AuthConfig,
+    AuthKey,
+    CacheConfig,
+    HookSpec,
+    QuotaConfig,
+    RateLimitConfig,
+    Secret,
+)
+from aigw.hooks.base import Hook, RequestContext
 from aigw.ratelimit import RateLimiter
 from tests.clock import FakeClock
 from tests.conftest import RunningGateway, make_config
@@ -475,4 +485,125 @@ async def test_embeddings_with_stray_stream_flag_are_plain_json(
         assert reply.headers["Content-Type"].startswith("application/json")
         assert reply.json()["data"][0]["embedding"] == [0.25, 0.5, 0.75]
     assert second.body == first.body
+    assert len(upstream.requests) == 1
+
+
+# --- hits found by the request's exact bytes ----------------------------------------------------
+
+
+class CountingHook(Hook):
+    """Counts before_request calls; `deterministic` as the test sets it on the class."""
+
+    modifies_request = False
+    deterministic = True
+    calls = 0
+
+    async def before_request(self, ctx: RequestContext) -> None:
+        self.calls += 1
+
+
+def counting_hook(gw: RunningGateway) -> CountingHook:
+    # The hook loader imports this module by its own name: find the instance, not the class.
+    hook = gw.gateway.runtime.hooks[-1]
+    assert type(hook).__name__ in ("CountingHook", "ClockHook")
+    return hook  # type: ignore[no-any-return]
+
+
+class ClockHook(CountingHook):
+    deterministic = False  # e.g. a business-hours rule: must run on every request
+
+
+async def post_bytes(gw: RunningGateway, raw: bytes, **headers: str) -> Reply:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.v1}/chat/completions", data=raw, headers=headers) as r,
+    ):
+        return Reply(r.status, r.headers, await r.read())
+
+
+async def test_bytes_seen_before_are_answered_without_running_the_hooks_again(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(
+        start_gateway,
+        upstream,
+        sock_dir,
+        hooks=(HookSpec("validation"), HookSpec("tests.test_cache_e2e:CountingHook")),
+    )
+    hook = counting_hook(gw)
+    compact = json.dumps(chat("same"), separators=(",", ":")).encode()
+    spaced = json.dumps(chat("same"), indent=2, sort_keys=True).encode()
+    first = await post_bytes(gw, compact, **{"Content-Type": "application/json"})
+    assert first.cache == "miss" and hook.calls == 1
+    again = await post_bytes(gw, compact)
+    assert again.cache == "hit" and again.body == first.body
+    assert hook.calls == 1  # found by its bytes: no parse, no hooks
+    # The same request written differently: the canonical key finds it, the hooks run once…
+    assert (await post_bytes(gw, spaced)).cache == "hit" and hook.calls == 2
+    # …and its bytes are known from then on.
+    assert (await post_bytes(gw, spaced)).cache == "hit" and hook.calls == 2
+    # A reload may change what the hooks accept: bytes learnt before it are checked again.
+    rt = gw.gateway.runtime
+    gw.gateway.runtime = dataclasses.replace(rt, generation=rt.generation + 1_000)
+    assert (await post_bytes(gw, compact)).cache == "hit" and hook.calls == 3
+    assert (await post_bytes(gw, compact)).cache == "hit" and hook.calls == 3
+    # no-cache skips every lookup; the hooks run and the upstream answers again.
+    fresh = await post_bytes(gw, compact, **{"Cache-Control": "no-cache"})
+    assert fresh.cache == "miss" and hook.calls == 4
+    assert len(upstream.requests) == 2
+
+
+async def test_a_hook_that_is_not_deterministic_runs_on_every_hit(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(
+        start_gateway, upstream, sock_dir, hooks=(HookSpec("tests.test_cache_e2e:ClockHook"),)
+    )
+    hook = counting_hook(gw)
+    raw = json.dumps(chat("ticking")).encode()
+    for n in range(1, 4):
+        reply = await post_bytes(gw, raw)
+        assert reply.cache == ("miss" if n == 1 else "hit")
+        assert hook.calls == n
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("stream_first", [False, True])
+async def test_bytes_hits_keep_the_delivery_of_their_own_request(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path, stream_first: bool
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir)
+    plain = json.dumps(chat("deliver")).encode()
+    streamed = json.dumps(chat("deliver", stream=True)).encode()
+    order = [streamed, plain] if stream_first else [plain, streamed]
+    replies = [await post_bytes(gw, raw) for raw in order * 2]
+    assert [r.cache for r in replies] == ["miss", "hit", "hit", "hit"]
+    texts = []
+    for raw, reply in zip(order * 2, replies, strict=True):
+        if raw is streamed:
+            assert reply.headers["Content-Type"].startswith("text/event-stream")
+            text, usages, done = sse_text(reply.body)
+            assert done and usages == []  # include_usage was not asked for
+        else:
+            assert reply.headers["Content-Type"].startswith("application/json")
+            text = reply.json()["choices"][0]["message"]["content"]
+        texts.append(text)
+    assert texts[0] and texts == [texts[0]] * 4
+    assert len(upstream.requests) == 1
+
+
+async def test_a_hit_is_served_when_the_token_quota_is_used_up_and_a_miss_is_not(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir, quota=QuotaConfig(default=1_000_000))
+    assert (await post(gw, chat("cached"))).cache == "miss"
+    quota = gw.gateway.quota
+    assert quota is not None
+    await quota.set_limit("default", 1)  # used up
+    spaced = json.dumps(chat("cached"), indent=1).encode()  # the canonical path
+    for raw in (json.dumps(chat("cached")).encode(), spaced):
+        reply = await post_bytes(gw, raw)
+        assert reply.status == 200 and reply.cache == "hit"
+    refused = await post(gw, chat("not cached"))
+    assert refused.status == 429 and refused.json()["error"]["code"] == "insufficient_quota"
     assert len(upstream.requests) == 1

@@ -79,6 +79,11 @@ class Hook:
     #: True when after_response only records (never rejects): such hooks see an answer after
     #: every hook that may still reject it, so they record what the client really got.
     observes_only: ClassVar[bool] = False
+    #: True when before_request's outcome depends only on the tenant and the request body: the
+    #: same bytes always pass (and become the same body) or fail the same way. When every hook
+    #: says so, a cached answer is served for bytes seen before without parsing them or running
+    #: the hooks again (until a reload).
+    deterministic: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options

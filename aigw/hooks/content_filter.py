@@ -47,6 +47,7 @@ def _compile(kind: str, patterns: object) -> list[tuple[str, re.Pattern[str]]]:
 
 class ContentFilterHook(Hook):
     modifies_request = False
+    deterministic = True
 
     def __init__(
         self,

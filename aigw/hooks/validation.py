@@ -629,6 +629,7 @@ class ValidationHook(Hook):
     """The `validation` hook: rejects malformed requests before quota, cache and upstream."""
 
     modifies_request = False  # it only reads: the client's bytes can go upstream as they are
+    deterministic = True
 
     def __init__(self, models: Collection[str]) -> None:
         super().__init__()
