@@ -77,9 +77,11 @@ PACED_PATH = "/v1/chat/completions"
 AIGW_PATH = "/v1/chat/completions"
 UPSTREAM_MODEL = harness.UPSTREAM_MODEL
 PROMPT_TOKENS = 17
-TARGET_NAMES = ("direct", "passthrough", "aigw-off", "aigw-on")
+TARGET_NAMES = ("direct", "relay", "passthrough", "aigw-off", "aigw-on")
+DEFAULT_TARGETS = "direct,passthrough,aigw-off,aigw-on"
 LABELS = {
     "direct": "direct",
+    "relay": "raw asyncio TCP relay (floor)",
     "passthrough": "bare aiohttp pass-through",
     "aigw-off": "aigw features off",
     "aigw-on": "aigw features on",
@@ -339,6 +341,77 @@ def _run(coro: Any) -> Any:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+# --- the relay role: the floor of any proxy on another core -------------------------------
+
+
+class _Pipe(asyncio.Protocol):
+    """One side of a byte relay: what arrives here is written to `peer` unchanged."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Pipe | None = None
+        self.pending: list[bytes] = []  # bytes that arrived before the other side connected
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            self.pending.append(data)
+        else:
+            peer.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+    # flow control: our side's buffer is full, so stop reading the peer
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+def relay_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="stream.py relay")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--upstream-port", type=int, required=True)
+    args = p.parse_args(argv)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+
+        def accept() -> _Pipe:
+            down = _Pipe()
+
+            async def connect() -> None:
+                try:
+                    _, up = await loop.create_connection(_Pipe, "127.0.0.1", args.upstream_port)
+                except OSError:
+                    if down.transport is not None:
+                        down.transport.close()
+                    return
+                up.peer, down.peer = down, up
+                for data in down.pending:
+                    assert up.transport is not None
+                    up.transport.write(data)
+                down.pending = []
+
+            down.task = loop.create_task(connect())  # held: a bare task may be collected
+            return down
+
+        server = await loop.create_server(accept, "127.0.0.1", args.port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    _run(serve())
 
 
 # --- the client role -----------------------------------------------------------------------
@@ -701,7 +774,7 @@ def pair_up(legs: list[Leg]) -> None:
             if leg.ttft_p50_ms is not None and direct.ttft_p50_ms is not None:
                 leg.ttft_p50_overhead_ms = leg.ttft_p50_ms - direct.ttft_p50_ms
                 leg.ttft_p99_overhead_ms = (leg.ttft_p99_ms or 0) - (direct.ttft_p99_ms or 0)
-        if pt and leg.target not in ("direct", "passthrough"):
+        if pt and leg.target not in ("direct", "relay", "passthrough"):
             leg.vs_passthrough = leg.chunks_per_s / pt.chunks_per_s
 
 
@@ -754,12 +827,37 @@ def check_target(target: Target) -> None:
                 raise CheckError(f"{target.label}: POST {path} (usage {usage}): {problem}")
 
 
+def _wait_checked(proc: subprocess.Popen[bytes], target: Target, log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            raise StartError(f"{target.label} exited", log)
+        try:
+            check_target(target)
+            return
+        except (OSError, CheckError) as exc:
+            if time.monotonic() > deadline:
+                raise StartError(f"{target.label} is not ready: {exc}", log) from exc
+            time.sleep(0.1)
+
+
 def start_targets(
     children: Children, tmp: Path, pin: bool, taskset: str, up_port: int, names: list[str]
 ) -> list[Target]:
     targets = []
     if "direct" in names:
         targets.append(Target("direct", LABELS["direct"], up_port, None))
+    if "relay" in names:
+        port = free_port()
+        argv = [sys.executable, str(Path(__file__).resolve()), "relay", "--port", str(port)]
+        argv += ["--upstream-port", str(up_port)]
+        if pin:
+            argv = [taskset, "-c", PROXY_CPU, *argv]
+        log = tmp / "relay.log"
+        proc = children.start(argv, log=log)
+        target = Target("relay", LABELS["relay"], port, proc.pid)
+        _wait_checked(proc, target, log)
+        targets.append(target)
     if "passthrough" in names:
         port = free_port()
         argv = [sys.executable, str(BENCH_DIR / "passthrough.py"), "--port", str(port)]
@@ -769,17 +867,7 @@ def start_targets(
         log = tmp / "passthrough.log"
         proc = children.start(argv, log=log)
         target = Target("passthrough", LABELS["passthrough"], port, proc.pid)
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise StartError("the pass-through exited", log)
-            try:
-                check_target(target)
-                break
-            except (OSError, CheckError) as exc:
-                if time.monotonic() > deadline:
-                    raise StartError(f"the pass-through is not ready: {exc}", log) from exc
-                time.sleep(0.1)
+        _wait_checked(proc, target, log)
         targets.append(target)
     for variant in ("off", "on"):
         if f"aigw-{variant}" not in names:
@@ -996,7 +1084,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ttft-chunks", type=int, default=5, help="content chunks per TTFT stream")
     p.add_argument("--first-delay-ms", type=float, default=20.0, help="paced: first token")
     p.add_argument("--chunk-delay-ms", type=float, default=2.0, help="paced: between tokens")
-    p.add_argument("--targets", default=",".join(TARGET_NAMES), help="subset of the legs")
+    p.add_argument(
+        "--targets",
+        default=DEFAULT_TARGETS,
+        help="legs; 'relay' adds a byte-for-byte TCP relay (uvloop) on the proxy core: the floor "
+        "of any proxy there",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 s legs, 40 TTFT")
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     p.add_argument("--wait-quiet", type=int, default=0, metavar="S", help="wait for quiet cores")
@@ -1077,7 +1170,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 leg.round = rnd
                 legs.append(leg)
-                cpu = _fmt(leg.proxy_cpu_us_per_chunk, ".2f", " µs CPU/chunk")
+                cpu = (
+                    _fmt(leg.proxy_cpu_us_per_chunk, ".2f", " µs CPU/chunk")
+                    if kind == "throughput"
+                    else _fmt(leg.proxy_cpu_us_per_stream, ".0f", " µs CPU/stream")
+                )
                 what = (
                     f"{leg.chunks_per_s:>10,.0f} chunks/s"
                     if kind == "throughput"
@@ -1177,6 +1274,8 @@ def report(
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "upstream":
         upstream_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "relay":
+        relay_main(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "client":
         client_main(sys.argv[2:])
     else:
