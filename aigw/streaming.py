@@ -18,14 +18,20 @@ _USAGE_KEY = b'"usage"'
 # it, so every chunk carries `"usage": null`, which is cut out again (cheap bytes.replace).
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
 _KEY_LEN = len(_USAGE_KEY)
-_NULL_AFTER = (b":null", b": null")
+# A real usage object (quotes inside the answer's text are escaped, so text never matches).
+_USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 # A choice's real finish reason (content chunks carry `"finish_reason":null`).
 _FINISH = (b'"finish_reason":"', b'"finish_reason": "')
+_DONE_EVENT = b"data: [DONE]"
+# The finish chunk and [DONE] are among a stream's last events (only usage comes between):
+# look for them in the end of each read, not through all of it.
+_TAIL = 8192
 
 
 class StreamTap:
     __slots__ = (
         "_buf",
+        "_spaced",
         "chunks",
         "done",
         "events",
@@ -37,6 +43,7 @@ class StreamTap:
 
     def __init__(self, *, strip_usage: bool, collect: bool = False) -> None:
         self._buf = b""
+        self._spaced = False  # the upstream writes JSON with spaces (`"key": value`)
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
         #: Every event, kept only when someone needs the whole answer (cache, audit bodies).
@@ -67,18 +74,25 @@ class StreamTap:
         events = complete.count(b"\ndata:") + complete.startswith(b"data:")
         if events and not self.chunks:
             self.preamble = _role_only(complete)
+            self._spaced = b'": ' in complete  # errs towards True: one more pass, never a miss
         self.chunks += events
-        if not self.finished and (_FINISH[0] in complete or _FINISH[1] in complete):
+        spaced = self._spaced
+        tail = max(0, len(complete) - _TAIL)
+        if not self.finished and (
+            complete.find(_FINISH[0], tail) >= 0
+            or (spaced and complete.find(_FINISH[1], tail) >= 0)
+        ):
             self.finished = True
-        keys = complete.count(_USAGE_KEY)
-        if keys:
-            nulls = complete.count(_NULL_USAGE[0]) + complete.count(_NULL_USAGE[1])
-            if nulls < keys:  # a real usage object is in there: parse just that event
-                complete = self._pick_usage(complete)
-            elif self.strip_usage:  # only `"usage": null` fields: cut them in one pass
-                complete = complete.replace(_NULL_USAGE[0], b"").replace(_NULL_USAGE[1], b"")
-        if b"data: [DONE]" in complete:
+        if not self.done and complete.find(_DONE_EVENT, tail) >= 0:
             self.done = True
+        if self.strip_usage:  # cut every `"usage": null` first: one C pass each
+            complete = complete.replace(_NULL_USAGE[0], b"")
+            if spaced:
+                complete = complete.replace(_NULL_USAGE[1], b"")
+        if complete.rfind(_USAGE_OBJECT[0]) >= 0 or (
+            spaced and complete.rfind(_USAGE_OBJECT[1]) >= 0
+        ):
+            complete = self._pick_usage(complete)
         if self.events is not None:
             self.events.extend(e for e in complete.split(_SEP) if e)
         return complete
@@ -92,27 +106,20 @@ class StreamTap:
 
     def _pick_usage(self, complete: bytes) -> bytes:
         """Take the usage out of the events that carry a real usage object (usually one, the
-        last), found with bytes.find; every other event at most loses its `"usage": null`."""
-        find = complete.find
-        pos = 0
-        while True:
-            idx = find(_USAGE_KEY, pos)
-            if idx < 0:
-                break
-            after = complete[idx + _KEY_LEN : idx + _KEY_LEN + 7]
-            if after.startswith(_NULL_AFTER):
-                pos = idx + _KEY_LEN
-                continue
-            start = complete.rfind(_SEP, 0, idx)
-            start = 0 if start < 0 else start + 2
-            end = find(_SEP, idx)
-            end = len(complete) if end < 0 else end + 2
-            replacement = self._usage_event(complete[start:end])
-            complete = complete[:start] + replacement + complete[end:]
-            find = complete.find
-            pos = start + len(replacement)
-        if self.strip_usage:
-            complete = complete.replace(_NULL_USAGE[0], b"").replace(_NULL_USAGE[1], b"")
+        last), found with bytes.find."""
+        for marker in _USAGE_OBJECT:
+            pos = 0
+            while True:
+                idx = complete.find(marker, pos)
+                if idx < 0:
+                    break
+                start = complete.rfind(_SEP, 0, idx)
+                start = 0 if start < 0 else start + 2
+                end = complete.find(_SEP, idx)
+                end = len(complete) if end < 0 else end + 2
+                replacement = self._usage_event(complete[start:end])
+                complete = complete[:start] + replacement + complete[end:]
+                pos = start + len(replacement)
         return complete
 
     def _usage_event(self, event: bytes) -> bytes:

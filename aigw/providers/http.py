@@ -513,6 +513,7 @@ class _Connection(asyncio.Protocol):
             self.pool._drop(self)
             return
         resp.got_bytes = True
+        pieces = len(resp.chunks)
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # we never upgrade
@@ -520,6 +521,16 @@ class _Connection(asyncio.Protocol):
             return
         if self._complete:
             self._finish()
+        elif len(resp.chunks) > pieces and not resp.whole:
+            # Body bytes arrived. llhttp calls on_body once per chunk-encoded piece, so the
+            # backpressure and the waking are done here, once per read. (A whole read() is
+            # woken by the body's completion, or an error, only.)
+            if resp.buffered > HIGH_WATER and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+            waiter = resp.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(True)
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost decides what the EOF meant
@@ -600,14 +611,6 @@ class _Connection(asyncio.Protocol):
         assert resp is not None
         resp.chunks.append(body)
         resp.buffered += len(body)
-        if resp.whole:
-            return  # read() wants the whole body: woken by its completion (or an error) only
-        if resp.buffered > HIGH_WATER and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
-        waiter = resp.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
 
     def on_message_complete(self) -> None:
         if self._interim:

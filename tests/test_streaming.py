@@ -1,0 +1,102 @@
+"""StreamTap: SSE framing, usage pick-up and `"usage": null` stripping on the bytes of real
+OpenAI-style streams, compact (OpenAI, vLLM, Ollama) and spaced (Python json.dumps) alike,
+however the upstream's writes are cut into reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from aigw.streaming import StreamTap
+
+USAGE = {"prompt_tokens": 7, "completion_tokens": 300, "total_tokens": 307}
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        **extra,
+    }
+
+
+def stream(words: list[str], *, spaced: bool, usage_in_last_content: bool = False) -> bytes:
+    """An upstream stream asked for usage: every chunk carries `"usage": null`, then the
+    usage chunk (or, with `usage_in_last_content`, usage on the finish chunk), then [DONE]."""
+    dumps = json.dumps if spaced else (lambda o: json.dumps(o, separators=(",", ":")))
+    events = [chunk({"role": "assistant", "content": ""}, usage=None)]
+    events += [chunk({"content": w}, usage=None) for w in words]
+    if usage_in_last_content:
+        events.append(chunk({}, "stop", usage=USAGE))
+    else:
+        events.append(chunk({}, "stop", usage=None))
+        events.append({**chunk({}), "choices": [], "usage": USAGE})
+    return b"".join(b"data: " + dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def feed_in_reads(tap: StreamTap, raw: bytes, size: int) -> bytes:
+    out = [tap.feed(raw[i : i + size]) for i in range(0, len(raw), size)]
+    out.append(tap.flush())
+    return b"".join(out)
+
+
+def payloads(body: bytes) -> list[Any]:
+    events = [e for e in body.split(b"\n\n") if e]
+    assert all(e.startswith(b"data: ") for e in events), events
+    return [e[6:] if e[6:] == b"[DONE]" else json.loads(e[6:]) for e in events]
+
+
+# Words that look like the markers the tap searches for, inside the answer's text.
+TRICKY = ['say "usage": {"x": 1}', '"finish_reason": "stop"', "data: [DONE]", "metadata: 1"]
+WORDS = [f"w{i} " for i in range(300)] + TRICKY
+
+
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+@pytest.mark.parametrize("size", [7, 100, 4096, 1 << 20], ids=lambda n: f"reads-of-{n}")
+@pytest.mark.parametrize("strip", [True, False], ids=["usage-not-asked", "usage-asked"])
+@pytest.mark.parametrize("usage_in_last_content", [False, True], ids=["usage-chunk", "on-finish"])
+def test_usage_is_picked_up_and_stripped_when_not_asked(
+    spaced: bool, size: int, strip: bool, usage_in_last_content: bool
+) -> None:
+    raw = stream(WORDS, spaced=spaced, usage_in_last_content=usage_in_last_content)
+    tap = StreamTap(strip_usage=strip, collect=True)
+    out = feed_in_reads(tap, raw, size)
+    assert tap.usage is not None
+    assert (tap.usage.prompt_tokens, tap.usage.completion_tokens) == (7, 300)
+    assert tap.done and tap.finished and tap.preamble == 1
+    events = payloads(out)
+    assert events[-1] == b"[DONE]"
+    data = events[:-1]
+    text = "".join(d["choices"][0]["delta"].get("content", "") for d in data if d["choices"])
+    assert text == "".join(WORDS)  # the look-alikes in the text went through untouched
+    if strip:
+        assert b'"usage"' not in out.replace(b'\\"usage\\"', b"")  # as OpenAI: no usage key
+        assert all(d["choices"] for d in data)  # the usage-only chunk is gone
+        assert len(data) == len(WORDS) + 2
+    else:
+        assert out == raw  # asked for usage: every byte as the upstream sent it
+    assert tap.chunks == len(payloads(raw))
+    assert tap.events is not None and b"".join(e + b"\n\n" for e in tap.events) == out
+
+
+def test_a_stream_cut_short_has_neither_finish_nor_done() -> None:
+    raw = stream(["a ", "b "], spaced=False)
+    cut = raw[: raw.index(b'"finish_reason":"stop"')]
+    cut = cut[: cut.rindex(b"\n\n") + 2]
+    tap = StreamTap(strip_usage=True)
+    feed_in_reads(tap, cut, 50)
+    assert not tap.finished and not tap.done and tap.usage is None
+    assert tap.chunks == 3  # role chunk and two words
+
+
+def test_finish_and_done_are_found_at_the_end_of_a_long_read() -> None:
+    raw = stream([f"{i} " for i in range(2000)], spaced=False)
+    assert len(raw) > 100_000
+    tap = StreamTap(strip_usage=True)
+    tap.feed(raw)
+    assert tap.finished and tap.done and tap.usage is not None
