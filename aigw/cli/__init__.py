@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import typer
 
+from aigw.cli import _fastparams
+
+_fastparams.install()
+
 app = typer.Typer(
     name="aigw",
     help="A local AI gateway: OpenAI-compatible proxy with tenants, limits and failover.",
