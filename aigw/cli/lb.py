@@ -300,8 +300,6 @@ def stats(
     config: str | None = ConfigOption,
 ) -> None:
     """Per model and target: health, circuit, traffic, errors, latency. Live on a terminal."""
-    from rich.console import Console
-
     from aigw.admin_client import AdminClient, AdminError
 
     def fetch() -> dict[str, Any]:
@@ -321,6 +319,8 @@ def stats(
         if json_:
             typer.echo(json.dumps(snapshot, indent=2))
             return
+        from rich.console import Console  # only when drawing: ~40 ms
+
         console = Console()
         if once or not console.is_terminal:
             console.print(_render(snapshot, None, interval, console.width))
