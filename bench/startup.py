@@ -12,7 +12,10 @@
    the first 200: start-up to first served request (the same measure as bench/soak.py).
 
 The commands run from this checkout (PYTHONPATH is set to it), not from whatever `aigw` is on
-PATH. `python -c pass` is the floor: the interpreter and the site packages alone.
+PATH. `python -c pass` is the floor: the interpreter and the site packages alone. `--repo DIR`
+measures another checkout (e.g. an older commit from `git archive`), `--compile` byte-compiles
+it first: with PYTHONDONTWRITEBYTECODE=1 (set on this machine) and no `__pycache__`, every run
+compiles aigw's own modules from source (~40 of them for `serve`).
 """
 
 from __future__ import annotations
@@ -197,6 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", help="comma-separated command names to run (see the table)")
     p.add_argument("--json", type=Path, help="also write the raw figures here")
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="byte-compile the checkout's aigw/ first (what `pip install` does); without it, "
+        "with PYTHONDONTWRITEBYTECODE set, every run compiles aigw from source",
+    )
+    p.add_argument(
         "--repo", type=Path, default=REPO_DIR, help="the checkout whose aigw runs (default: this)"
     )
     args = p.parse_args(argv)
@@ -205,6 +214,15 @@ def main(argv: list[str] | None = None) -> None:
 
     env = dict(os.environ)
     repo = args.repo.resolve()
+    if args.compile:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(repo / "aigw")], check=True)
+    cached = any((repo / "aigw" / "__pycache__").glob("cli*.pyc")) or any(
+        (repo / "aigw" / "cli" / "__pycache__").glob("*.pyc")
+    )
+    print(
+        f"aigw from {repo}; bytecode {'cached' if cached else 'not cached'}"
+        f" (PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')})"
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])])
     for name in ("AIGW_CONFIG", "AIGW_ADMIN_SOCKET"):
         env.pop(name, None)
@@ -246,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         data = {
             "python": sys.version.split()[0],
+            "repo": str(repo),
+            "bytecode_cached": cached,
             "runs": args.runs,
             "commands": [
                 asdict(t) | {"median_ms": t.median_ms, "median_cpu_ms": t.median_cpu_ms}
