@@ -116,6 +116,32 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
     return status, reader.rest()
 
 
+def configured_admin_socket(config_path: Path) -> str | None:
+    """`server.admin_socket` of the config file, or None when it is unset or the file cannot be
+    read: a broken config must not stop `aigw status` from working.
+
+    A plain string is read with YAML alone: loading and validating the whole config (importing
+    aigw.config) would cost client commands ~50 ms. A value using `$` (`${VAR}`) or of any
+    other kind is read by `load_config`, as the daemon reads it."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(config_path.expanduser().read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # load_config: a ConfigError, so no socket
+        return None
+    server = data.get("server") if isinstance(data, dict) else None
+    value = server.get("admin_socket") if isinstance(server, dict) else None
+    if value is None or (isinstance(value, str) and "$" not in value):
+        return value
+    from aigw.config import load_config
+    from aigw.errors import ConfigError
+
+    try:
+        return load_config(config_path).server.admin_socket
+    except (ConfigError, OSError):
+        return None
+
+
 class AdminClient:
     def __init__(self, path: str | os.PathLike[str], timeout: float = 10.0) -> None:
         self.path = str(path)
@@ -134,13 +160,7 @@ class AdminClient:
 
         config_path = discover_config_path(config)
         if config_path is not None:
-            from aigw.config import load_config
-            from aigw.errors import ConfigError
-
-            try:
-                configured = load_config(config_path).server.admin_socket
-            except (ConfigError, OSError):
-                configured = None  # a broken config must not stop `aigw status` from working
+            configured = configured_admin_socket(config_path)
             if configured:
                 return cls(Path(configured).expanduser())
         return cls(default_admin_socket())

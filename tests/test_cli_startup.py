@@ -50,13 +50,15 @@ DAEMON_MODULES = ("aiohttp", "aigw.server", "aigw.proxy", "aigw.config", "yaml")
 HEAVY_MODULES = (*DAEMON_MODULES, "http.client", "pydantic")
 
 
-def imported_by(tmp_path: Path, *args: str) -> tuple[int, set[str], str]:
+def imported_by(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, set[str], str]:
     out = tmp_path / "modules.json"
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(out), *args],
         capture_output=True,
         text=True,
-        env=cli_env(),
+        env=cli_env(env),
         timeout=60,
     )
     data = json.loads(out.read_text())
@@ -103,6 +105,56 @@ def test_a_daemon_that_is_not_running_is_one_line_without_importing_rich_tables(
     assert code == 1
     assert not any(m.split(".")[0] in HEAVY_MODULES for m in modules)
     assert "rich.table" not in modules
+
+
+@pytest.mark.slow
+def test_the_socket_named_in_the_discovered_config_is_found_without_loading_it(
+    daemon_factory: Any, tmp_path: Path
+) -> None:
+    d: Daemon = daemon_factory(MOCK)
+    cfg = tmp_path / "client.yaml"
+    cfg.write_text(f'version: 1\nserver: {{admin_socket: "{d.socket}"}}\n')
+    code, modules, stdout = imported_by(tmp_path, "quota", "show", "--json", "-c", str(cfg))
+    assert (code, json.loads(stdout)) == (0, {"tenants": []})
+    assert "aigw.config" not in modules
+    # `${VAR}` is resolved as the daemon resolves it: by load_config.
+    cfg.write_text(MOCK + 'server: {admin_socket: "${SOCK}"}\n')
+    code, modules, stdout = imported_by(
+        tmp_path, "quota", "show", "--json", env={"AIGW_CONFIG": str(cfg), "SOCK": str(d.socket)}
+    )
+    assert (code, json.loads(stdout)) == (0, {"tenants": []})
+    assert "aigw.config" in modules
+    assert d.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('version: 1\nserver: {admin_socket: "/run/a.sock"}\n', "/run/a.sock"),
+        ("version: 1\nserver:\n  port: 9000\n  admin_socket: ~/a.sock\n", "~/a.sock"),
+        ("version: 1\nserver: {port: 9000}\n", None),
+        ("version: 1\n", None),
+        ("version: 1\nserver: {admin_socket: null}\n", None),
+        ("server: [\n", None),  # YAML syntax error: no socket, the default is used
+        ("- a list\n", None),
+        (MOCK + 'server: {admin_socket: "${SOCK}"}\n', "/from/env.sock"),
+        (MOCK + 'server: {admin_socket: "${NOT_SET_ANYWHERE}"}\n', None),
+        (MOCK + 'server: {admin_socket: "/x/$${y}"}\n', "/x/${y}"),
+        ('version: 1\nserver: {admin_socket: "${SOCK}"}\n', None),  # invalid: no models
+        (MOCK + "server: {admin_socket: 12}\n", "12"),  # not a YAML string: load_config decides
+    ],
+)
+def test_configured_admin_socket(
+    text: str, expected: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aigw.admin_client import configured_admin_socket
+
+    monkeypatch.setenv("SOCK", "/from/env.sock")
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(text)
+    assert configured_admin_socket(cfg) == expected
+    assert configured_admin_socket(tmp_path / "missing.yaml") is None
 
 
 # --- main() registers only what the first argument names --------------------------------------
