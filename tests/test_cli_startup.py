@@ -264,3 +264,31 @@ def test_fast_coercion_agrees_with_typer(
     if fast:
         want = typer_coerce(annotation, option, value)
         assert (type(got), got) == (type(want), want)
+
+
+# --- the garbage collector: off for start-up, on for a daemon ---------------------------------
+
+
+def test_serve_turns_the_collector_back_on_before_its_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    import aigw.loops
+    import aigw.server
+
+    seen: list[bool] = []
+
+    def fake_run_loop(main: object, loop: str) -> int:
+        seen.append(gc.isenabled())
+        return 0
+
+    monkeypatch.setattr(aigw.loops, "run", fake_run_loop)
+    monkeypatch.setattr(aigw.server, "run", lambda cfg, server_overrides: object())
+    gc.disable()  # as main() leaves it
+    try:
+        result = CliRunner().invoke(build_app(["serve"]), ["serve"])
+    finally:
+        gc.enable()
+    assert result.exit_code == 0, result.output
+    assert seen == [True]

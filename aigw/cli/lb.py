@@ -325,6 +325,9 @@ def stats(
         if once or not console.is_terminal:
             console.print(_render(snapshot, None, interval, console.width))
             return
+        import gc
+
+        gc.enable()  # main() turned it off for start-up; the live view runs for long
         _live(console, fetch, snapshot, interval)
     except KeyboardInterrupt:  # Ctrl+C before the live view started
         return

@@ -100,6 +100,9 @@ def serve(
         )
     else:
         main = run(cfg, server_overrides=server_overrides)
+    import gc
+
+    gc.enable()  # main() turned it off for start-up; the daemon runs for long
     try:
         code = run_loop(main, loop)
     except StartupError as exc:
