@@ -25,6 +25,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import resource
 import secrets
 import signal
@@ -45,12 +46,13 @@ CHAT_BODY = json.dumps(
 ).encode()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Timing:
     name: str
     argv: list[str]
     runs_ms: list[float]
     cpu_ms: list[float]  # user + system time of the process: less moved by a busy machine
+    instructions: int | None = None  # counted by valgrind (--instructions): not moved at all
 
     @property
     def median_ms(self) -> float:
@@ -178,6 +180,29 @@ def time_command(name: str, argv: list[str], env: dict[str, str], runs: int, rep
     return Timing(name, argv, times, cpu)
 
 
+def count_instructions(argv: list[str], env: dict[str, str], repo: Path) -> int:
+    """Instructions one run executes, counted by valgrind's cachegrind: the same on a busy
+    machine as on an idle one (a run takes ~50x longer under it)."""
+    done = subprocess.run(
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            *argv,
+        ],
+        env=env,
+        cwd=repo,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    match = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if done.returncode != 0 or match is None:
+        raise SystemExit(f"valgrind {argv}: exit {done.returncode}\n{done.stderr[-2000:]}")
+    return int(match.group(1).replace(",", ""))
+
+
 def commands(daemon: Daemon) -> dict[str, list[str]]:
     aigw = [sys.executable, "-m", "aigw"]
     sock = ["--admin-socket", str(daemon.admin_socket)]
@@ -204,6 +229,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="byte-compile the checkout's aigw/ first (what `pip install` does); without it, "
         "with PYTHONDONTWRITEBYTECODE set, every run compiles aigw from source",
+    )
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count each command's instructions once under valgrind (a steady figure)",
     )
     p.add_argument(
         "--repo", type=Path, default=REPO_DIR, help="the checkout whose aigw runs (default: this)"
@@ -241,11 +271,14 @@ def main(argv: list[str] | None = None) -> None:
             wanted = set(args.only.split(",")) if args.only else None
             for name, cmd in commands(daemon).items():
                 if wanted is None or name in wanted:
-                    timings.append(time_command(name, cmd, env, args.runs, repo))
-                    t = timings[-1]
+                    t = time_command(name, cmd, env, args.runs, repo)
+                    if args.instructions:
+                        t.instructions = count_instructions(cmd, env, repo)
+                    timings.append(t)
+                    counted = f"  {t.instructions / 1e6:7,.0f} M instr" if t.instructions else ""
                     print(
                         f"{name:<26} median {t.median_ms:6.0f} ms  best {t.best_ms:6.0f} ms"
-                        f"  cpu {t.median_cpu_ms:6.0f} ms"
+                        f"  cpu {t.median_cpu_ms:6.0f} ms{counted}"
                     )
         finally:
             daemon.stop()
