@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import os
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import typer
-from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_STARTUP = 3
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _LazyConsole:
+    """A rich `Console` made on first use: importing rich.console costs ~40 ms, which a client
+    command printing JSON (or nothing) should not pay."""
+
+    __slots__ = ("_console", "_stderr")
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        made = self._console
+        if made is None:
+            from rich.console import Console
+
+            made = self._console = Console(stderr=self._stderr)
+        return getattr(made, name)
+
+
+console = cast("Console", _LazyConsole(stderr=False))
+err_console = cast("Console", _LazyConsole(stderr=True))
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:

@@ -300,8 +300,6 @@ def stats(
     config: str | None = ConfigOption,
 ) -> None:
     """Per model and target: health, circuit, traffic, errors, latency. Live on a terminal."""
-    from rich.console import Console
-
     from aigw.admin_client import AdminClient, AdminError
 
     def fetch() -> dict[str, Any]:
@@ -321,10 +319,15 @@ def stats(
         if json_:
             typer.echo(json.dumps(snapshot, indent=2))
             return
+        from rich.console import Console  # only when drawing: ~40 ms
+
         console = Console()
         if once or not console.is_terminal:
             console.print(_render(snapshot, None, interval, console.width))
             return
+        import gc
+
+        gc.enable()  # main() turned it off for start-up; the live view runs for long
         _live(console, fetch, snapshot, interval)
     except KeyboardInterrupt:  # Ctrl+C before the live view started
         return

@@ -11,14 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from aigw.admin_client import AdminClient, AdminError
-
 if TYPE_CHECKING:  # rich's table is imported where it is used: client commands start fast
     from rich.table import Table
     from rich.text import Text
 from aigw.choices import PeriodName
 from aigw.cli.common import AdminSocketOption, ConfigOption, JsonOption, console, fail
-from aigw.tenants import is_valid_tenant
 
 _BAR_WIDTH = 8
 
@@ -82,6 +79,8 @@ def _reset_time(value: object) -> str:
 
 
 def _check_tenant(tenant: str) -> None:
+    from aigw.tenants import is_valid_tenant
+
     if not is_valid_tenant(tenant):
         shown = tenant if len(tenant) <= 64 else tenant[:64] + "…"
         fail(f"invalid tenant name {shown!r}: use 1-64 characters of A-Z a-z 0-9 . _ -")
@@ -94,6 +93,8 @@ def _call(
     path: str,
     body: dict[str, Any] | None = None,
 ) -> Any:
+    from aigw.admin_client import AdminClient, AdminError
+
     try:
         client = AdminClient.discover(admin_socket, config)
         if method == "GET":

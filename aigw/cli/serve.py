@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import sys
 from typing import Annotated, Any, Literal
 
@@ -51,6 +49,9 @@ def serve(
     ),
 ) -> None:
     """Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads)."""
+    import dataclasses
+    import logging
+
     from aigw.config import load_config
     from aigw.errors import ConfigError
     from aigw.loops import run as run_loop
@@ -99,6 +100,9 @@ def serve(
         )
     else:
         main = run(cfg, server_overrides=server_overrides)
+    import gc
+
+    gc.enable()  # main() turned it off for start-up; the daemon runs for long
     try:
         code = run_loop(main, loop)
     except StartupError as exc:

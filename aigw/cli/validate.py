@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
 from aigw.cli.common import EXIT_ERROR, JsonOption, console, err_console, fail
-from aigw.errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:  # imported where used: `aigw status` and friends must start fast
     from rich.console import RenderableType
 
     from aigw.config import Config
+    from aigw.errors import ConfigProblem
 
 
 def register(app: typer.Typer) -> None:
@@ -47,6 +46,7 @@ def validate(
 ) -> None:
     """Check a config file offline: exit 0 when valid, 1 with every problem otherwise."""
     from aigw.config import load_config
+    from aigw.errors import ConfigError
     from aigw.paths import discover_config_path
 
     try:
@@ -109,6 +109,8 @@ def _check_request(file: Path, config: Config, as_json: bool) -> None:
 
 def _public_url(url: str) -> str:
     """A URL without its user:password part, for display."""
+    from urllib.parse import urlsplit, urlunsplit
+
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
