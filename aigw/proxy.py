@@ -363,12 +363,13 @@ class Proxy:
         headers.update(hit.headers)
         headers["x-aigw-cache"] = "hit"
         ctx.provider = hit.headers.get("x-aigw-provider")
-        info = ResponseInfo(200, body=hit.body, usage=hit.usage)
-        try:
+        # A hit is looked up before anything is reserved: there is nothing to settle.
+        assert charge.reservation is None and charge.limiter is None
+        charge.settled = True
+        if rt.after_hooks:
+            info = ResponseInfo(200, body=hit.body, usage=hit.usage)
             for hook in rt.after_hooks:
                 await hook.after_response(ctx, info)
-        finally:
-            await self._settle(ctx, charge, None)
         metrics = self.gw.metrics
         if metrics is not None:
             metrics.cache_event("hit")

@@ -61,7 +61,8 @@ class Runtime:
     providers: dict[str, Provider]
     balancers: Balancers
     hooks: tuple[Hook, ...]
-    after_hooks: tuple[Hook, ...]  # `hooks` in after_response order: observers last
+    #: the hooks that have an after_response, in its order: observers last
+    after_hooks: tuple[Hook, ...]
     hook_specs: list[tuple[HookSpec | None, Hook]]  # what each hook was built from (reuse)
     auth: Authenticator
     hooks_rewrite: bool  # some hook may change the request body
@@ -168,7 +169,12 @@ class Gateway:
             providers=providers,
             balancers=balancers,
             hooks=hooks,
-            after_hooks=tuple(sorted(hooks, key=lambda h: h.observes_only)),  # stable sort
+            after_hooks=tuple(
+                sorted(  # stable: config order within each kind
+                    (h for h in hooks if type(h).after_response is not Hook.after_response),
+                    key=lambda h: h.observes_only,
+                )
+            ),
             hook_specs=hook_specs,
             auth=Authenticator(config.auth.keys),
             hooks_rewrite=any(h.modifies_request for h in hooks),
