@@ -4,7 +4,6 @@ The proxy talks to one `Admission` per gateway, in three calls:
 
     take_request(tenant)                  before the body is read   (request bucket)
     admit(tenant, charge, decision, hdrs) after parse and hooks     (token bucket, quota)
-    admit_hit(tenant, hdrs)               instead, for a cache hit  (request bucket only)
     settle(tenant, charge, usage)         once, when the request ends
 
 This class is the in-process admission over the in-memory rate limiter and any store's quota
@@ -74,10 +73,6 @@ class Admission:
         quota = self.quota
         if quota is not None:
             charge.reservation = await quota.reserve(tenant, charge.estimate)
-
-    async def admit_hit(self, tenant: str, headers: dict[str, str]) -> None:
-        """A cache hit costs no tokens: it takes only its request slot, which `take_request`
-        already took here."""
 
     async def settle(self, tenant: str, charge: Charge, usage: Usage | None) -> None:
         """Replace the request's worst-case charges by what it used (`usage=None`: nothing,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from aigw import jsonutil
 from aigw.cache import (
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from aigw.metrics import RejectionReason
     from aigw.providers.base import UpstreamResponse
     from aigw.quota import Reservation
-    from aigw.ratelimit import RateLimiter
+    from aigw.ratelimit import RateDecision, RateLimiter
     from aigw.server import Gateway, Runtime
 
 log = logging.getLogger("aigw.proxy")
@@ -137,13 +137,18 @@ class Proxy:
         }
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The low-level server's one handler: route by exact path, then method."""
-        path, method = request.path, request.method
+        """The low-level server's one handler: route by exact path, then method. Routes match
+        the path as sent (`/v1/chat%2Fcompletions` is not `/v1/chat/completions`)."""
+        path, method = request.rel_url.raw_path, request.method
         endpoint = self.endpoints.get(path)
         if endpoint is not None:
-            if method == "POST":
-                return await self._proxy(request, endpoint)
-            return _not_allowed(method, path, "POST")
+            if method != "POST":
+                return _not_allowed(method, path, "POST")
+            if "Expect" in request.headers:
+                refused = await _expect(request)
+                if refused is not None:
+                    return refused
+            return await self._proxy(request, endpoint)
         route = self.routes.get(path)
         if route is None:
             if path.startswith(_MODEL_PREFIX) and len(path) > len(_MODEL_PREFIX):
@@ -153,6 +158,10 @@ class Proxy:
         allowed, handler = route
         if method != allowed and not (allowed == "GET" and method == "HEAD"):
             return _not_allowed(method, path, allowed)
+        if "Expect" in request.headers:
+            refused = await _expect(request)
+            if refused is not None:
+                return refused
         return await handler(request)
 
     # --- handlers ----------------------------------------------------------------------------
@@ -236,7 +245,9 @@ class Proxy:
                         ctx.client_wants_usage = alias.wants_usage
                         if rt.after_hooks:
                             ctx.body = _parse_body(raw)
-                        return await self._serve_cached(request, ctx, rt, entry, headers, charge)
+                        return await self._serve_cached(
+                            request, ctx, rt, entry, headers, charge, req_decision
+                        )
             ctx.body = _parse_body(raw)
             model = ctx.body.get("model")
             ctx.model = model if isinstance(model, str) else ""
@@ -255,7 +266,9 @@ class Proxy:
             if cache is not None:
                 hit = self._cache_lookup(ctx, cache, charge, directives, raw_key, rt)
                 if hit is not None:
-                    return await self._serve_cached(request, ctx, rt, hit, headers, charge)
+                    return await self._serve_cached(
+                        request, ctx, rt, hit, headers, charge, req_decision
+                    )
                 ctx.cache = headers["x-aigw-cache"] = "miss"
             quota = gw.quota
             if quota is not None:
@@ -354,22 +367,27 @@ class Proxy:
         hit: CachedResponse,
         headers: dict[str, str],
         charge: Charge,
+        requests: RateDecision,
     ) -> web.StreamResponse:
-        """Replay a stored answer: no upstream call, zero quota tokens (only a request slot)."""
+        """Replay a stored answer: no upstream call, zero quota tokens. The limits still apply
+        (quota before cache, DESIGN §1): a tenant with no quota or token budget left is refused
+        even a cached answer, so one token is held while it is served and given back."""
         charge.cache_key = None  # nothing to store again
-        await self.gw.admission.admit_hit(ctx.tenant, headers)
+        charge.estimate = 1
+        gw = self.gw
+        await gw.admission.admit(ctx.tenant, charge, requests, headers)
         ctx.cache = "hit"
         ctx.status = 200
         headers.update(hit.headers)
         headers["x-aigw-cache"] = "hit"
         ctx.provider = hit.headers.get("x-aigw-provider")
-        # A hit is looked up before anything is reserved: there is nothing to settle.
-        assert charge.reservation is None and charge.limiter is None
-        charge.settled = True
-        if rt.after_hooks:
-            info = ResponseInfo(200, body=hit.body, usage=hit.usage)
-            for hook in rt.after_hooks:
-                await hook.after_response(ctx, info)
+        try:
+            if rt.after_hooks:
+                info = ResponseInfo(200, body=hit.body, usage=hit.usage)
+                for hook in rt.after_hooks:
+                    await hook.after_response(ctx, info)
+        finally:
+            await self._settle(ctx, charge, None)
         metrics = self.gw.metrics
         if metrics is not None:
             metrics.cache_event("hit")
@@ -871,7 +889,22 @@ def _error(err: GatewayError, rid: str) -> web.Response:
 def _not_allowed(method: str, path: str, allowed: str) -> web.Response:
     err = InvalidRequestError(f"Method {method} is not allowed on {path}")
     err.status = 405
-    err.headers = {"Allow": allowed}
+    err.headers = {"Allow": "GET, HEAD" if allowed == "GET" else allowed}
+    return _error(err, _request_id())
+
+
+async def _expect(request: web.BaseRequest) -> web.Response | None:
+    """`Expect: 100-continue`: tell the client to send its body (aiohttp's router did this; its
+    low-level server does not). Any other expectation: 417."""
+    expect = request.headers.get("Expect", "")
+    if request.version < HttpVersion11:
+        return None  # HTTP/1.0 has no interim answers: the body just follows
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response
+        return None
+    err = InvalidRequestError(f"Unsupported Expect header {expect[:64]!r}: only 100-continue.")
+    err.status = 417
     return _error(err, _request_id())
 
 

@@ -180,7 +180,7 @@ class Gateway:
             hooks_rewrite=any(h.modifies_request for h in hooks),
             wants_stream_text=any(h.wants_stream_text for h in hooks),
             collect_stream=collect,
-            cache_by_bytes=all(h.deterministic for h in hooks),
+            cache_by_bytes=all(_deterministic(h) for h in hooks),
         )
 
     async def _open_long_lived(self) -> None:
@@ -453,6 +453,18 @@ class Gateway:
             usage.total_tokens if usage else "-",
             (time.monotonic() - ctx.started) * 1000,
         )
+
+
+def _deterministic(hook: Hook) -> bool:
+    """Whether `hook`'s before_request may be skipped for bytes it passed before: it has none
+    of its own, or it says `deterministic` and so does the class that defines before_request (a
+    subclass that overrides a built-in's before_request does not inherit the built-in's promise)."""
+    for cls in type(hook).__mro__:
+        if "before_request" in vars(cls):
+            if cls is Hook:
+                return True
+            return hook.deterministic and bool(vars(cls).get("deterministic", False))
+    return True
 
 
 async def _close_all(providers: list[Provider], hooks: list[Hook]) -> None:

@@ -74,9 +74,13 @@ class StreamTap:
         events = complete.count(b"\ndata:") + complete.startswith(b"data:")
         if events and not self.chunks:
             self.preamble = _role_only(complete)
-            self._spaced = b'": ' in complete  # errs towards True: one more pass, never a miss
         self.chunks += events
         spaced = self._spaced
+        if not spaced and b'": ' in complete[:512]:
+            # A spaced upstream (Python's json.dumps) shows it in its first key. Looked for in
+            # every read's head until seen, so an early `data: {}` does not hide it; text that
+            # happens to hold `": ` only costs the spaced passes, never a missed usage.
+            spaced = self._spaced = True
         tail = max(0, len(complete) - _TAIL)
         if not self.finished and (
             complete.find(_FINISH[0], tail) >= 0

@@ -25,6 +25,7 @@ from aigw.config import (
     Secret,
 )
 from aigw.hooks.base import Hook, RequestContext
+from aigw.hooks.content_filter import ContentFilterHook
 from aigw.ratelimit import RateLimiter
 from tests.clock import FakeClock
 from tests.conftest import RunningGateway, make_config
@@ -505,12 +506,23 @@ class CountingHook(Hook):
 def counting_hook(gw: RunningGateway) -> CountingHook:
     # The hook loader imports this module by its own name: find the instance, not the class.
     hook = gw.gateway.runtime.hooks[-1]
-    assert type(hook).__name__ in ("CountingHook", "ClockHook")
+    assert type(hook).__name__ in ("CountingHook", "ClockHook", "StricterFilter")
     return hook  # type: ignore[no-any-return]
 
 
 class ClockHook(CountingHook):
     deterministic = False  # e.g. a business-hours rule: must run on every request
+
+
+class StricterFilter(ContentFilterHook):
+    """A user's subclass of a built-in that adds its own before_request: it does not inherit the
+    built-in's `deterministic` promise."""
+
+    calls = 0
+
+    async def before_request(self, ctx: RequestContext) -> None:
+        self.calls += 1
+        await super().before_request(ctx)
 
 
 async def post_bytes(gw: RunningGateway, raw: bytes, **headers: str) -> Reply:
@@ -568,6 +580,19 @@ async def test_a_hook_that_is_not_deterministic_runs_on_every_hit(
     assert len(upstream.requests) == 1
 
 
+async def test_a_subclass_overriding_a_builtins_before_request_runs_on_every_hit(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(
+        start_gateway, upstream, sock_dir, hooks=(HookSpec("tests.test_cache_e2e:StricterFilter"),)
+    )
+    hook = counting_hook(gw)
+    raw = json.dumps(chat("filtered")).encode()
+    for n in range(1, 4):
+        assert (await post_bytes(gw, raw)).cache == ("miss" if n == 1 else "hit")
+        assert hook.calls == n
+
+
 @pytest.mark.parametrize("stream_first", [False, True])
 async def test_bytes_hits_keep_the_delivery_of_their_own_request(
     upstream: Upstream, start_gateway: Any, sock_dir: Path, stream_first: bool
@@ -592,18 +617,28 @@ async def test_bytes_hits_keep_the_delivery_of_their_own_request(
     assert len(upstream.requests) == 1
 
 
-async def test_a_hit_is_served_when_the_token_quota_is_used_up_and_a_miss_is_not(
+async def test_a_tenant_out_of_quota_is_refused_even_a_cached_answer(
     upstream: Upstream, start_gateway: Any, sock_dir: Path
 ) -> None:
+    # DESIGN §1: quota before cache. A hit costs no tokens, but only a tenant with some left
+    # gets one; by its exact bytes or by the canonical key alike.
     gw = await start(start_gateway, upstream, sock_dir, quota=QuotaConfig(default=1_000_000))
     assert (await post(gw, chat("cached"))).cache == "miss"
+    assert (await post(gw, chat("cached"))).cache == "hit"
     quota = gw.gateway.quota
     assert quota is not None
-    await quota.set_limit("default", 1)  # used up
+    (before,) = await quota.status("default")
     spaced = json.dumps(chat("cached"), indent=1).encode()  # the canonical path
+    assert (await post_bytes(gw, spaced)).cache == "hit"
+    (after,) = await quota.status("default")
+    assert (after.total_tokens, after.reserved) == (before.total_tokens, 0)  # hits cost nothing
+    await quota.set_limit("default", before.total_tokens)  # used up
     for raw in (json.dumps(chat("cached")).encode(), spaced):
-        reply = await post_bytes(gw, raw)
-        assert reply.status == 200 and reply.cache == "hit"
-    refused = await post(gw, chat("not cached"))
-    assert refused.status == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+        refused = await post_bytes(gw, raw)
+        assert refused.status == 429, refused.body
+        assert refused.json()["error"]["code"] == "insufficient_quota"
+    await quota.set_limit("default", before.total_tokens + 1)  # one token left: enough for a hit
+    assert (await post_bytes(gw, spaced)).cache == "hit"
+    (last,) = await quota.status("default")
+    assert (last.total_tokens, last.reserved) == (before.total_tokens, 0)
     assert len(upstream.requests) == 1

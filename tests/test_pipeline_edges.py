@@ -4,6 +4,7 @@ the gateway's own types, and answers that come without usage. Each must end in O
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from aigw.config import HookSpec, QuotaConfig
 from aigw.hooks.base import Hook, RequestContext, ResponseInfo
@@ -253,11 +255,65 @@ async def test_routing_unknown_paths_wrong_methods_and_model_names_with_slashes(
             assert r.status == 405 and r.headers["Allow"] == "POST"
             assert "not allowed" in (await r.json())["error"]["message"]
         async with s.post(gw.v1 + "/models", json={}) as r:
-            assert r.status == 405 and r.headers["Allow"] == "GET"
+            assert r.status == 405 and r.headers["Allow"] == "GET, HEAD"
         async with s.head(base + "/healthz") as r:
             assert r.status == 200
         async with s.get(gw.v1 + "/models/org/gpt-test") as r:
             assert r.status == 200 and (await r.json())["id"] == "org/gpt-test"
         async with s.get(gw.v1 + "/models/") as r:
             assert r.status == 404
+        async with s.get(gw.v1 + "/models/org%2Fgpt-test") as r:  # an encoded id is decoded
+            assert r.status == 200 and (await r.json())["id"] == "org/gpt-test"
+        async with s.post(URL(base + "/v1/chat%2Fcompletions", encoded=True), json=CHAT) as r:
+            assert r.status == 404  # routes match the path as sent
+    assert upstream.requests == []
+
+
+async def raw_exchange(port: int, head: bytes) -> tuple[bytes, asyncio.StreamReader, Any]:
+    """Send a request head only; return what the gateway answers before the body is sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    try:
+        early = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+    except TimeoutError:
+        early = b""
+    return early, reader, writer
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings"])
+async def test_expect_100_continue_gets_its_interim_answer_before_the_body(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path, path: str
+) -> None:
+    gw = await start_gateway(make_config({"up": upstream.url}, sock=sock_dir))
+    port = int(gw.v1.rsplit(":", 1)[1].split("/")[0])
+    body = json.dumps(CHAT if "chat" in path else {"model": "gpt-test", "input": "hello"}).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
+    early, reader, writer = await raw_exchange(port, head)
+    assert early == b"HTTP/1.1 100 Continue\r\n\r\n"  # at once, before any body byte
+    writer.write(body)
+    status = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5.0)
+    assert status.startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert len(upstream.requests) == 1
+
+
+async def test_an_unknown_expectation_is_417_openai_json(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start_gateway(make_config({"up": upstream.url}, sock=sock_dir))
+    port = int(gw.v1.rsplit(":", 1)[1].split("/")[0])
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Expect: 200-ok\r\n\r\n{}"
+    )
+    early, reader, writer = await raw_exchange(port, head)
+    assert early.startswith(b"HTTP/1.1 417")
+    length = int(early.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    error = json.loads(await reader.readexactly(length))["error"]
+    assert "only 100-continue" in error["message"] and error["type"] == "invalid_request_error"
+    writer.close()
     assert upstream.requests == []

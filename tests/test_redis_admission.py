@@ -170,28 +170,6 @@ async def test_unlimited_tenant_still_checks_overrides_in_its_one_round_trip(
     assert (await admit(a, "t", 69))[0].reservation is not None
 
 
-async def test_a_cache_hit_takes_one_request_slot_in_one_round_trip_and_no_tokens(
-    redis_url: str, make_admission: MakeAdmission
-) -> None:
-    clock = Clock()
-    admission = await make_admission(
-        redis_url, rate=EVERY_LIMIT, quota=QuotaConfig(default=10_000), clock=clock
-    )
-    trips = RoundTrips(admission.store, redis_url)
-    await admission.admit_hit("warm-up", {})  # the bucket script loaded
-    trips.reset()
-    remaining = []
-    for _ in range(3):
-        headers: dict[str, str] = {}
-        await admission.admit_hit("t", headers)
-        remaining.append(headers["x-ratelimit-remaining-requests"])
-    assert remaining == ["2", "1", "0"] and trips.sent == ["EVALSHA"] * 3
-    state = snapshot(redis_url, "t")
-    assert (state["tok"], state["usage"], state["reservations"]) == (None, {}, {})  # no tokens
-    with pytest.raises(RateLimitError, match="on requests"):
-        await admission.admit_hit("t", {})
-
-
 # --- refusals: the right error, and nothing taken ---------------------------------------------
 
 

@@ -100,3 +100,12 @@ def test_finish_and_done_are_found_at_the_end_of_a_long_read() -> None:
     tap = StreamTap(strip_usage=True)
     tap.feed(raw)
     assert tap.finished and tap.done and tap.usage is not None
+
+
+def test_a_spaced_upstream_is_recognised_after_an_early_compact_event() -> None:
+    # An empty first event says nothing about the upstream's JSON style.
+    raw = b"data: {}\n\n" + stream(["a ", "b "], spaced=True)
+    tap = StreamTap(strip_usage=True)
+    out = feed_in_reads(tap, raw, 12)
+    assert tap.usage is not None and tap.usage.total_tokens == 307
+    assert b'"usage"' not in out

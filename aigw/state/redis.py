@@ -1075,16 +1075,6 @@ class RedisAdmission(Admission):
             return
         raise overrides_unsettled()
 
-    async def admit_hit(self, tenant: str, headers: dict[str, str]) -> None:
-        # One round trip (or the outage policy): the request bucket, as `take_request` would.
-        if not is_valid_tenant(tenant):
-            raise InvalidTenantName(tenant)
-        decision = await self._limiter.take_request(tenant)
-        if not decision.allowed:
-            raise limit_error(tenant, decision)
-        if decision.limit:
-            headers.update(rate_headers(decision))
-
     async def _admit_locally(self, tenant: str, charge: Charge, headers: dict[str, str]) -> None:
         """Redis is unreachable: the outage policy of `RedisRateLimiter` and `RedisStore`."""
         store, limiter, quota = self.store, self._limiter, self.quota
