@@ -123,7 +123,7 @@ class Proxy:
         self.gw = gateway
 
         # Exact paths → (method, handler): one dict lookup per request instead of aiohttp's
-        # router, middleware chain and Application (measured: bench/README.md "Server path").
+        # router, middleware chain and Application (bench/README.md, "Low-level server").
         # The proxied endpoints go straight to the pipeline: one coroutine less per request.
         self.endpoints = {
             "/v1/chat/completions": "chat/completions",
@@ -235,9 +235,9 @@ class Proxy:
             cache = gw.cache
             if cache is not None:
                 directives = parse_cache_control(request.headers.get("Cache-Control"))
-                raw_key = bytes_key(ctx.tenant, endpoint, raw)
-                if rt.cache_by_bytes and not directives.no_cache:
-                    # Bytes answered before: no parse, hooks, quota or canonical key.
+                raw_key = bytes_key(ctx.tenant, endpoint, raw) if rt.cache_by_bytes else None
+                if raw_key is not None and not directives.no_cache:
+                    # Bytes answered before: no parse, hooks, token estimate or canonical key.
                     found = cache.get_by_bytes(raw_key, rt.generation, directives.max_age)
                     if found is not None:
                         entry, alias = found
@@ -342,7 +342,7 @@ class Proxy:
         cache: ResponseCache,
         charge: Charge,
         directives: CacheDirectives,
-        raw_key: tuple[str, str, bytes],
+        raw_key: tuple[str, str, bytes] | None,
         rt: Runtime,
     ) -> CachedResponse | None:
         key = cache_key(ctx.tenant, ctx.endpoint, ctx.body)
@@ -350,7 +350,7 @@ class Proxy:
             return None
         charge.cache = cache
         charge.cache_key = None if directives.no_store else key
-        if rt.cache_by_bytes:
+        if raw_key is not None:  # the runtime's hooks are all deterministic
             alias = Alias(key, ctx.model, ctx.stream, ctx.client_wants_usage, rt.generation)
             cache.learn(raw_key, alias)
         hit = None if directives.no_cache else cache.get(key, directives.max_age)
