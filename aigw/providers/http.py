@@ -528,9 +528,7 @@ class _Connection(asyncio.Protocol):
             if resp.buffered > HIGH_WATER and not self.paused:
                 self.paused = True
                 self.transport.pause_reading()
-            waiter = resp.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(True)
+            resp.wake()
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost decides what the EOF meant
@@ -602,9 +600,7 @@ class _Connection(asyncio.Protocol):
         resp.status = status
         resp.headers = self._headers
         resp.state = _BODY
-        waiter = resp.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
+        resp.wake()
 
     def on_body(self, body: bytes) -> None:
         resp = self.response
@@ -658,9 +654,7 @@ class _Connection(asyncio.Protocol):
         resp.conn = None
         resp.state = _DONE
         resp.disarm()
-        waiter = resp.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
+        resp.wake()
         self.resume()
         self.pool.release(self, keep_alive=self._keep_alive)
 
@@ -755,6 +749,10 @@ class HTTPResponse(UpstreamResponse):
         self.stale = stale
         self.conn = None
         self.disarm()
+        self.wake()
+
+    def wake(self) -> None:
+        """The connection has news (head, body bytes, the end, an error) for a waiting reader."""
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
