@@ -36,6 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -608,12 +609,7 @@ def profile(
 ) -> Profile:
     """Sample the target with py-spy while wrk loads it (not a measured leg: sampling costs)."""
     assert target.pid is not None
-    RESULTS_DIR.mkdir(exist_ok=True)
-    folded = RESULTS_DIR / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{target.name}.folded"
-    argv = ["py-spy", "record", "--pid", str(target.pid), "--duration", str(duration)]
-    argv += ["--rate", "250", "--format", "raw", "-o", str(folded)]
-    spy = children.start(argv)
-    try:
+    with py_spy(children, target.pid, duration, target.name) as folded:
         run_wrk(
             tools,
             children,
@@ -624,10 +620,23 @@ def profile(
             key=target.key,
             pin=pin,
         )
+    return summarize_folded(target.name, connections, folded)
+
+
+@contextlib.contextmanager
+def py_spy(children: Children, pid: int, seconds: int, name: str) -> Iterator[Path]:
+    """py-spy samples `pid` for `seconds` while the with-block loads it; yields the path its
+    folded stacks are in once the block is done (bench/results/<time>-<name>.folded)."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    folded = RESULTS_DIR / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{name}.folded"
+    argv = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds)]
+    argv += ["--rate", "250", "--format", "raw", "-o", str(folded)]
+    spy = children.start(argv)
+    try:
+        yield folded
         spy.wait(30)
     finally:
         children.stop(spy)
-    return summarize_folded(target.name, connections, folded)
 
 
 # Leaf frames that mean "waiting": a pool thread with no work, the loop in epoll.
@@ -710,8 +719,8 @@ def representative(legs: list[Leg]) -> list[tuple[Leg, list[Leg]]]:
     return out
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
 
 
 def render_table(legs: list[Leg], mode: str) -> str:

@@ -64,6 +64,7 @@ from run import (  # noqa: E402
     CheckError,
     Children,
     StartError,
+    _fmt,
     cpu_busy_seconds,
     cpu_seconds,
     free_port,
@@ -914,15 +915,9 @@ def profile(
 ) -> harness.Profile:
     """py-spy on the target while a throughput client loads it (sampling costs: not a leg)."""
     assert target.pid is not None
-    RESULTS_DIR.mkdir(exist_ok=True)
     c = args.profile_connections
-    stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
-    folded = RESULTS_DIR / f"{stamp}-stream-{target.name}-c{c}.folded"
     seconds = max(3, int(args.duration))
-    argv = ["py-spy", "record", "--pid", str(target.pid), "--duration", str(seconds)]
-    argv += ["--rate", "250", "--format", "raw", "-o", str(folded)]
-    spy = children.start(argv)
-    try:
+    with harness.py_spy(children, target.pid, seconds, f"stream-{target.name}-c{c}") as folded:
         run_client(
             children,
             target,
@@ -937,17 +932,10 @@ def profile(
             pin=pin,
             taskset=taskset,
         )
-        spy.wait(30)
-    finally:
-        children.stop(spy)
     return harness.summarize_folded(target.name, c, folded)
 
 
 # --- report ----------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else format(value, spec) + suffix
 
 
 def median_round(group: list[Leg], key: Any) -> Leg:
