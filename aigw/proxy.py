@@ -374,8 +374,7 @@ class Proxy:
         even a cached answer, so one token is held while it is served and given back."""
         charge.cache_key = None  # nothing to store again
         charge.estimate = 1
-        gw = self.gw
-        await gw.admission.admit(ctx.tenant, charge, requests, headers)
+        await self.gw.admission.admit(ctx.tenant, charge, requests, headers)
         ctx.cache = "hit"
         ctx.status = 200
         headers.update(hit.headers)

@@ -23,19 +23,12 @@ from aigw.quota import QuotaManager
 from aigw.state.base import Override, UsageCounters
 from aigw.state.redis import RedisRateLimiter, RedisStore, redacted_url
 from aigw.workers import merge_lb_stats
+from tests.clock import FakeClock
 from tests.conftest import _short_tmp, make_config
 from tests.redis_server import RedisServer
 from tests.upstream import Upstream
 
 NOW = 1_710_072_000.0  # 2024-03-10T12:00:00Z
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 StoreFactory = Callable[..., Awaitable[RedisStore]]
@@ -104,7 +97,7 @@ async def test_reservation_ids_of_instances_do_not_collide(
 async def test_override_on_one_instance_applies_to_the_next_request_on_another(
     redis_url: str, make_store: StoreFactory
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     qa = QuotaManager(await make_store(redis_url), QuotaConfig(default=100), clock=clock)
     qb = QuotaManager(await make_store(redis_url), QuotaConfig(default=100), clock=clock)
     await qb.commit(await qb.reserve("team-a", 50), Usage(30, 20, 50))  # b's view is loaded
@@ -125,8 +118,8 @@ async def test_override_on_one_instance_applies_to_the_next_request_on_another(
 async def test_status_on_another_instance_shows_fresh_overrides(
     redis_url: str, make_store: StoreFactory
 ) -> None:
-    qa = QuotaManager(await make_store(redis_url), QuotaConfig(default=100), clock=Clock())
-    qb = QuotaManager(await make_store(redis_url), QuotaConfig(default=100), clock=Clock())
+    qa = QuotaManager(await make_store(redis_url), QuotaConfig(default=100), clock=FakeClock(NOW))
+    qb = QuotaManager(await make_store(redis_url), QuotaConfig(default=100), clock=FakeClock(NOW))
     await qa.set_limit("team-x", 777)
     assert [(s.tenant, s.limit, s.source) for s in await qb.status()] == [
         ("team-x", 777, "override")
@@ -139,7 +132,7 @@ async def test_status_on_another_instance_shows_fresh_overrides(
 async def test_a_crashed_instance_reservation_expires(
     redis_url: str, make_store: StoreFactory
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     crashed = await make_store(redis_url, clock=clock)
     assert (await crashed.reserve("t", "p", 900, 1000, reservation_id=1, ttl=30)).allowed
     # The instance dies without committing: nothing releases the reservation but its TTL.
@@ -156,7 +149,7 @@ async def test_a_crashed_instance_reservation_expires(
 
 
 async def test_keys_are_namespaced_and_expire(redis_url: str, make_store: StoreFactory) -> None:
-    clock = Clock(1e10)  # far future, so period ends are too
+    clock = FakeClock(1e10)  # far future, so period ends are too
     store = await make_store(redis_url, clock=clock)
     qm = QuotaManager(store, QuotaConfig(default=1000, period="daily"), clock=clock)
     reservation = await qm.reserve("team-a", 100)
@@ -193,7 +186,7 @@ async def test_keys_are_namespaced_and_expire(redis_url: str, make_store: StoreF
 async def test_shared_request_bucket_across_instances(
     redis_url: str, make_store: StoreFactory
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     config = RateLimitConfig(requests_per_second=10, burst=20)
     a = RedisRateLimiter(config, await make_store(redis_url), clock=clock)
     b = RedisRateLimiter(config, await make_store(redis_url), clock=clock)
@@ -214,7 +207,7 @@ async def test_shared_request_bucket_across_instances(
 async def test_shared_token_bucket_settles_real_usage(
     redis_url: str, make_store: StoreFactory
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     config = RateLimitConfig(
         tokens_per_minute=600, tenants={"vip": RateLimitRule(tokens_per_minute=0)}
     )
@@ -244,7 +237,7 @@ async def test_fail_open_serves_counts_locally_and_reconciles(
     baseline = len(asyncio.all_tasks())
     store = await make_store(redis_server.url)
     limiter = RedisRateLimiter(RateLimitConfig(requests_per_second=1000, burst=1000), store)
-    qm = QuotaManager(store, QuotaConfig(default=1000), clock=Clock())
+    qm = QuotaManager(store, QuotaConfig(default=1000), clock=FakeClock(NOW))
     await qm.commit(await qm.reserve("t", 100), Usage(50, 50, 100))
     before_outage = await qm.reserve("t", 100)  # in flight while Redis dies
 
@@ -280,7 +273,7 @@ async def test_fail_closed_refuses_then_recovers(
     baseline = len(asyncio.all_tasks())
     store = await make_store(redis_server.url, on_failure="fail_closed")
     limiter = RedisRateLimiter(RateLimitConfig(requests_per_second=100, burst=100), store)
-    qm = QuotaManager(store, QuotaConfig(default=1000), clock=Clock())
+    qm = QuotaManager(store, QuotaConfig(default=1000), clock=FakeClock(NOW))
     running = await qm.reserve("t", 100)
     redis_server.kill()
     for _ in range(3):

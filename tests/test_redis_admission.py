@@ -21,18 +21,11 @@ from aigw.hooks.base import Usage
 from aigw.proxy import Charge
 from aigw.quota import QuotaManager
 from aigw.state.redis import RedisAdmission, RedisRateLimiter, RedisStore
+from tests.clock import FakeClock
 from tests.conftest import _short_tmp, make_config
 from tests.upstream import Upstream
 
 NOW = 1_710_072_000.0  # 2024-03-10T12:00:00Z
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 MakeAdmission = Callable[..., Awaitable[RedisAdmission]]
@@ -49,7 +42,7 @@ async def make_admission() -> AsyncIterator[MakeAdmission]:
         *,
         rate: RateLimitConfig,
         quota: QuotaConfig,
-        clock: Clock,
+        clock: FakeClock,
         **store_kwargs: Any,
     ) -> RedisAdmission:
         store_kwargs.setdefault("recovery_interval", 0.02)
@@ -130,7 +123,7 @@ EVERY_LIMIT = RateLimitConfig(requests_per_second=1, burst=3, tokens_per_minute=
 async def test_a_request_costs_one_round_trip_to_admit_and_one_to_settle(
     redis_url: str, make_admission: MakeAdmission
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     admission = await make_admission(
         redis_url, rate=EVERY_LIMIT, quota=QuotaConfig(default=10_000), clock=clock
     )
@@ -152,7 +145,7 @@ async def test_a_request_costs_one_round_trip_to_admit_and_one_to_settle(
 async def test_unlimited_tenant_still_checks_overrides_in_its_one_round_trip(
     redis_url: str, make_admission: MakeAdmission
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     a = await make_admission(redis_url, rate=RateLimitConfig(), quota=QuotaConfig(), clock=clock)
     b = await make_admission(redis_url, rate=RateLimitConfig(), quota=QuotaConfig(), clock=clock)
     trips = RoundTrips(a.store, redis_url)
@@ -176,7 +169,7 @@ async def test_unlimited_tenant_still_checks_overrides_in_its_one_round_trip(
 async def test_request_bucket_refusal_takes_no_tokens_and_no_quota(
     redis_url: str, make_admission: MakeAdmission
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     admission = await make_admission(
         redis_url, rate=EVERY_LIMIT, quota=QuotaConfig(default=10_000), clock=clock
     )
@@ -201,7 +194,7 @@ async def test_request_bucket_refusal_takes_no_tokens_and_no_quota(
 async def test_token_bucket_refusal_takes_no_request_slot_and_no_quota(
     redis_url: str, make_admission: MakeAdmission
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     admission = await make_admission(
         redis_url, rate=EVERY_LIMIT, quota=QuotaConfig(default=10_000), clock=clock
     )
@@ -224,7 +217,7 @@ async def test_token_bucket_refusal_takes_no_request_slot_and_no_quota(
 async def test_quota_refusal_takes_no_request_slot_and_no_tokens(
     redis_url: str, make_admission: MakeAdmission
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     admission = await make_admission(
         redis_url, rate=EVERY_LIMIT, quota=QuotaConfig(default=100), clock=clock
     )
@@ -247,7 +240,7 @@ async def test_quota_refusal_reports_the_buckets_as_they_are(
     redis_url: str, make_admission: MakeAdmission
 ) -> None:
     """The headers of a quota refusal show what is left, since the request took nothing."""
-    clock = Clock()
+    clock = FakeClock(NOW)
     admission = await make_admission(
         redis_url, rate=EVERY_LIMIT, quota=QuotaConfig(default=100), clock=clock
     )
@@ -328,7 +321,7 @@ async def test_200_concurrent_admissions_on_two_instances_never_overshoot(
         tokens_per_minute=(allowed if binding == "tokens" else others) * estimate,
     )
     quota = QuotaConfig(default=(allowed if binding == "quota" else others) * estimate)
-    clock = Clock()
+    clock = FakeClock(NOW)
     a = await make_admission(redis_url, rate=rate, quota=quota, clock=clock)
     b = await make_admission(redis_url, rate=rate, quota=quota, clock=clock)
 
@@ -366,7 +359,7 @@ async def test_200_concurrent_admissions_on_two_instances_never_overshoot(
 async def test_settle_commits_usage_and_corrects_the_token_bucket(
     redis_url: str, make_admission: MakeAdmission
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     admission = await make_admission(
         redis_url, rate=EVERY_LIMIT, quota=QuotaConfig(default=10_000), clock=clock
     )
@@ -397,7 +390,7 @@ async def test_unreachable_redis_fail_closed_refuses_and_fail_open_admits_locall
     dead = "redis://127.0.0.1:1/0"
     # Practically no refill: the in-memory buckets run on the real monotonic clock.
     rate = RateLimitConfig(requests_per_second=0.001, burst=3, tokens_per_minute=600)
-    clock = Clock()
+    clock = FakeClock(NOW)
     closed = await make_admission(
         dead, rate=rate, quota=QuotaConfig(default=1000), clock=clock, on_failure="fail_closed"
     )

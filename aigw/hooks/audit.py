@@ -112,7 +112,6 @@ class _Record:
 class AuditHook(Hook):
     modifies_request = False
     observes_only = True  # one line per request, with the status the client got
-    deterministic = True
 
     def __init__(
         self,
