@@ -59,6 +59,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def serving_url(proc: subprocess.Popen[str]) -> str:
+    """Read the daemon's output up to its "serving <url>" line; the URL."""
+    assert proc.stdout is not None
+    line = ""
+    while "serving" not in line:
+        line = proc.stdout.readline()
+        assert line, "daemon exited"
+    return line.split("serving ")[1].split()[0]
+
+
 async def test_openai_sdk_against_daemon(upstream: Upstream, daemon_factory: Any) -> None:
     env = {"UP_KEY": PROVIDER_KEY, "TEAM_KEY": TENANT_KEY}
     d: Daemon = daemon_factory(config_for(upstream.url, keys=True), env=env, args=("--access-log",))
@@ -231,12 +241,7 @@ def test_builtin_default_serves_mock(tmp_path: Path, sock_dir: Path) -> None:
         env=cli_env(env),
     )
     try:
-        assert proc.stdout is not None
-        line = ""
-        while "serving" not in line:
-            line = proc.stdout.readline()
-            assert line, "daemon exited"
-        url = line.split("serving ")[1].split()[0]
+        url = serving_url(proc)
         client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
         answer = client.chat.completions.create(
             model="mock", messages=[{"role": "user", "content": "ping"}]
@@ -290,11 +295,7 @@ def test_serve_finds_the_admin_socket_like_the_clients(tmp_path: Path, sock_dir:
         env=cli_env(env),
     )
     try:
-        assert proc.stdout is not None
-        line = ""
-        while "serving" not in line:
-            line = proc.stdout.readline()
-            assert line, "daemon exited"
+        serving_url(proc)
         status = run_cli("status", env=env)
         assert status.returncode == 0, status.stderr
         assert str(proc.pid) in status.stdout
