@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -242,3 +243,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", appendonly=True).start()
     yield server
     server.stop()
+
+
+def read_available(fd: int, wait: float = 0.05) -> bytes:
+    """Everything a pseudo-terminal or pipe has to give without blocking longer than `wait`."""
+    data = b""
+    while select.select([fd], [], [], wait)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data

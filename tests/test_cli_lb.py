@@ -8,7 +8,6 @@ import os
 import pty
 import random
 import re
-import select
 import signal
 import socketserver
 import subprocess
@@ -29,6 +28,7 @@ from aigw.balancer import Balancers
 from aigw.cli import lb
 from aigw.config import HealthConfig, ModelConfig, TargetConfig
 from tests.clock import FakeClock
+from tests.conftest import read_available
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -270,10 +270,10 @@ def test_live_redraws_on_a_terminal_and_exits_0_on_ctrl_c(sock_dir: Path) -> Non
         try:
             deadline = time.monotonic() + 30
             while stub.hits < 4 and proc.poll() is None and time.monotonic() < deadline:
-                output += _read_available(primary)
+                output += read_available(primary)
             proc.send_signal(signal.SIGINT)  # Ctrl+C
             code = proc.wait(timeout=30)
-            output += _read_available(primary)
+            output += read_available(primary)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -285,16 +285,3 @@ def test_live_redraws_on_a_terminal_and_exits_0_on_ctrl_c(sock_dir: Path) -> Non
     assert "Traceback" not in text
     assert "req/s over" in text  # later frames show the rate over the interval
     assert "\x1b[" in text  # drawn with cursor movement, in place
-
-
-def _read_available(fd: int) -> bytes:
-    data = b""
-    while select.select([fd], [], [], 0.05)[0]:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # the other side closed
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import pty
-import select
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ import pytest
 from aigw.admin_client import AdminClient, AdminError
 from aigw.config import load_config
 from aigw.hooks.base import Hook
-from tests.conftest import Daemon, RunningGateway, cli_env
+from tests.conftest import Daemon, RunningGateway, cli_env, read_available
 from tests.upstream import WORDS, Upstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -373,19 +372,6 @@ async def test_lb_stats_json_once_and_piped_match_the_requests_sent(
     assert d.terminate() == 0
 
 
-def _read_available(fd: int, wait: float = 0.05) -> bytes:
-    data = b""
-    while select.select([fd], [], [], wait)[0]:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # the other side closed
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _live_under_pty(socket_path: Path, frames: int) -> tuple[int, str]:
     """Plain `aigw lb stats --interval 0.2` on a pseudo-terminal: wait for `frames` redraws,
     then Ctrl+C (SIGINT). Blocking: run it off the event loop."""
@@ -414,10 +400,10 @@ def _live_under_pty(socket_path: Path, frames: int) -> tuple[int, str]:
         while output.count(b"req/s over") < frames and time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            output += _read_available(primary)
+            output += read_available(primary)
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
-        output += _read_available(primary)
+        output += read_available(primary)
     finally:
         if proc.poll() is None:
             proc.kill()
