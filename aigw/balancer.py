@@ -7,13 +7,17 @@ outcome on the lease:
     lease.success()          the upstream answered well.
     lease.failure(message)   the target's fault, counted as an error:
                              connect errors (refused, reset, DNS, TLS), connect/read timeouts,
-                             HTTP 5xx, HTTP 429 (overloaded), an unparseable answer, and a stream
-                             that breaks after it started.
+                             HTTP 5xx, an unparseable answer, and a stream that breaks after it
+                             started.
     lease.neutral()          not the target's fault: the client's own 4xx (400, 401, 403, 404,
                              413, 422, ...), the client cancelling or disconnecting, our own
                              deadline passing before the attempt. Counted in `requests`, never
                              as an error, and kept out of the health window: it neither trips a
                              breaker nor dilutes the error rate of a failing target.
+    lease.throttled(s, msg)  the upstream said "too many requests" (HTTP 429): the target is
+                             alive but must not get traffic for `s` seconds (its retry-after).
+                             It is skipped until then (`cooling`), and the 429 never counts in
+                             the health window: a burst of 429s cannot open the circuit.
 
 The first outcome reported counts; later calls on the same lease are ignored. Latency is measured
 from `acquire()` to `lease.first_byte()` when it is called, else to the outcome.
@@ -43,6 +47,7 @@ otherwise.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -75,6 +80,9 @@ BUSY_PROBE_RETRY_AFTER = 1.0
 _SUCCESS = 0
 _FAILURE = 1
 _NEUTRAL = 2
+_THROTTLED = 3
+
+log = logging.getLogger("aigw.balancer")
 
 
 # --- bounded-memory estimators ------------------------------------------------------------
@@ -180,6 +188,8 @@ class TargetState:
         "_open_until",
         "_probe_lease",
         "_window",
+        "cooling_answer",
+        "cooling_until",
         "errors",
         "gateway_model",
         "id",
@@ -188,6 +198,7 @@ class TargetState:
         "model",
         "provider",
         "requests",
+        "throttles",
         "trips",
         "weight",
     )
@@ -210,6 +221,12 @@ class TargetState:
         self.requests = 0
         self.errors = 0
         self.trips = 0
+        self.throttles = 0  # 429 answers: the upstream asked for a pause
+        #: clock time until which the upstream asked for no traffic (429 + retry-after)
+        self.cooling_until = 0.0
+        #: what the upstream answered when it asked for the pause (opaque to the balancer: the
+        #: proxy gives it to clients while the pause lasts)
+        self.cooling_answer: object = None
         self.last_error: str | None = None
         self._health = health
         self._clock = clock
@@ -236,8 +253,15 @@ class TargetState:
             self._circuit = HALF_OPEN
         return self._circuit
 
+    def cooling_left(self) -> float:
+        """Seconds left of the upstream-asked pause (0 when none)."""
+        return max(self.cooling_until - self._clock(), 0.0)
+
     def admits(self, now: float) -> bool:
-        """True when the circuit lets a request through now (hot path)."""
+        """True when the circuit lets a request through now and the upstream did not ask for a
+        pause (hot path)."""
+        if now < self.cooling_until:
+            return False
         circuit = self._circuit
         if circuit == CLOSED:
             return True
@@ -257,13 +281,25 @@ class TargetState:
         self._open_until = now + self._cooldown
         self._probe_lease = None
         self.trips += 1
+        log.warning(
+            "target %s of model %s: circuit open for %s (%s)",
+            self.id,
+            self.gateway_model,
+            _seconds(self._cooldown),
+            self.last_error or "error rate over the threshold",
+        )
 
     def _close(self, now: float) -> None:
+        was = self._circuit
         self._circuit = CLOSED
         self._closed_at = now
         self._probe_lease = None
         # The errors that opened the circuit are history: judge the recovered target afresh.
         self._window.reset()
+        if was != CLOSED:
+            log.warning(
+                "target %s of model %s: circuit closed, healthy again", self.id, self.gateway_model
+            )
 
     def _judge(self, now: float) -> None:
         """Open a closed circuit when the window's error rate crosses the threshold."""
@@ -287,6 +323,12 @@ class TargetState:
         self.requests += 1
         first_byte = lease._first_byte
         latency = (now if first_byte is None else first_byte) - lease._started
+        if outcome == _THROTTLED:
+            self._cool(now, lease._cooling, message)
+            self.cooling_answer = lease._answer
+            if lease is self._probe_lease:
+                self._probe_lease = None  # the next request after the pause probes again
+            return
         if outcome == _FAILURE:
             self.errors += 1
             self.last_error = _clip(message)
@@ -309,6 +351,23 @@ class TargetState:
         self._window.add(now, outcome == _FAILURE)
         if outcome == _FAILURE and self._circuit == CLOSED:
             self._judge(now)  # only a failure raises the rate: a success never opens a circuit
+
+    def _cool(self, now: float, seconds: float, message: str | None) -> None:
+        """The upstream answered 429: no traffic for `seconds` (capped at max_cooldown). Neither
+        an error nor a success for the health window; latency is not sampled (a refusal is
+        quick and would make the target look fast)."""
+        self.throttles += 1
+        self.last_error = _clip(message)
+        seconds = min(max(seconds, 0.0), self._health.max_cooldown)
+        if now + seconds > self.cooling_until:
+            if now >= self.cooling_until:
+                log.warning(
+                    "target %s of model %s: rate limited by the upstream, no traffic for %s",
+                    self.id,
+                    self.gateway_model,
+                    _seconds(seconds),
+                )
+            self.cooling_until = now + seconds
 
     def _observe_ewma(self, now: float, rtt: float) -> None:
         # As Finagle's PeakEwma: the cost decays toward 0 between samples, jumps to any sample
@@ -371,8 +430,10 @@ class TargetState:
         if self.circuit_at(now) != CLOSED:
             return UNHEALTHY
         requests, errors = self._window.counts(now)
-        if self._last_probe_ok is False or (
-            errors and errors >= self._health.error_rate_threshold / 2 * requests
+        if (
+            self._last_probe_ok is False
+            or now < self.cooling_until
+            or (errors and errors >= self._health.error_rate_threshold / 2 * requests)
         ):
             return DEGRADED
         return HEALTHY
@@ -388,9 +449,11 @@ class TargetState:
             health=self.health_at(now),
             circuit=self.circuit_at(now),
             next_probe_in=self.next_probe_in(now),
+            cooling_for=max(self.cooling_until - now, 0.0) or None,
             in_flight=self.in_flight,
             requests=self.requests,
             errors=self.errors,
+            throttles=self.throttles,
             window_requests=requests,
             error_rate=errors / requests if requests else 0.0,
             latency_p50=p50,
@@ -406,6 +469,10 @@ class TargetState:
         self._health = health
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 else f"{value:.3g}s"
+
+
 def _clip(message: str | None) -> str:
     text = " ".join((message or "error").split())  # one line
     return text if len(text) <= LAST_ERROR_MAX else text[: LAST_ERROR_MAX - 1] + "…"
@@ -414,13 +481,15 @@ def _clip(message: str | None) -> str:
 class Lease:
     """One attempt on one target. Report exactly one outcome; the first one counts."""
 
-    __slots__ = ("_done", "_first_byte", "_started", "target")
+    __slots__ = ("_answer", "_cooling", "_done", "_first_byte", "_started", "target")
 
     def __init__(self, target: TargetState, started: float) -> None:
         self.target = target
         self._started = started
         self._first_byte: float | None = None
         self._done = False
+        self._cooling = 0.0
+        self._answer: object = None
 
     def first_byte(self) -> None:
         """The first byte of the answer arrived: latency is measured up to here."""
@@ -443,6 +512,15 @@ class Lease:
         if not self._done:
             self._done = True
             self.target._finish(self, _NEUTRAL, None)
+
+    def throttled(self, seconds: float, message: str, answer: object = None) -> None:
+        """The upstream asked for a pause (429): skip the target for `seconds`. `answer` is
+        kept as the target's `cooling_answer` while the pause lasts."""
+        if not self._done:
+            self._done = True
+            self._cooling = seconds
+            self._answer = answer
+            self.target._finish(self, _THROTTLED, message)
 
 
 # --- strategies ---------------------------------------------------------------------------
@@ -606,15 +684,20 @@ class ModelBalancer:
         """A lease on a target whose circuit lets traffic through and that is not in `exclude`
         (the targets this request already tried); None when there is none."""
         now = self._clock()
-        # `_circuit == CLOSED` inline: the common case costs no method call.
+        # The common case (closed, not cooling) inline: it costs no method call.
         if exclude:
             ready = [
                 t
                 for t in self.targets
-                if (t._circuit == CLOSED or t.admits(now)) and t not in exclude
+                if ((t._circuit == CLOSED and t.cooling_until <= now) or t.admits(now))
+                and t not in exclude
             ]
         else:
-            ready = [t for t in self.targets if t._circuit == CLOSED or t.admits(now)]
+            ready = [
+                t
+                for t in self.targets
+                if (t._circuit == CLOSED and t.cooling_until <= now) or t.admits(now)
+            ]
         if not ready:
             return None
         target = ready[0] if len(ready) == 1 else self._strategy.pick(ready, now)
@@ -624,21 +707,39 @@ class ModelBalancer:
         target.in_flight += 1
         return lease
 
-    def soonest_recovery(self) -> float:
+    def soonest_recovery(self, now: float | None = None) -> float:
         """Seconds until some target lets a request through again (for `retry-after`)."""
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         soonest = math.inf
         for target in self.targets:
+            cooling = target.cooling_until - now
             circuit = target.circuit_at(now)
             if circuit == CLOSED:
-                return 0.0
-            if circuit == OPEN:
-                soonest = min(soonest, target._open_until - now)
+                wait = 0.0
+            elif circuit == OPEN:
+                wait = target._open_until - now
             elif target._probe_lease is None:
-                return 0.0
+                wait = 0.0
             else:
-                soonest = min(soonest, BUSY_PROBE_RETRY_AFTER)
+                wait = BUSY_PROBE_RETRY_AFTER
+            soonest = min(soonest, max(wait, cooling))
         return 0.0 if soonest == math.inf else max(soonest, 0.0)
+
+    def cooling_target(self) -> TargetState | None:
+        """The target whose upstream-asked pause ends first, when every target is either
+        cooling or open and the soonest way back is a pause ending (the client then gets the
+        upstream's own 429, not a 503); None otherwise."""
+        now = self._clock()
+        best: TargetState | None = None
+        for target in self.targets:
+            if target.cooling_until <= now:
+                continue
+            if best is None or target.cooling_until < best.cooling_until:
+                best = target
+        if best is None:
+            return None
+        return best if best.cooling_until - now <= self.soonest_recovery(now) else None
 
     def stats(self, now: float) -> ModelStats:
         return ModelStats(
@@ -762,9 +863,11 @@ class TargetStats:
     health: str  # healthy | degraded | unhealthy
     circuit: str  # closed | open | half_open
     next_probe_in: float | None  # seconds; None when no probe is scheduled
+    cooling_for: float | None  # seconds of an upstream-asked pause (429) left; None: none
     in_flight: int
     requests: int  # client requests since start (or since the target appeared)
     errors: int
+    throttles: int  # 429 answers (not errors: they never open the circuit)
     window_requests: int  # requests (and probes) inside the health window
     error_rate: float  # errors / requests inside the health window, 0..1
     latency_p50: float | None  # seconds, over the last LATENCY_SAMPLES answers

@@ -615,9 +615,11 @@ def test_snapshot_contents() -> None:
         "health",
         "circuit",
         "next_probe_in",
+        "cooling_for",
         "in_flight",
         "requests",
         "errors",
+        "throttles",
         "window_requests",
         "error_rate",
         "latency_p50",
@@ -691,3 +693,93 @@ def test_reload_keeps_an_open_circuit_open() -> None:
     )
     assert target(bal(reloaded), "bad").circuit_at(clock.now) == OPEN
     assert {take(bal(reloaded)).target.provider for _ in range(4)} == {"good"}
+
+
+# --- upstream 429: a pause, never a circuit trip ---------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_CLASSES))
+def test_a_burst_of_429s_cools_the_target_for_its_retry_after_and_never_opens_the_circuit(
+    strategy: str,
+) -> None:
+    balancers, clock = build(three(strategy))
+    mb = bal(balancers)
+    a = mb.targets[0]
+    for _ in range(50):  # far past min_requests, 100 % "errors" if they counted
+        lease = take(mb, [t for t in mb.targets if t is not a])
+        assert lease.target is a
+        lease.throttled(0.0, "HTTP 429: slow down")
+    stats = a.stats(clock())
+    assert (stats.circuit, stats.errors, stats.throttles, stats.window_requests) == (
+        CLOSED,
+        0,
+        50,
+        0,
+    )
+    lease = take(mb, [t for t in mb.targets if t is not a])
+    lease.throttled(20.0, "HTTP 429: Rate limit reached")
+    for _ in range(30):  # skipped while it cools: the other targets serve
+        other = take(mb)
+        assert other.target is not a
+        other.success()
+    assert a.stats(clock()).cooling_for == pytest.approx(20.0)
+    assert a.stats(clock()).health == DEGRADED
+    clock.advance(19.999)
+    assert mb.acquire([t for t in mb.targets if t is not a]) is None
+    clock.advance(0.001)
+    assert take(mb, [t for t in mb.targets if t is not a]).target is a  # exactly that long
+    assert a.stats(clock()).cooling_for is None
+
+
+def test_when_every_target_cools_the_soonest_pause_is_what_the_client_waits_for() -> None:
+    balancers, clock = build(three("round_robin"))
+    mb = bal(balancers)
+    pauses = {"a": 7.0, "b": 3.0, "c": 12.0}
+    for _ in range(3):
+        lease = take(mb, [t for t in mb.targets if t.provider in _cooling(mb, clock())])
+        lease.throttled(pauses[lease.target.provider], "HTTP 429")
+    assert mb.acquire() is None
+    assert mb.soonest_recovery() == pytest.approx(3.0)
+    cooling = mb.cooling_target()
+    assert cooling is not None and cooling.provider == "b"
+
+
+def test_an_open_circuit_that_recovers_first_is_a_503_not_the_cooling_429() -> None:
+    health = HealthConfig(min_requests=1, cooldown=2.0, check_interval=0.0)
+    balancers, clock = build(
+        {"gw": model("gw", "round_robin", ("a", "m", 1), ("b", "m", 1))}, health
+    )
+    mb = bal(balancers)
+    a, b = mb.targets
+    take(mb, [b]).failure("HTTP 500")  # a opens for 2 s
+    take(mb, [a]).throttled(60.0, "HTTP 429")  # b cools for 60 s
+    assert mb.acquire() is None
+    assert mb.soonest_recovery() == pytest.approx(2.0)
+    assert mb.cooling_target() is None
+
+
+def test_a_pause_is_capped_at_max_cooldown() -> None:
+    balancers, clock = build(three("random"))
+    mb = bal(balancers)
+    lease = take(mb)
+    lease.throttled(86400.0, "HTTP 429")
+    assert lease.target.stats(clock()).cooling_for == pytest.approx(HEALTH.max_cooldown)
+
+
+def test_a_half_open_probe_answered_429_frees_the_probe_slot_after_the_pause() -> None:
+    health = HealthConfig(min_requests=1, cooldown=1.0, check_interval=0.0)
+    balancers, clock = build({"gw": model("gw", "round_robin", ("a", "m", 1))}, health)
+    mb = bal(balancers)
+    take(mb).failure("HTTP 500")
+    clock.advance(1.0)
+    probe = take(mb)
+    probe.throttled(5.0, "HTTP 429")
+    assert mb.acquire() is None
+    clock.advance(5.0)
+    probe = take(mb)  # the next request after the pause is the probe
+    probe.success()
+    assert probe.target.stats(clock()).circuit == CLOSED
+
+
+def _cooling(mb: ModelBalancer, now: float) -> set[str]:
+    return {t.provider for t in mb.targets if t.cooling_until > now}
