@@ -11,6 +11,8 @@
     ├── QuotaExceededError           429 insufficient_quota (+ x-should-retry: false)
     ├── UpstreamStatusError          an upstream's own 4xx/5xx answer, body passed through
     ├── UpstreamError                502 upstream unreachable / bad response
+    │   ├── UpstreamAuthError        502 code upstream_auth_error: the upstream refused the
+    │   │                            gateway's own credentials (401/403), secrets redacted
     │   └── UpstreamBusyError        503 code upstream_busy: our pool to the target is full,
     │                                nothing was sent (the proxy tries the next target)
     ├── NoHealthyTargetError         503 no_healthy_target (+ retry-after)
@@ -118,13 +120,19 @@ class RateLimitError(GatewayError):
 
 
 class QuotaExceededError(GatewayError):
+    """The tenant's quota cannot hold this request. `retryable`: it would fit but for what the
+    tenant's own requests in flight have reserved, so a retry soon may pass (`retry-after`);
+    otherwise the SDKs are told not to retry (`x-should-retry: false`)."""
+
     status = 429
     type = "insufficient_quota"
     code = "insufficient_quota"
     client_fault = True
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"x-should-retry": "false"})
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        headers = retry_after_headers(1.0) if retryable else {"x-should-retry": "false"}
+        super().__init__(message, headers=headers)
+        self.retryable = retryable
 
 
 #: Upstream 4xx statuses that are the target's fault: failed over and counted against it.
@@ -161,6 +169,14 @@ class UpstreamError(GatewayError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+
+
+class UpstreamAuthError(UpstreamError):
+    """The upstream refused the gateway's own credentials (HTTP 401/403): a misconfigured
+    provider, not the caller's key. A 502, so SDKs do not tell the caller their key is wrong;
+    the upstream's message is kept only with secrets redacted."""
+
+    code = "upstream_auth_error"
 
 
 class UpstreamBusyError(UpstreamError):

@@ -230,8 +230,12 @@ class QuotaManager:
     def exceeded(
         tenant: str, limit: int, window: PeriodWindow, used: int, reserved: int, tokens: int
     ) -> QuotaExceededError:
-        """The 429 for a refused reservation of `tokens`."""
-        return QuotaExceededError(_exceeded_message(tenant, limit, window, used, reserved, tokens))
+        """The 429 for a refused reservation of `tokens`. When the request would fit but for
+        what the tenant's own requests in flight hold, it may be retried once they settle."""
+        return QuotaExceededError(
+            _exceeded_message(tenant, limit, window, used, reserved, tokens),
+            retryable=used + tokens <= limit,
+        )
 
     async def commit(self, reservation: Reservation, usage: Usage | None) -> None:
         """Replace the reservation by the real usage. With `usage=None` (the upstream reported
@@ -396,10 +400,13 @@ def _exceeded_message(
     reset = window.next_reset()
     when = f"It resets at {reset}." if reset else "It does not reset."
     in_flight = f" (+{reserved:,} reserved by requests in flight)" if reserved else ""
-    return (
+    text = (
         f"Tenant '{tenant}' has used {used:,} of its {limit:,} token {window.period} quota"
-        f"{in_flight}; this request may need up to {tokens:,} tokens. {when}"
+        f"{in_flight}; this request may need up to {tokens:,} tokens."
     )
+    if used + tokens <= limit:
+        return f"{text} Retry once the requests in flight have finished."
+    return f"{text} {when}"
 
 
 # --- estimation helpers ------------------------------------------------------------------

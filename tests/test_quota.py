@@ -91,6 +91,23 @@ async def test_record_over_quota_is_denied(make_manager: Factory) -> None:
     assert status.total_tokens == 0 and status.reserved == 0
 
 
+async def test_a_refusal_only_for_reservations_in_flight_may_be_retried(
+    make_manager: Factory,
+) -> None:
+    qm = await make_manager(default=100)
+    held = await qm.reserve("team-a", 80)
+    with pytest.raises(QuotaExceededError) as info:  # 0 used + 30 fits; the 80 held does not
+        await qm.reserve("team-a", 30)
+    err = info.value
+    assert "x-should-retry" not in err.headers and err.headers["retry-after"] == "1"
+    assert "Retry once the requests in flight have finished" in err.message
+    await qm.commit(held, usage(40, 40))
+    with pytest.raises(QuotaExceededError) as info:  # 80 used + 30 cannot fit, ever
+        await qm.reserve("team-a", 30)
+    assert info.value.headers["x-should-retry"] == "false"
+    assert "retry-after" not in info.value.headers
+
+
 async def test_limit_zero_is_unlimited_and_usage_still_recorded(make_manager: Factory) -> None:
     qm = await make_manager(default=100, tenants={"enterprise": 0})
     r = await qm.reserve("enterprise", 10**9)
