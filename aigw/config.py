@@ -53,6 +53,7 @@ from aigw.choices import (
     StrategyName as StrategyName,
 )
 from aigw.errors import ConfigError, ConfigProblem
+from aigw.headers import never_forwarded
 from aigw.tenants import is_valid_tenant
 
 
@@ -227,6 +228,15 @@ class ProviderConfig:
         default_factory=dict,
         repr=False,  # values may carry credentials from ${ENV}
         metadata=_doc("Extra headers sent upstream (values may use `${ENV}`)."),
+    )
+    forward_headers: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Client request headers forwarded upstream, besides the default ones "
+            "(`OpenAI-Organization`, `OpenAI-Project`, `OpenAI-Beta`, `User-Agent`, "
+            "`X-Stainless-*`, `HTTP-Referer`, `X-Title`); credentials, cookies, `X-Aigw-*` and "
+            "hop-by-hop headers never are."
+        ),
     )
     timeout: float = field(
         default=300.0,
@@ -512,6 +522,7 @@ def format_size(size: int) -> str:
 # --- loading -----------------------------------------------------------------------------
 
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 # `$${` is a literal `${`; anything else starting with `${` must be a valid reference.
 _ENV_TOKEN_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
@@ -1126,6 +1137,17 @@ class _Loader:
                     )
             if provider.type != "mock" and f"{path}.mock" in self.lines:
                 self.rule(f"{path}.mock", "mock options only apply to a provider with type: mock")
+            for i, header in enumerate(provider.forward_headers):
+                sub = f"{path}.forward_headers[{i}]"
+                if not _HEADER_NAME_RE.fullmatch(header):
+                    self.rule(sub, f"{_show(header)} is not an HTTP header name")
+                elif never_forwarded(header):
+                    self.rule(
+                        sub,
+                        f"{_show(header)} is never forwarded upstream",
+                        "credentials, cookies, X-Aigw-* and hop-by-hop headers stay at the "
+                        "gateway; set a provider's own headers under `headers:`",
+                    )
 
     def check_models(self, config: Config) -> Config:
         if not config.models:

@@ -12,8 +12,9 @@ import hashlib
 import itertools
 import logging
 import os
+import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import HttpVersion11, web
@@ -42,13 +43,17 @@ from aigw.errors import (
     QuotaExceededError,
     RateLimitError,
     RequestTooLargeError,
+    UpstreamAuthError,
     UpstreamBusyError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
     error_event,
+    retry_after_headers,
 )
+from aigw.headers import RETRY_HEADERS, UPSTREAM_REQUEST_ID, client_headers
 from aigw.hooks.base import RequestContext, ResponseInfo, Usage
+from aigw.logutil import RateLimitedLog
 from aigw.ratelimit import headers as rate_headers
 from aigw.redact import redact
 from aigw.streaming import StreamTap, usage_from_body
@@ -68,7 +73,14 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 _JSON_CT = "application/json"
 _MODEL_PREFIX = "/v1/models/"
-_RETRY_HEADERS = ("retry-after", "retry-after-ms")
+#: A 429 without retry advice pauses its target this long (seconds): not at all, the client
+#: backs off by its own rules and the next request may go there again.
+DEFAULT_THROTTLE = 0.0
+#: Content chunks a stream may send past `max_tokens` * n before it is cut: role, filter and
+#: empty keep-alive chunks carry no token, and some upstreams send a few of them.
+MAX_TOKENS_SLACK = 16
+#: How long the rest of an upstream body is awaited after [DONE] (its connection is then kept).
+DRAIN_AFTER_DONE = 1.0
 #: Status recorded for a request whose client went away first (nginx's convention).
 CLIENT_CLOSED = 499
 _SSE_HEADERS = {
@@ -121,6 +133,12 @@ class Proxy:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        #: one line per target and 10 s for requests that end in 5xx: a dead upstream under
+        #: load must not write thousands of lines a second
+        self.upstream_failures = RateLimitedLog(logging.getLogger("aigw.upstream"))
+        #: the deadline of every stream being delivered now (`cut_streams` ends them)
+        self.streams: set[asyncio.Timeout] = set()
+        self._cut_error: GatewayError | None = None
 
         # Exact paths → (method, handler): one dict lookup per request instead of aiohttp's
         # router, middleware chain and Application (bench/README.md, "Low-level server").
@@ -281,18 +299,9 @@ class Proxy:
             # The client went away before an answer started: give back what was reserved and
             # count the request (a stream abandoned midway was already counted).
             await self._settle(ctx, charge, None)
-            if ctx.status != CLIENT_CLOSED:
+            if not charge.counted:  # (a stream that ended or was abandoned already counted)
                 ctx.status = CLIENT_CLOSED
-                if metrics is not None:
-                    metrics.request_done(
-                        ctx.model,
-                        ctx.target or "",
-                        CLIENT_CLOSED,
-                        time.monotonic() - ctx.started,
-                        charge.upstream_time,
-                        None,
-                    )
-                gw.access_log(ctx, request)
+                self._done(request, ctx, charge, CLIENT_CLOSED, charge.upstream_time)
             raise
         except Exception:
             # A bug (ours or a user hook's) must still end as OpenAI error JSON with every
@@ -321,18 +330,51 @@ class Proxy:
             reason = _rejection_reason(err)
             if reason is not None:
                 metrics.rejected(reason)
-            metrics.request_done(
-                ctx.model,
-                ctx.target or "",
-                err.status,
-                time.monotonic() - ctx.started,
-                charge.upstream_time,
-                None,
-            )
+        if isinstance(err, (UpstreamError, UpstreamTimeoutError, NoHealthyTargetError)) or (
+            isinstance(err, UpstreamStatusError) and err.status >= 500
+        ):
+            self._log_upstream_failure(ctx, err)
         await _run_on_error(rt, ctx, err)
         err.headers = {**headers, **err.headers}
-        self.gw.access_log(ctx, request)
+        self._done(request, ctx, charge, err.status, charge.upstream_time)
         return _error(err, ctx.request_id)
+
+    def _log_upstream_failure(self, ctx: RequestContext, err: GatewayError) -> None:
+        target = ctx.target or "-"
+        self.upstream_failures.log(
+            target if ctx.target else f"model {ctx.model}",
+            "request %s: model %s, target %s: %s %s",
+            ctx.request_id,
+            ctx.model or "-",
+            target,
+            err.status,
+            err.message,
+        )
+
+    def _done(
+        self,
+        request: web.BaseRequest,
+        ctx: RequestContext,
+        charge: Charge,
+        status: int,
+        upstream_time: float,
+        ttft: float | None = None,
+        target: str | None = None,
+    ) -> None:
+        """Count a finished request in the metrics and the access log: once, whichever way it
+        ended (answered, refused, failed, abandoned)."""
+        charge.counted = True
+        metrics = self.gw.metrics
+        if metrics is not None:
+            metrics.request_done(
+                ctx.model,
+                ctx.target or "" if target is None else target,
+                status,
+                time.monotonic() - ctx.started,
+                upstream_time,
+                ttft,
+            )
+        self.gw.access_log(ctx, request)
 
     # --- cache -----------------------------------------------------------------------------------
 
@@ -387,11 +429,9 @@ class Proxy:
                     await hook.after_response(ctx, info)
         finally:
             await self._settle(ctx, charge, None)
-        metrics = self.gw.metrics
-        if metrics is not None:
-            metrics.cache_event("hit")
-            metrics.request_done(ctx.model, "cache", 200, time.monotonic() - ctx.started, 0.0, None)
-        self.gw.access_log(ctx, request)
+        if self.gw.metrics is not None:
+            self.gw.metrics.cache_event("hit")
+        self._done(request, ctx, charge, 200, 0.0, target="cache")
         if not ctx.stream:
             return web.Response(status=200, body=hit.body, headers=headers)
         return await _replay(request, ctx, hit.body, headers)
@@ -432,6 +472,7 @@ class Proxy:
             raise ModelNotFoundError(ctx.model)
         chain = (balancer, *(rt.balancers.get(name) for name in balancer.fallbacks))
         last_error: GatewayError | None = None
+        cooling: TargetState | None = None  # a target paused by its upstream's 429
         soonest = float("inf")
         for bal in chain:
             if bal is None:
@@ -441,6 +482,8 @@ class Proxy:
                 lease = bal.acquire(tried)
                 if lease is None:
                     soonest = min(soonest, bal.soonest_recovery())
+                    if cooling is None:
+                        cooling = bal.cooling_target()
                     break
                 target = lease.target
                 tried.append(target)
@@ -461,7 +504,13 @@ class Proxy:
                     body = _upstream_body(ctx, target.model)
                 upstream_started = time.monotonic()
                 try:
-                    resp = await provider.send(ctx.endpoint, body, stream=ctx.stream, timeout=left)
+                    resp = await provider.send(
+                        ctx.endpoint,
+                        body,
+                        stream=ctx.stream,
+                        timeout=left,
+                        client_headers=request.raw_headers,
+                    )
                 except UpstreamBusyError as err:  # our pool to it is full: not its fault
                     lease.neutral()
                     last_error = err
@@ -476,8 +525,10 @@ class Proxy:
                     raise
                 headers["x-aigw-provider"] = target.provider
                 headers["x-aigw-model"] = target.model
+                upstream_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
+                ctx.upstream_request_id = upstream_id
                 if resp.status >= 400:
-                    status_err = await _status_error(resp, lease)
+                    status_err = await _status_error(resp, lease, target.provider)
                     charge.upstream_time += time.monotonic() - upstream_started
                     if status_err.client_fault:
                         raise status_err
@@ -491,6 +542,10 @@ class Proxy:
                     return result
                 charge.upstream_time += time.monotonic() - upstream_started
                 last_error = UpstreamError("The upstream failed before sending its answer")
+        if cooling is not None and (last_error is None or last_error.status != 429):
+            # Every target that could serve is paused at its upstream's request: the client
+            # gets that upstream's 429, with the time left of the pause as its retry advice.
+            raise _cooling_error(cooling)
         if last_error is not None:
             raise last_error
         raise NoHealthyTargetError(
@@ -535,18 +590,10 @@ class Proxy:
                 await hook.after_response(ctx, info)
         finally:
             await self._settle(ctx, charge, ctx.usage, answered=True)
-        headers["Content-Type"] = resp.headers.get("content-type", _JSON_CT)
         self._cache_store(ctx, charge, info.body, headers)
-        if self.gw.metrics is not None:
-            self.gw.metrics.request_done(
-                ctx.model,
-                ctx.target or "",
-                resp.status,
-                time.monotonic() - ctx.started,
-                charge.upstream_time,
-                None,
-            )
-        self.gw.access_log(ctx, request)
+        headers = client_headers(resp.headers, headers)
+        headers.setdefault("Content-Type", _JSON_CT)
+        self._done(request, ctx, charge, resp.status, charge.upstream_time)
         if as_sse and info.body is not None:
             return await _replay(request, ctx, info.body, headers)
         return web.Response(status=resp.status, body=info.body, headers=headers)
@@ -563,7 +610,11 @@ class Proxy:
         upstream_started: float,
     ) -> web.StreamResponse | None:
         """Stream the answer through. None: the upstream failed before anything reached the
-        client, try the next target."""
+        client, try the next target.
+
+        The whole exchange keeps to the request deadline: a stream still running then is cut
+        with an in-band error event, and so is one the drain at shutdown must end
+        (`cut_streams`) and one that runs past its own `max_tokens`."""
         content_type = resp.headers.get("content-type", "text/event-stream")
         if not content_type.startswith("text/event-stream"):
             if "json" in content_type:  # an upstream that ignores `stream`: replay its answer
@@ -575,18 +626,28 @@ class Proxy:
             return None
         tap = StreamTap(strip_usage=not ctx.client_wants_usage, collect=rt.collect_stream)
         chunks = resp.iter_chunks()
+        loop = asyncio.get_running_loop()
+        deadline = ctx.started + rt.config.server.request_timeout
+        when = loop.time() + (deadline - time.monotonic())  # the deadline on the loop's clock
         first = b""
         try:
             # Read until one whole event is ready: failover is still possible until then.
-            while not first:
-                chunk = await anext(chunks)
-                first = tap.feed(chunk)
+            async with asyncio.timeout_at(when):
+                while not first:
+                    chunk = await anext(chunks)
+                    first = tap.feed(chunk)
         except StopAsyncIteration:
             first = tap.flush()
             if not first:
                 lease.failure("The upstream ended the stream without data")
                 resp.close()
                 return None
+        except TimeoutError:
+            lease.neutral()  # our deadline, not the target's fault
+            resp.close()
+            raise UpstreamTimeoutError(
+                "The request deadline passed before the upstream's stream began"
+            ) from None
         except GatewayError as err:
             lease.failure(err.message)
             resp.close()
@@ -597,51 +658,76 @@ class Proxy:
             raise
         ttft = time.monotonic() - ctx.started  # arrival to first byte, as the metric says
         lease.first_byte()
-        out = web.StreamResponse(status=200, headers={**headers, **_SSE_HEADERS})
+        out = web.StreamResponse(
+            status=200, headers={**client_headers(resp.headers, headers), **_SSE_HEADERS}
+        )
         ctx.status = 200
+        most = _max_stream_chunks(ctx)
         failure: GatewayError | None = None
+        gone: BaseException | None = None  # the client went away (or cancelled the request)
+        cut = asyncio.timeout_at(when)
+        self.streams.add(cut)
         try:
-            await out.prepare(request)
-            await out.write(first)
-            while True:
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    rest = tap.flush()
-                    if rest:
-                        await out.write(rest)
-                    break
-                data = tap.feed(chunk)
-                if data:
-                    await out.write(data)
-            if not tap.done and not tap.finished:
+            async with cut:
+                await out.prepare(request)
+                data = first
+                # [DONE] ends it: the client has everything (the openai SDK closes at once),
+                # whether or not the upstream's end of body has arrived yet.
+                while True:
+                    if most and tap.chunks > most:
+                        await out.write(_without_last_events(data, tap.chunks - most))
+                        failure = UpstreamError(
+                            f"The upstream sent more than the request's max_tokens "
+                            f"({most - MAX_TOKENS_SLACK}); the gateway cut the stream"
+                        )
+                        break
+                    if data:
+                        await out.write(data)
+                    if tap.done:
+                        break
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        rest = tap.flush()
+                        if rest:
+                            await out.write(rest)
+                        break
+                    data = tap.feed(chunk)
+            if failure is None and not tap.done and not tap.finished:
                 failure = UpstreamError("The upstream closed the stream before it finished")
+        except TimeoutError:
+            failure = self._cut_reason()
         except GatewayError as err:
             failure = err
         except (ConnectionError, asyncio.CancelledError) as exc:
-            # The client went away: stop the upstream, still record what was produced.
-            resp.close()
-            lease.neutral()
-            ctx.status = CLIENT_CLOSED
-            ctx.usage = tap.usage or self._estimate(ctx, tap)
-            await self._settle(ctx, charge, ctx.usage)
-            await self._after_stream(ctx, rt, tap, request)
-            self._stream_done(ctx, charge, upstream_started, ttft)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return out
+            gone = exc
         except Exception:  # our bug, not the target's: end the stream with an error event
             log.exception("stream %s failed", ctx.request_id)
             failure = GatewayError("The gateway failed while streaming this answer.")
             failure.client_fault = True  # keeps the target's record clean
         finally:
-            await chunks.aclose()
-            resp.close()
+            self.streams.discard(cut)
+            if gone is not None or failure is not None:
+                await chunks.aclose()
+                resp.close()
+        if gone is not None and not (tap.done or tap.finished):
+            # The client left before the answer was complete: stop the upstream, still record
+            # what was produced.
+            lease.neutral()
+            ctx.status = CLIENT_CLOSED
+            ctx.usage = tap.usage or self._estimate(ctx, tap)
+            await self._settle(ctx, charge, ctx.usage)
+            await self._after_stream(ctx, rt, tap, request)
+            self._stream_done(request, ctx, charge, upstream_started, ttft)
+            if isinstance(gone, asyncio.CancelledError):
+                raise gone
+            return out
         if failure is not None:
-            if failure.client_fault:
-                lease.neutral()
+            if failure.client_fault or isinstance(failure, UpstreamTimeoutError):
+                lease.neutral()  # our bug, our deadline or our shutdown: not the target's
             else:
                 lease.failure(failure.message)
+                self._log_upstream_failure(ctx, failure)
             ctx.status = failure.status
             with contextlib.suppress(ConnectionError):
                 await out.write(error_event(failure))
@@ -649,30 +735,50 @@ class Proxy:
             lease.success()
         ctx.usage = tap.usage or self._estimate(ctx, tap)
         await self._settle(ctx, charge, ctx.usage)
-        if failure is None and charge.cache_key is not None and tap.events is not None:
+        if failure is None and tap.done and charge.cache_key is not None and tap.events:
             self._cache_store(
                 ctx, charge, assemble_stream(tap.events, ctx.endpoint, usage=tap.usage), headers
             )
         await self._after_stream(ctx, rt, tap, request)
-        self._stream_done(ctx, charge, upstream_started, ttft)
+        self._stream_done(request, ctx, charge, upstream_started, ttft)
+        if gone is not None:
+            if isinstance(gone, asyncio.CancelledError):
+                raise gone
+            return out
         with contextlib.suppress(ConnectionError):
             await out.write_eof()
+        if failure is None:
+            await _drain(chunks, resp)
         return out
 
+    def cut_streams(self, reason: GatewayError) -> int:
+        """End every stream still running now, each with `reason` as its in-band error event
+        (the drain at shutdown calls this at its deadline). Returns how many were cut."""
+        self._cut_error = reason
+        now = asyncio.get_running_loop().time()
+        streams = list(self.streams)
+        for cut in streams:
+            cut.reschedule(now)
+        return len(streams)
+
+    def _cut_reason(self) -> GatewayError:
+        if self._cut_error is not None:
+            return self._cut_error
+        return UpstreamTimeoutError(
+            "The request deadline (server.request_timeout) passed; the gateway cut the stream"
+        )
+
     def _stream_done(
-        self, ctx: RequestContext, charge: Charge, upstream_started: float, ttft: float
+        self,
+        request: web.BaseRequest,
+        ctx: RequestContext,
+        charge: Charge,
+        upstream_started: float,
+        ttft: float,
     ) -> None:
         """Count a finished stream, including one the client abandoned (status 499)."""
-        if self.gw.metrics is not None:
-            now = time.monotonic()
-            self.gw.metrics.request_done(
-                ctx.model,
-                ctx.target or "",
-                ctx.status,
-                now - ctx.started,
-                charge.upstream_time + (now - upstream_started),
-                ttft,
-            )
+        upstream_time = charge.upstream_time + (time.monotonic() - upstream_started)
+        self._done(request, ctx, charge, ctx.status, upstream_time, ttft)
 
     async def _after_stream(
         self, ctx: RequestContext, rt: Runtime, tap: StreamTap, request: web.BaseRequest
@@ -685,7 +791,6 @@ class Proxy:
                 await hook.after_response(ctx, info)
         except GatewayError:
             pass  # the answer is already out: a hook cannot take it back
-        self.gw.access_log(ctx, request)
 
     async def _settle(
         self,
@@ -729,6 +834,7 @@ class Charge:
     __slots__ = (
         "cache",
         "cache_key",
+        "counted",
         "estimate",
         "limiter",
         "reservation",
@@ -738,6 +844,7 @@ class Charge:
     )
 
     def __init__(self) -> None:
+        self.counted = False  # in the metrics and the access log already
         self.estimate = 0
         self.reservation: Reservation | None = None
         self.limiter: RateLimiter | None = None  # set only when a token limit applies
@@ -750,8 +857,10 @@ class Charge:
         self.upstream_time = 0.0
 
 
-async def _status_error(resp: UpstreamResponse, lease: Lease) -> GatewayError:
-    """Turn an upstream error status into an error, charging the target only for its faults."""
+async def _status_error(resp: UpstreamResponse, lease: Lease, provider: str) -> GatewayError:
+    """Turn an upstream error status into an error, charging the target only for its faults:
+    a 429 pauses the target for its retry advice (never an error), a 401/403 is the gateway's
+    own credentials failing (a 502, never shown as the caller's bad key)."""
     try:
         body = await resp.read()
     except GatewayError as broken:
@@ -762,15 +871,84 @@ async def _status_error(resp: UpstreamResponse, lease: Lease) -> GatewayError:
         raise
     finally:
         resp.close()
-    # The upstream's own retry advice reaches the client (the SDKs back off by it).
-    advice = {k: resp.headers[k] for k in _RETRY_HEADERS if k in resp.headers}
-    err = UpstreamStatusError(resp.status, body, headers=advice)
-    if err.client_fault:
+    status = resp.status
+    # What the client reads of the upstream's headers (retry advice, rate-limit state, its
+    # request id) reaches it with the error; the content type is the gateway's own.
+    passed = client_headers(resp.headers, {})
+    passed.pop("Content-Type", None)
+    err = UpstreamStatusError(status, body, headers=passed)
+    # Upstream messages may quote (masked) provider keys: stats and logs never show them.
+    summary = redact(f"HTTP {status}: {err.message}")[:200]
+    if status == 429:
+        lease.throttled(retry_after_seconds(resp.headers), summary, err)
+    elif status in (401, 403):
+        lease.failure(summary)
+        code = f" ({err.code})" if err.code else ""
+        return UpstreamAuthError(
+            f"The upstream '{provider}' refused the gateway's credentials (HTTP {status}{code}); "
+            "the gateway's operator must fix the provider's key.",
+            headers=passed,
+        )
+    elif err.client_fault:
         lease.neutral()
     else:
-        # Upstream messages may quote (masked) provider keys: stats never show them.
-        lease.failure(redact(f"HTTP {resp.status}: {err.message}")[:200])
+        lease.failure(summary)
     return err
+
+
+def _cooling_error(target: TargetState) -> GatewayError:
+    """The 429 a paused target's upstream gave, with the pause's time left as retry advice."""
+    left = target.cooling_left()
+    answer = target.cooling_answer
+    if isinstance(answer, UpstreamStatusError):
+        headers = {
+            k: v
+            for k, v in answer.headers.items()
+            if k not in RETRY_HEADERS and k != UPSTREAM_REQUEST_ID  # not this request's
+        }
+        headers.update(retry_after_headers(left))
+        return UpstreamStatusError(429, answer.raw_body, headers=headers)
+    return RateLimitError(f"The upstream of '{target.id}' is rate limited; retry later.", left)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float:
+    """How long an upstream asked to wait: `retry-after-ms`, `retry-after` (seconds or an HTTP
+    date), else the reset time of an exhausted `x-ratelimit-remaining-*`, else no pause."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        with contextlib.suppress(ValueError):
+            return max(float(value) / 1000.0, 0.0)
+    value = headers.get("retry-after")
+    if value is not None:
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+                return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    waits = [
+        _go_duration(headers.get(f"x-ratelimit-reset-{kind}", ""))
+        for kind in ("requests", "tokens")
+        if headers.get(f"x-ratelimit-remaining-{kind}") == "0"
+    ]
+    known = [w for w in waits if w is not None]
+    return max(known) if known else DEFAULT_THROTTLE
+
+
+_GO_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|m|s))", re.ASCII)
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _go_duration(text: str) -> float | None:
+    """OpenAI's reset times: `1s`, `6m0s`, `20ms`, `1h2m3.5s`; None when not one."""
+    text = text.strip()
+    if not text:
+        return None
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
 
 
 def _rejection_reason(err: GatewayError) -> RejectionReason | None:
@@ -849,6 +1027,45 @@ def _upstream_body(ctx: RequestContext, upstream_model: str) -> bytes:
     return jsonutil.dumps(body)
 
 
+def _max_stream_chunks(ctx: RequestContext) -> int:
+    """Data events past which a stream has surely sent more tokens than its `max_tokens`
+    (every content chunk holds at least one token); 0 when the request sets no limit."""
+    body = ctx.body
+    limit = body.get("max_completion_tokens")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        limit = body.get("max_tokens")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            return 0
+    n = body.get("n")
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    return limit * choices + MAX_TOKENS_SLACK
+
+
+def _without_last_events(data: bytes, count: int) -> bytes:
+    """`data` (whole events) without its last `count` data events."""
+    end = len(data)
+    for _ in range(count):
+        start = data.rfind(b"\ndata:", 0, end)
+        if start < 0:
+            return b""
+        end = start + 1
+    return data[:end]
+
+
+async def _drain(chunks: AsyncGenerator[bytes, None], resp: UpstreamResponse) -> None:
+    """Read what is left of an upstream stream after [DONE] (usually only the end of its chunked
+    body), so its connection can be used again; give up after DRAIN_AFTER_DONE."""
+    try:
+        async with asyncio.timeout(DRAIN_AFTER_DONE):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, GatewayError):
+        pass
+    finally:
+        await chunks.aclose()
+        resp.close()
+
+
 def _stream_text(events: list[bytes]) -> str:
     parts: list[str] = []
     for event in events:
@@ -921,5 +1138,24 @@ async def _run_on_error(rt: Runtime, ctx: RequestContext, err: GatewayError) -> 
             )
 
 
+#: What the gateway serves, for the message of a path it does not.
+SERVED = (
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /v1/embeddings",
+    "GET /v1/models",
+    "GET /v1/models/{id}",
+    "GET /healthz",
+    "GET /metrics",
+)
+
+
 def not_found(request: web.BaseRequest) -> web.Response:
-    return _error(_not_found(f"Unknown path {request.method} {request.path}"), _request_id())
+    """A path the gateway does not serve: say so (it is not the caller's typo) and list what
+    it does serve."""
+    path = request.path if len(request.path) <= 200 else request.path[:200] + "…"
+    err = NotFoundError(
+        f"aigw does not serve {request.method} {path}. It serves: {', '.join(SERVED)}.",
+        code="unsupported_endpoint",
+    )
+    return _error(err, _request_id())

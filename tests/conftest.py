@@ -257,3 +257,4 @@ def read_available(fd: int, wait: float = 0.05) -> bytes:
             break
         data += chunk
     return data
+

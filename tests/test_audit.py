@@ -83,6 +83,7 @@ async def test_one_line_per_request_without_bodies(tmp_path: Path) -> None:
         "endpoint": "chat/completions",
         "model": "gpt",
         "target": "openai/gpt-4o-mini",
+        "upstream_request_id": None,
         "status": 200,
         "stream": False,
         "cache": "miss",

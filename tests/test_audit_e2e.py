@@ -54,6 +54,7 @@ LINE_FIELDS = {
     "endpoint",
     "model",
     "target",
+    "upstream_request_id",
     "status",
     "stream",
     "cache",

@@ -154,7 +154,8 @@ async def test_completions(upstream: Upstream, start_gateway: Any, sock_dir: Pat
     ("status", "exc_class"),
     [
         (400, openai.BadRequestError),
-        (401, openai.AuthenticationError),
+        (404, openai.NotFoundError),
+        (422, openai.UnprocessableEntityError),
         (429, openai.RateLimitError),
         (500, openai.InternalServerError),
     ],

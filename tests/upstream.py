@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,10 @@ class Behaviour:
     reset_before_first_chunk: bool = False  # stream: send the 200 headers, then reset
     error_body_hang: bool = False  # error status: send its headers, never its body
     retry_after: str | None = None  # error status: send this `retry-after` header
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
+    ignore_max_tokens: bool = False  # answer with every word whatever max_tokens says
+    hold_after_done: float = 0.0  # stream: wait this long after [DONE] before ending the body
+    endless: bool = False  # stream: never stop sending words (with chunk_delay between them)
 
 
 class Upstream:
@@ -108,7 +113,9 @@ class Upstream:
                 await resp.prepare(request)
                 await asyncio.sleep(3600)
                 return resp
-            extra = {"retry-after": b.retry_after} if b.retry_after is not None else None
+            extra = dict(b.headers)
+            if b.retry_after is not None:
+                extra["retry-after"] = b.retry_after
             return web.Response(
                 status=b.status, body=payload, content_type="application/json", headers=extra
             )
@@ -121,7 +128,7 @@ class Upstream:
         b = self.behaviour
         chat = request.path.endswith("chat/completions")
         words = b.words
-        if isinstance(got.get("max_tokens"), int):
+        if isinstance(got.get("max_tokens"), int) and not b.ignore_max_tokens:
             words = words[: got["max_tokens"]]
         usage = {
             "prompt_tokens": b.prompt_tokens,
@@ -149,12 +156,13 @@ class Upstream:
                     "model": model,
                     "choices": [choice],
                     "usage": usage,
-                }
+                },
+                headers=b.headers,
             )
         include_usage = bool((got.get("stream_options") or {}).get("include_usage"))
         if b.omit_usage:
             include_usage = False
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **b.headers})
         await resp.prepare(request)
         if b.reset_before_first_chunk:
             assert request.transport is not None
@@ -195,7 +203,8 @@ class Upstream:
                         running_usage(0) if b.continuous_usage else None,
                     )
                 )
-            for i, word in enumerate(words):
+            sent: Iterable[str] = _forever(words) if b.endless else words
+            for i, word in enumerate(sent):
                 if b.reset_after_chunks is not None and i >= b.reset_after_chunks:
                     assert request.transport is not None
                     request.transport.abort()
@@ -222,6 +231,8 @@ class Upstream:
                 await resp.write(event([], usage))
             if not b.omit_done:
                 await resp.write(b"data: [DONE]\n\n")
+            if b.hold_after_done:
+                await asyncio.sleep(b.hold_after_done)
             await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             self.disconnects += 1
@@ -252,3 +263,8 @@ class Upstream:
                 "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)},
             }
         )
+
+
+def _forever(words: list[str]) -> Iterator[str]:
+    while True:
+        yield from words

@@ -2,8 +2,9 @@
 
     {"time": "2024-05-01T12:00:00.123Z", "request_id": "…", "tenant": "team-a",
      "endpoint": "chat/completions", "model": "gpt-4o-mini", "target": "openai/gpt-4o-mini",
-     "status": 200, "stream": false, "cache": "miss", "prompt_tokens": 12,
-     "completion_tokens": 30, "total_tokens": 42, "latency_ms": 812.4, "error": null}
+     "upstream_request_id": "req_…", "status": 200, "stream": false, "cache": "miss",
+     "prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42, "latency_ms": 812.4,
+     "error": null}
 
 With `log_bodies` the line also has `prompt` (the text of every message, completion prompt or
 embedding input) and `answer` (the answer text; never embedding vectors). With `redact_pii`
@@ -79,6 +80,7 @@ class _Record:
         "target",
         "tenant",
         "time",
+        "upstream_request_id",
         "usage",
     )
 
@@ -97,6 +99,7 @@ class _Record:
         self.endpoint = ctx.endpoint
         self.model = ctx.model
         self.target = ctx.target
+        self.upstream_request_id = ctx.upstream_request_id
         self.status = status
         self.stream = ctx.stream
         self.cache = ctx.cache
@@ -271,6 +274,7 @@ class AuditHook(Hook):
             "endpoint": r.endpoint,
             "model": r.model,
             "target": r.target,
+            "upstream_request_id": r.upstream_request_id,
             "status": r.status,
             "stream": r.stream,
             "cache": r.cache,

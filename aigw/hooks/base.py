@@ -56,6 +56,8 @@ class RequestContext:
     status: int = 0
     usage: Usage | None = None
     cache: str | None = None  # "hit" | "miss" | None when the cache is off
+    #: the answering upstream's own request id (to quote to the provider), when it sent one
+    upstream_request_id: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # the client's request headers
     extra: dict[str, Any] = field(default_factory=dict)  # private space for hooks
 

@@ -7,7 +7,7 @@ Transport details (aiohttp, sockets) never leave `providers/`: transport failure
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 #: Endpoints the gateway proxies, relative to a provider's base URL.
 ENDPOINTS: tuple[str, ...] = ("chat/completions", "completions", "embeddings")
@@ -44,9 +44,17 @@ class Provider(ABC):
 
     @abstractmethod
     async def send(
-        self, endpoint: str, body: bytes, *, stream: bool, timeout: float
+        self,
+        endpoint: str,
+        body: bytes,
+        *,
+        stream: bool,
+        timeout: float,
+        client_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> UpstreamResponse:
         """POST `body` (JSON) to `endpoint`; `timeout` is the time left of the request deadline.
+        `client_headers` are the client's raw request headers: the provider forwards the ones
+        its rules allow (`aigw.headers`), never credentials.
 
         Raises UpstreamError / UpstreamTimeoutError when no HTTP answer could be had."""
 

@@ -65,13 +65,14 @@ _DONE: Final = 2
 
 
 class PreparedRequest:
-    """A request line and the fixed headers, encoded once; only the body changes per call."""
+    """A request line and the fixed headers, encoded once; only the body (and the caller's
+    per-request header lines) change per call."""
 
     __slots__ = ("has_body", "head", "pool")
 
     def __init__(self, pool: Pool, head: bytes, has_body: bool) -> None:
         self.pool = pool
-        self.head = head  # ends with "Content-Length: " when has_body, else with the blank line
+        self.head = head  # the request line and header lines, each ending in CRLF
         self.has_body = has_body
 
 
@@ -89,6 +90,7 @@ class HTTPClient:
         ca_file: str | None = None,
         proxy: str | None = None,
         keep_headers: Iterable[str] = (),
+        keep_prefixes: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.label = label  # names the upstream in error messages
@@ -98,7 +100,9 @@ class HTTPClient:
         self.idle_timeout = idle_timeout
         self.ca_file = ca_file
         self.clock = clock
+        #: response headers kept for the caller (lower case); others are dropped as they arrive
         self.keep_headers = frozenset(h.lower().encode("latin-1") for h in keep_headers)
+        self.keep_prefixes = tuple(p.lower().encode("latin-1") for p in keep_prefixes)
         self.proxy: _Proxy | None = None
         self.proxy_error: str | None = None  # an unusable proxy fails requests, not start-up
         if proxy:
@@ -142,18 +146,28 @@ class HTTPClient:
             lines.append(f"{name}: {value}")
         has_body = method not in ("GET", "HEAD")
         head = f"{method} {target} HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n"
-        head += "Content-Length: " if has_body else "\r\n"
         return PreparedRequest(pool, head.encode("latin-1"), has_body)
 
     async def send(
-        self, request: PreparedRequest, body: bytes | None, *, timeout: float
+        self,
+        request: PreparedRequest,
+        body: bytes | None,
+        *,
+        timeout: float,
+        extra_headers: bytes = b"",
     ) -> HTTPResponse:
         """Send and wait for the status line and headers; `timeout` is the time left of the
-        caller's deadline, which also bounds `HTTPResponse.read()`."""
+        caller's deadline, which also bounds `HTTPResponse.read()`. `extra_headers` are whole
+        header lines (`Name: value\r\n`, already checked by the caller) for this call only."""
         if request.has_body:
-            payload = b"%b%d\r\n\r\n%b" % (request.head, len(body or b""), body or b"")
+            payload = b"%b%bContent-Length: %d\r\n\r\n%b" % (
+                request.head,
+                extra_headers,
+                len(body or b""),
+                body or b"",
+            )
         else:
-            payload = request.head
+            payload = request.head + extra_headers + b"\r\n"
         pool = request.pool
         deadline = asyncio.get_running_loop().time() + timeout
         conn, reused = await pool.acquire(deadline, fresh=False)
@@ -582,7 +596,10 @@ class _Connection(asyncio.Protocol):
             if enc != b"identity":
                 assert self.response is not None
                 self.response.encoding = enc
-        if lname in self.pool.client.keep_headers:
+        client = self.pool.client
+        if lname in client.keep_headers or (
+            client.keep_prefixes and lname.startswith(client.keep_prefixes)
+        ):
             self._headers[lname.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:

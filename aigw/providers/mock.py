@@ -14,7 +14,7 @@ import json
 import random
 import struct
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from aigw.config import MockOptions, ProviderConfig
@@ -76,7 +76,13 @@ class MockProvider(Provider):
         return None
 
     async def send(
-        self, endpoint: str, body: bytes, *, stream: bool, timeout: float
+        self,
+        endpoint: str,
+        body: bytes,
+        *,
+        stream: bool,
+        timeout: float,
+        client_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> UpstreamResponse:
         opts = self.options
         if opts.latency:

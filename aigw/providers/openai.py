@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aigw.config import ProviderConfig
 from aigw.errors import UpstreamError
+from aigw.headers import PASSED_RESPONSE_HEADERS, PASSED_RESPONSE_PREFIXES, RequestHeaderFilter
 from aigw.providers.base import Provider, UpstreamResponse
 from aigw.providers.http import HTTPClient, PreparedRequest
-
-# Upstream response headers worth passing to the client; everything else is hop-by-hop or noise.
-FORWARDED_HEADERS: tuple[str, ...] = (
-    "content-type",  # JSON or SSE: how the proxy delivers the answer
-    "retry-after",  # an upstream 429/503's advice, passed on to the client
-    "retry-after-ms",
-)
 
 PROBE_TIMEOUT = 10.0
 
@@ -64,8 +59,10 @@ class OpenAIProvider(Provider):
             read_timeout=config.timeout,
             ca_file=config.ca_file,
             proxy=_env_proxy(self.base_url),
-            keep_headers=FORWARDED_HEADERS,
+            keep_headers=PASSED_RESPONSE_HEADERS,
+            keep_prefixes=PASSED_RESPONSE_PREFIXES,
         )
+        self._forward = RequestHeaderFilter(config.forward_headers, own=headers)
         # Request heads encoded once per endpoint: a send only adds Content-Length and the body.
         self._plain: dict[str, PreparedRequest] = {}
         self._streams: dict[str, PreparedRequest] = {}
@@ -84,14 +81,21 @@ class OpenAIProvider(Provider):
         await self.client.close()
 
     async def send(
-        self, endpoint: str, body: bytes, *, stream: bool, timeout: float
+        self,
+        endpoint: str,
+        body: bytes,
+        *,
+        stream: bool,
+        timeout: float,
+        client_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> UpstreamResponse:
         prepared = (self._streams if stream else self._plain).get(endpoint)
         if prepared is None:
             accept = "text/event-stream" if stream else "application/json"
             prepared = self._prepare("POST", endpoint, accept)
             (self._streams if stream else self._plain)[endpoint] = prepared
-        return await self.client.send(prepared, body, timeout=timeout)
+        extra = self._forward.lines(client_headers) if client_headers else b""
+        return await self.client.send(prepared, body, timeout=timeout, extra_headers=extra)
 
     async def probe(self) -> None:
         resp = await self.client.send(self._probe, None, timeout=PROBE_TIMEOUT)
