@@ -257,4 +257,3 @@ def read_available(fd: int, wait: float = 0.05) -> bytes:
             break
         data += chunk
     return data
-

@@ -746,9 +746,7 @@ def test_when_every_target_cools_the_soonest_pause_is_what_the_client_waits_for(
 
 def test_an_open_circuit_that_recovers_first_is_a_503_not_the_cooling_429() -> None:
     health = HealthConfig(min_requests=1, cooldown=2.0, check_interval=0.0)
-    balancers, clock = build(
-        {"gw": model("gw", "round_robin", ("a", "m", 1), ("b", "m", 1))}, health
-    )
+    balancers, _ = build({"gw": model("gw", "round_robin", ("a", "m", 1), ("b", "m", 1))}, health)
     mb = bal(balancers)
     a, b = mb.targets
     take(mb, [b]).failure("HTTP 500")  # a opens for 2 s

@@ -244,10 +244,14 @@ async def test_the_upstreams_response_headers_reach_the_client(
     client = sdk(gw)
     got = {}
     for name, c in (("direct", direct), ("aigw", client)):
-        raw = await c.chat.completions.with_raw_response.create(
-            model="up-model", messages=MESSAGES, stream=stream
-        ) if name == "direct" else await c.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=MESSAGES, stream=stream
+        raw = (
+            await c.chat.completions.with_raw_response.create(
+                model="up-model", messages=MESSAGES, stream=stream
+            )
+            if name == "direct"
+            else await c.chat.completions.with_raw_response.create(
+                model="gpt-test", messages=MESSAGES, stream=stream
+            )
         )
         got[name] = {k.lower(): v for k, v in raw.headers.items()}
         parsed = raw.parse()
@@ -395,9 +399,8 @@ async def test_an_upstream_401_for_the_gateways_key_is_a_502_that_never_shows_th
     upstream.behaviour.status = 401
     upstream.behaviour.error_body = leaked
     client = sdk(gw)
-    with caplog.at_level(logging.INFO):
-        with pytest.raises(openai.InternalServerError) as info:
-            await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    with caplog.at_level(logging.INFO), pytest.raises(openai.InternalServerError) as info:
+        await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     err = info.value
     assert err.status_code == 502
     assert err.body["code"] == "upstream_auth_error"  # type: ignore[index]
@@ -507,7 +510,7 @@ async def test_a_stream_that_keeps_to_max_tokens_is_never_cut(
     await client.close()
 
 
-# --- logs an operator reads ------------------------------------------------------------------------
+# --- logs an operator reads -----------------------------------------------------------------
 
 
 async def test_circuit_transitions_and_upstream_failures_are_logged(
@@ -559,7 +562,10 @@ def test_config_forward_headers_never_take_credentials() -> None:
     text = """
 version: 1
 providers:
-  up: {type: openai, base_url: "http://127.0.0.1:1/v1", forward_headers: [X-Ok, Authorization, "x-aigw-tenant", "bad header"]}
+  up:
+    type: openai
+    base_url: "http://127.0.0.1:1/v1"
+    forward_headers: [X-Ok, Authorization, "x-aigw-tenant", "bad header"]
 models:
   m: {targets: [{provider: up}]}
 """
@@ -567,13 +573,13 @@ models:
         parse_config(text, "c.yaml")
     problems = [p.format() for p in info.value.problems]
     assert problems == [
-        "c.yaml:4: providers.up.forward_headers[1]: 'Authorization' is never forwarded upstream"
+        "c.yaml:7: providers.up.forward_headers[1]: 'Authorization' is never forwarded upstream"
         " (Hint: credentials, cookies, X-Aigw-* and hop-by-hop headers stay at the gateway; set "
         "a provider's own headers under `headers:`)",
-        "c.yaml:4: providers.up.forward_headers[2]: 'x-aigw-tenant' is never forwarded upstream"
+        "c.yaml:7: providers.up.forward_headers[2]: 'x-aigw-tenant' is never forwarded upstream"
         " (Hint: credentials, cookies, X-Aigw-* and hop-by-hop headers stay at the gateway; set "
         "a provider's own headers under `headers:`)",
-        "c.yaml:4: providers.up.forward_headers[3]: 'bad header' is not an HTTP header name",
+        "c.yaml:7: providers.up.forward_headers[3]: 'bad header' is not an HTTP header name",
     ]
 
 
