@@ -22,7 +22,8 @@
     └── UpstreamTimeoutError         504 upstream timeout
 
 Handlers never build error bodies themselves: they raise, and the proxy calls `error_body()`.
-`ConfigError` is separate: it is about files, not HTTP requests.
+Two errors are separate, being about files rather than HTTP requests: `ConfigError` (a config
+file) and `StateStoreError` (the state store cannot be opened at start: the daemon exits 3).
 """
 
 from __future__ import annotations
@@ -313,3 +314,9 @@ class ConfigProblem:
 
     def __repr__(self) -> str:
         return f"ConfigProblem({self.format()!r})"
+
+
+class StateStoreError(Exception):
+    """The state store cannot be opened (the SQLite file is read-only, not a database, or its
+    directory cannot be created): the daemon does not start. The message names the file and
+    says what to check."""

@@ -188,8 +188,8 @@ async def test_shared_request_bucket_across_instances(
 ) -> None:
     clock = FakeClock(NOW)
     config = RateLimitConfig(requests_per_second=10, burst=20)
-    a = RedisRateLimiter(config, await make_store(redis_url), clock=clock)
-    b = RedisRateLimiter(config, await make_store(redis_url), clock=clock)
+    a = RedisRateLimiter(config, await make_store(redis_url, clock=clock))
+    b = RedisRateLimiter(config, await make_store(redis_url, clock=clock))
     decisions = [await (a if i % 2 else b).take_request("t") for i in range(20)]
     assert all(d.allowed for d in decisions)
     assert [d.remaining for d in decisions[:3]] == [19, 18, 17]
@@ -211,9 +211,8 @@ async def test_shared_token_bucket_settles_real_usage(
     config = RateLimitConfig(
         tokens_per_minute=600, tenants={"vip": RateLimitRule(tokens_per_minute=0)}
     )
-    store = await make_store(redis_url)
-    a = RedisRateLimiter(config, store, clock=clock)
-    b = RedisRateLimiter(config, await make_store(redis_url), clock=clock)
+    a = RedisRateLimiter(config, await make_store(redis_url, clock=clock))
+    b = RedisRateLimiter(config, await make_store(redis_url, clock=clock))
     first = await a.take_tokens("t", 500)
     assert (first.allowed, first.remaining) == (True, 100)
     assert not (await b.take_tokens("t", 200)).allowed

@@ -46,7 +46,7 @@ async def make_admission() -> AsyncIterator[MakeAdmission]:
         **store_kwargs: Any,
     ) -> RedisAdmission:
         store_kwargs.setdefault("recovery_interval", 0.02)
-        store = RedisStore(url, **store_kwargs)
+        store = RedisStore(url, clock=clock, **store_kwargs)
         await store.open()
         stores.append(store)
         limiter = RedisRateLimiter(rate, store, clock=clock)

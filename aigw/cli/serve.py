@@ -90,6 +90,7 @@ def serve(
             f"(this config uses {cfg.state.backend})",
             EXIT_STARTUP,
         )
+    from aigw.errors import StateStoreError
     from aigw.server import StartupError, run
 
     if workers > 1:
@@ -105,7 +106,7 @@ def serve(
     gc.enable()  # main() turned it off for start-up; the daemon runs for long
     try:
         code = run_loop(main, loop)
-    except StartupError as exc:
+    except (StartupError, StateStoreError) as exc:
         fail(str(exc), EXIT_STARTUP)
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
         code = 0

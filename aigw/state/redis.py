@@ -41,8 +41,16 @@ within `socket_timeout`):
 - `fail_closed`: refuse new requests with 503 `state_unavailable`; requests already running
   still have their usage kept and reconciled.
 Either way the outage is logged once (warning) and the recovery once (info). While Redis is
-down no request waits for it: one background task pings every `recovery_interval`, reconciles
-and switches back.
+down no `fail_open` request waits for it: one background task tries every `recovery_interval`
+to reach it, reconcile and switch back. A `fail_closed` request (and an admin call) that finds
+the store down joins such an attempt first (at most two, each bounded by `socket_timeout`), so
+nothing is refused once Redis answers again.
+
+What is not an outage: a pooled connection that Redis closed (it restarted while this instance
+was idle) fails the call at once, and the call is sent again, once, on a fresh connection (a
+command sent on a connection the server had closed never ran). Calls beyond MAX_CONNECTIONS at
+once wait for a free connection (every call is bounded by `socket_timeout`, and once an outage
+is declared the waiting ones give up at once) instead of failing after a fixed wait.
 
 Redis Cluster is not supported (scripts touch keys of several slots); use one Redis, optionally
 with replicas and Sentinel.
@@ -56,14 +64,15 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from aigw.admission import Admission
@@ -90,11 +99,23 @@ DEFAULT_RETENTION = 40 * 86400
 #: A tenant without usage for this long leaves the tenants index.
 TENANT_RETENTION = 40 * 86400
 
-#: Connections per store; calls beyond wait up to POOL_WAIT seconds for one.
+#: Connections per store: at most this many calls at once, the others wait for a free one.
 MAX_CONNECTIONS = 16
-POOL_WAIT = 2.0
+#: The pool's own wait for a connection: a safety net, never reached while every call goes
+#: through the store's slots.
+POOL_WAIT = 30.0
 
 _UNAVAILABLE = (RedisError, OSError, TimeoutError)
+#: The connection failed (closed, reset, refused), as opposed to no answer in time: sent
+#: again once on a fresh connection.
+_CONNECTION_LOST = (RedisConnectionError, ConnectionError)
+
+T = TypeVar("T")
+
+
+class _Down(RedisError):
+    """A call that waited for a connection while the store went down: not sent."""
+
 
 # --- scripts ---------------------------------------------------------------------------------
 
@@ -391,11 +412,11 @@ class RedisStore(StateStore):
         #: injected time for tests (epoch seconds); None: the Redis server's clock
         self.clock = clock
         self.recovery_interval = recovery_interval
-        # No automatic retries: a script re-sent after a lost answer could count usage twice,
-        # and a dead Redis must cost one timeout, not several. Stale pooled connections are
-        # dropped on recovery instead. Query parameters of the URL win over these defaults.
-        # At most MAX_CONNECTIONS calls at once; more wait for a connection (a burst of
-        # requests must not open hundreds of sockets, nor fail).
+        # No automatic retries by redis-py: a script re-sent after a lost answer could count
+        # usage twice, and a dead Redis must cost one timeout, not several. `_call` re-sends
+        # only what failed on a dead connection. Query parameters of the URL win over these
+        # defaults. `_slots` keeps calls to MAX_CONNECTIONS at once (a burst of requests must
+        # not open hundreds of sockets, nor fail).
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=MAX_CONNECTIONS,
@@ -406,6 +427,7 @@ class RedisStore(StateStore):
             health_check_interval=30,
         )
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._admit = self._redis.register_script(_ADMIT)
         self._commit = self._redis.register_script(_COMMIT)
         self._read = self._redis.register_script(_READ)
@@ -424,6 +446,8 @@ class RedisStore(StateStore):
         self._down = False
         self._closed = False
         self._recovery: asyncio.Task[None] | None = None
+        #: the recovery attempt running now (one at a time, joined by whoever needs it)
+        self._attempt: asyncio.Task[bool] | None = None
         self._pending: dict[UsageKey, _Pending] = {}
         self._local_reserved: dict[UsageKey, int] = {}
         self._local_ids: set[tuple[str, str, int]] = set()
@@ -447,11 +471,12 @@ class RedisStore(StateStore):
         if self._closed:
             return
         self._closed = True
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
-            self._recovery = None
+        for task in (self._recovery, self._attempt):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._recovery = self._attempt = None
         if self._pending:
             try:
                 await self._reconcile()
@@ -549,7 +574,7 @@ class RedisStore(StateStore):
         None: Redis is unreachable, nothing was taken (the caller falls back per the failure
         policy). `stale`: the overrides changed, nothing was taken, the view is reloaded."""
         at = self._expire_at(period_key, expires_at)
-        if self._down:
+        if self._down and not await self._back():
             return None
         keys = [
             self._usage_key(tenant, period_key),
@@ -578,7 +603,7 @@ class RedisStore(StateStore):
             else:
                 args += ["", 0, 0]
         try:
-            reply = await self._admit(keys=keys, args=args)
+            reply = await self._call(self._admit, keys, args)
         except _UNAVAILABLE as exc:
             self._lost(exc)
             return None
@@ -699,7 +724,13 @@ class RedisStore(StateStore):
         await self.commit(tenant, period_key, reserved, 0, 0, 0, reservation_id=reservation_id)
 
     async def _write(
-        self, key: UsageKey, pending: _Pending, bucket: str | None = None, delta_us: str = ""
+        self,
+        key: UsageKey,
+        pending: _Pending,
+        bucket: str | None = None,
+        delta_us: str = "",
+        *,
+        recovering: bool = False,
     ) -> None:
         tenant, period_key = key
         used = pending.input_tokens or pending.output_tokens or pending.total_tokens
@@ -710,9 +741,10 @@ class RedisStore(StateStore):
         ]
         if bucket is not None:
             keys.append(bucket)
-        seen = await self._commit(
-            keys=keys,
-            args=[
+        seen = await self._call(
+            self._commit,
+            keys,
+            [
                 pending.input_tokens,
                 pending.output_tokens,
                 pending.total_tokens,
@@ -724,6 +756,7 @@ class RedisStore(StateStore):
                 delta_us,
                 *pending.members,
             ],
+            recovering=recovering,
         )
         if key in self._last_seen:  # only tenants with a limit are tracked
             self._last_seen[key] = int(seen)
@@ -736,22 +769,11 @@ class RedisStore(StateStore):
             kept.merge(pending)
 
     async def get_usage(self, keys: Sequence[UsageKey]) -> list[UsageCounters]:
-        self._check_up()
+        await self._ensure_up()
         if not keys:
             return []
-        now = self._now_us()
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for tenant, period_key in keys:
-                    await self._read(
-                        keys=[
-                            self._usage_key(tenant, period_key),
-                            self._reservations_key(tenant, period_key),
-                        ],
-                        args=[now],
-                        client=pipe,
-                    )
-                replies = await pipe.execute()
+            replies = await self._call(self._read_usage, keys, self._now_us())
         except _UNAVAILABLE as exc:
             self._lost(exc)
             raise self.unavailable_error() from None
@@ -760,21 +782,36 @@ class RedisStore(StateStore):
             for key, (i, o, t, r) in zip(keys, replies, strict=True)
         ]
 
+    async def _read_usage(self, keys: Sequence[UsageKey], now: str) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tenant, period_key in keys:
+                await self._read(
+                    keys=[
+                        self._usage_key(tenant, period_key),
+                        self._reservations_key(tenant, period_key),
+                    ],
+                    args=[now],
+                    client=pipe,
+                )
+            replies: list[Any] = await pipe.execute()
+        return replies
+
     async def tenants(self) -> set[str]:
-        self._check_up()
+        await self._ensure_up()
         try:
-            names = await self._redis.zrange(self._tenants_key, 0, -1)
+            names = await self._call(self._redis.zrange, self._tenants_key, 0, -1)
         except _UNAVAILABLE as exc:
             self._lost(exc)
             raise self.unavailable_error() from None
         return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
 
     async def reset_usage(self, tenant: str, period_key: str) -> None:
-        self._check_up()
+        await self._ensure_up()
         try:
-            await self._reset(
-                keys=[self._usage_key(tenant, period_key)],
-                args=[self._expire_at(period_key, None), DEFAULT_RETENTION],
+            await self._call(
+                self._reset,
+                [self._usage_key(tenant, period_key)],
+                [self._expire_at(period_key, None), DEFAULT_RETENTION],
             )
         except _UNAVAILABLE as exc:
             self._lost(exc)
@@ -790,21 +827,23 @@ class RedisStore(StateStore):
         return self._overrides
 
     async def set_override(self, tenant: str, override: Override | None) -> None:
-        self._check_up()
+        await self._ensure_up()
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if override is None:
-                    pipe.hdel(self._overrides_key, tenant)
-                else:
-                    pipe.hset(
-                        self._overrides_key, tenant, f"{override.tokens}:{override.period or ''}"
-                    )
-                pipe.incr(self._version_key)
-                await pipe.execute()
+            await self._call(self._write_override, tenant, override)
             await self._load_overrides()
         except _UNAVAILABLE as exc:
             self._lost(exc)
             raise self.unavailable_error() from None
+
+    async def _write_override(self, tenant: str, override: Override | None) -> None:
+        # Sent again after a lost connection, at worst the version is bumped twice: harmless.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if override is None:
+                pipe.hdel(self._overrides_key, tenant)
+            else:
+                pipe.hset(self._overrides_key, tenant, f"{override.tokens}:{override.period or ''}")
+            pipe.incr(self._version_key)
+            await pipe.execute()
 
     async def refresh_overrides(self) -> None:
         if self._down:
@@ -814,17 +853,21 @@ class RedisStore(StateStore):
         except _UNAVAILABLE as exc:
             self._lost(exc)
 
-    async def _load_overrides(self) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self._overrides_key)
-            pipe.get(self._version_key)
-            mapping, version = await pipe.execute()
+    async def _load_overrides(self, *, recovering: bool = False) -> None:
+        mapping, version = await self._call(self._read_overrides, recovering=recovering)
         overrides: dict[str, Override] = {}
         for raw_tenant, raw in mapping.items():
             tokens, _, period = raw.decode().partition(":")
             overrides[raw_tenant.decode()] = Override(int(tokens), period or None)
         self._overrides = overrides
         self._version = version.decode() if version is not None else "0"
+
+    async def _read_overrides(self) -> list[Any]:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._overrides_key)
+            pipe.get(self._version_key)
+            replies: list[Any] = await pipe.execute()
+        return replies
 
     # --- shared rate limits -----------------------------------------------------------------
 
@@ -845,12 +888,12 @@ class RedisStore(StateStore):
 
     async def take(self, key: str, shape: _Bucket, units: float) -> RateDecision | None:
         """One GCRA step on a shared bucket; None when Redis is unreachable."""
-        if self._down:
+        if self._down and not await self._back():
             return None
         interval_us = shape.interval * 1_000_000
         try:
-            allowed, a, b = await self._take(
-                keys=[key], args=[repr(interval_us), shape.size, repr(units), self._now_us()]
+            allowed, a, b = await self._call(
+                self._take, [key], [repr(interval_us), shape.size, repr(units), self._now_us()]
             )
         except _UNAVAILABLE as exc:
             self._lost(exc)
@@ -867,8 +910,8 @@ class RedisStore(StateStore):
         if self._down:
             return False
         try:
-            await self._adjust(
-                keys=[key], args=[repr(units * shape.interval * 1_000_000), self._now_us()]
+            await self._call(
+                self._adjust, [key], [repr(units * shape.interval * 1_000_000), self._now_us()]
             )
         except _UNAVAILABLE as exc:
             self._lost(exc)
@@ -883,9 +926,81 @@ class RedisStore(StateStore):
             self.recovery_interval,
         )
 
-    def _check_up(self) -> None:
-        if self._down:
+    async def _call(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, recovering: bool = False
+    ) -> T:
+        """One call to Redis, holding one of MAX_CONNECTIONS slots. A call that waited for its
+        slot while the store went down is not sent (`_Down`), unless it is the recovery's.
+        A call whose connection failed is sent again, once, on a fresh connection."""
+        async with self._slots:
+            if self._down and not recovering:
+                raise _Down("the store went down while this call waited")
+            try:
+                return await fn(*args)
+            except _CONNECTION_LOST:
+                # Most likely Redis restarted since the pooled connection was last used: the
+                # command never reached a server that could run it, and every idle pooled
+                # connection is as dead. A Redis that is really gone fails this one too.
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
+                return await fn(*args)
+
+    async def _ensure_up(self) -> None:
+        """For calls that have no local fallback (admin): refuse only when Redis does not
+        answer now."""
+        if self._down and not await self._recovered():
             raise self.unavailable_error()
+
+    async def _back(self) -> bool:
+        """The store is down: whether a request may go to Redis after all. `fail_closed` would
+        refuse, so it first joins a recovery attempt; `fail_open` never waits (it serves
+        locally, and the background recovery switches back)."""
+        return self.on_failure == "fail_closed" and await self._recovered()
+
+    async def _recovered(self) -> bool:
+        """Whether Redis answers again, as found by a recovery attempt that began after this
+        call did: an attempt already running may have failed just before Redis came back, so
+        when it fails, the next one is awaited as well (at most two)."""
+        if self._closed:
+            return False
+        running = self._attempt
+        if running is not None and await asyncio.shield(running):
+            return True
+        if not self._down:
+            return True
+        return await asyncio.shield(self._attempt or self._start_attempt())
+
+    def _start_attempt(self) -> asyncio.Task[bool]:
+        task = asyncio.get_running_loop().create_task(
+            self._try_recover(), name="aigw-redis-recovery-attempt"
+        )
+        self._attempt = task
+
+        def done(_: asyncio.Task[bool]) -> None:
+            if self._attempt is task:
+                self._attempt = None
+
+        task.add_done_callback(done)
+        return task
+
+    async def _try_recover(self) -> bool:
+        """One attempt: reload the overrides, write the usage kept meanwhile, switch back."""
+        try:
+            # Connections opened before the outage may be dead: start afresh.
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            await self._load_overrides(recovering=True)
+            records = await self._reconcile()
+        except _UNAVAILABLE:
+            return False
+        # _reconcile returned with nothing pending and without awaiting since it checked:
+        # every commit from here on goes to Redis directly.
+        self._down = False
+        log.info(
+            "state: redis %s is reachable again; reconciled %d usage record(s) kept "
+            "during the outage",
+            self.where,
+            records,
+        )
+        return True
 
     def _lost(self, exc: BaseException) -> None:
         """A call failed: switch to outage mode (once) and start watching for the recovery."""
@@ -898,32 +1013,18 @@ class RedisStore(StateStore):
         else:
             mode = "fail_closed: answering 503 until it is back"
         log.warning("state: redis %s is unreachable (%s); %s", self.where, _describe(exc), mode)
-        if not self._closed:
+        if not self._closed and (self._recovery is None or self._recovery.done()):
             self._recovery = asyncio.get_running_loop().create_task(
                 self._recover(), name="aigw-redis-recovery"
             )
 
     async def _recover(self) -> None:
-        while True:
+        """In the background, an attempt every `recovery_interval` until Redis is back (a
+        request's attempt may bring it back first)."""
+        while self._down:
             await asyncio.sleep(self.recovery_interval)
-            try:
-                # Connections opened before the outage may be dead: start afresh.
-                await self._redis.connection_pool.disconnect()
-                await self._load_overrides()
-                records = await self._reconcile()
-            except _UNAVAILABLE:
-                continue
-            # _reconcile returned with nothing pending and without awaiting since it checked:
-            # every commit from here on goes to Redis directly.
-            self._down = False
-            self._recovery = None
-            log.info(
-                "state: redis %s is reachable again; reconciled %d usage record(s) kept "
-                "during the outage",
-                self.where,
-                records,
-            )
-            return
+            if self._down:
+                await asyncio.shield(self._attempt or self._start_attempt())
 
     async def _reconcile(self) -> int:
         """Write the usage kept during the outage; returns how many records were written."""
@@ -932,7 +1033,7 @@ class RedisStore(StateStore):
             key = next(iter(self._pending))
             pending = self._pending.pop(key)
             try:
-                await self._write(key, pending)
+                await self._write(key, pending, recovering=True)
             except BaseException:
                 self._keep(key, pending)  # commits that arrived meanwhile merge into it
                 raise
@@ -944,19 +1045,19 @@ class RedisStore(StateStore):
 class RedisRateLimiter(RateLimiter):
     """Token buckets in Redis, shared by every instance; the inherited in-memory buckets serve
     while Redis is unreachable under `fail_open`. Tenants without a limit never leave the
-    process. `clock` (epoch seconds) is for tests; by default the Redis server's clock rules."""
+    process. The shared buckets run on the store's clock (the Redis server's unless the store
+    was given one); `clock` times only the in-memory buckets, and the store is left as it is:
+    it may serve other limiters and the quota manager."""
 
     def __init__(
         self,
         config: RateLimitConfig,
         store: RedisStore,
         *,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(config)
+        super().__init__(config, clock=clock)
         self._store = store
-        if clock is not None:
-            store.clock = clock
 
     @property
     def store(self) -> RedisStore:

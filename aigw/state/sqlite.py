@@ -15,6 +15,19 @@ How it works, and what survives what:
 - Counters are read from disk on first use per (tenant, period); tenants never seen on disk
   start at zero without any I/O.
 
+Faults, and what the store does about them:
+
+- A write that fails (disk full, file made read-only) loses nothing: the usage stays in memory
+  and every flush tries again; the first failure and the recovery are logged once each. A
+  graceful `close()` tries `CLOSE_ATTEMPTS` times, then logs an ERROR naming how many tenants
+  and tokens it could not save.
+- Each flush checks that `path` still names the file the connection has open (device and inode).
+  When it was deleted or replaced, the store reads everything from its open handle (a deleted
+  file lives on while open), opens a new file at `path` and writes back the usage of every
+  tenant and every override it knows, with a WARNING.
+- A file that cannot be opened at start (read-only, not a database, no directory) is a
+  `StateStoreError` naming the file, which the daemon reports as a start-up failure.
+
 Two gateways must not share one file: each would trust its own in-memory counters. Use the redis
 backend for several instances.
 """
@@ -31,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from aigw.errors import ServiceUnavailableError
+from aigw.errors import ServiceUnavailableError, StateStoreError
 from aigw.state.base import Override, UsageCounters, UsageKey
 from aigw.state.memory import MemoryStore
 
@@ -68,7 +81,20 @@ _SELECT_USAGE = (
     "SELECT input_tokens, output_tokens, total_tokens FROM usage WHERE tenant = ? AND period = ?"
 )
 
+_SELECT_ALL_USAGE = "SELECT tenant, period, input_tokens, output_tokens, total_tokens FROM usage"
+
 _Row = tuple[int, int, int]
+_UsageRow = tuple[str, str, int, int, int]
+
+#: A graceful close tries this many times, `CLOSE_RETRY_DELAY` seconds apart, to write what is
+#: unsaved before it gives up and says what is lost.
+CLOSE_ATTEMPTS = 3
+CLOSE_RETRY_DELAY = 0.5
+
+_STORAGE_ERRORS = (sqlite3.Error, OSError)
+
+#: The files of one database in WAL mode, by suffix.
+_FILES = ("", "-wal", "-shm")
 
 
 class SqliteStore(MemoryStore):
@@ -85,6 +111,11 @@ class SqliteStore(MemoryStore):
         self._loading: dict[UsageKey, asyncio.Future[_Row | None]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only by the worker thread
+        #: (st_dev, st_ino) of the database, -wal and -shm files the connection has open
+        #: (worker thread), to notice that `path` names another file
+        self._identity: dict[str, tuple[int, int] | None] = {}
+        #: the overrides must be written again (the file was recreated)
+        self._overrides_unsaved = False
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_failing = False
         self._closed = False
@@ -94,9 +125,14 @@ class SqliteStore(MemoryStore):
     # --- lifecycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Open (or create) the file and load the overrides; `StateStoreError` when it cannot."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aigw-sqlite")
         try:
             tenants, overrides = await self._run(self._db_open)
+        except _STORAGE_ERRORS as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise open_error(self.path, exc) from None
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -106,6 +142,8 @@ class SqliteStore(MemoryStore):
         self._flush_task = asyncio.create_task(self._flush_loop(), name="aigw-sqlite-flush")
 
     async def close(self) -> None:
+        """Flush everything (retrying a failed write a few times), then release the file. Never
+        raises for a storage failure: what could not be saved is logged as an ERROR."""
         if self._closed or self._executor is None:
             return
         self._closed = True
@@ -115,47 +153,137 @@ class SqliteStore(MemoryStore):
                 await self._flush_task
             self._flush_task = None
         try:
-            await self.flush()
+            await self._flush_before_close()
         finally:
             await self._run(self._db_close)
             self._executor.shutdown(wait=True)
             self._executor = None
 
     async def flush(self) -> None:
-        if not self._dirty or self._executor is None:
-            return
-        batch, self._dirty = self._dirty, {}
-        rows = [
-            (tenant, period_key, c.input_tokens, c.output_tokens, c.total_tokens)
-            for (tenant, period_key), c in batch.items()
-        ]
-        # Marked before the write: a load queued behind it in the one worker thread reads it.
-        self._on_disk.update(tenant for tenant, _ in batch)
+        """Write the usage changed since the last flush. A storage failure is logged (once per
+        outage), not raised: the usage stays in memory and the next flush writes it."""
         try:
-            await self._run(self._db_write_usage, rows)
-        except BaseException:
-            # Values are absolute, so writing them again next time is exact.
-            for key, counters in batch.items():
-                self._dirty.setdefault(key, counters)
-            raise
-        self.flushes += 1
+            await self._flush()
+        except _STORAGE_ERRORS as exc:
+            self._write_failed(exc)
+        else:
+            self._write_works()
+
+    async def _flush(self) -> None:
+        """One flush; raises when the file cannot be written. First checks that `path` still
+        names the file the connection has open, and moves to a new file when it does not."""
+        if self._executor is None:
+            return
+        for _ in range(2):  # the second round writes to the new file after a move
+            batch, self._dirty = self._dirty, {}
+            rows = [
+                (tenant, period_key, c.input_tokens, c.output_tokens, c.total_tokens)
+                for (tenant, period_key), c in batch.items()
+            ]
+            overrides = dict(self._overrides) if self._overrides_unsaved else None
+            # Marked before the write: a load queued behind it in the one worker thread reads it.
+            self._on_disk.update(tenant for tenant, _ in batch)
+            try:
+                moved = await self._run(self._db_flush, rows, overrides)
+            except BaseException:
+                self._keep_dirty(batch)
+                raise
+            if moved is None:
+                if overrides is not None:
+                    self._overrides_unsaved = False
+                if rows:
+                    self.flushes += 1
+                return
+            self._keep_dirty(batch)  # nothing was written
+            self._adopt(*moved)
+
+    def _keep_dirty(self, batch: dict[UsageKey, UsageCounters]) -> None:
+        # Values are absolute, so writing them again next time is exact.
+        for key, counters in batch.items():
+            self._dirty.setdefault(key, counters)
+
+    def _adopt(self, how: str, saved: list[_UsageRow]) -> None:
+        """The file at `path` was deleted or replaced: everything this process knows (the rows
+        read from the old file's open handle, the counters in memory, the overrides) becomes
+        unsaved, to be written to the new file."""
+        for tenant, period_key, i, o, t in saved:
+            key = (tenant, period_key)
+            if key not in self._counters and key not in self._dirty:
+                self._dirty[key] = UsageCounters(i, o, t)
+        for key, counters in self._counters.items():
+            if key not in self._dirty and (
+                counters.input_tokens or counters.output_tokens or counters.total_tokens
+            ):
+                self._dirty[key] = counters
+        self._overrides_unsaved = True
+        log.warning(
+            "state: %s was %s while the gateway ran; writing the usage of %d tenant(s) and "
+            "%d override(s) known to this process to a new file there",
+            self.path,
+            how,
+            len({tenant for tenant, _ in self._dirty}),
+            len(self._overrides),
+        )
+
+    def _write_failed(self, exc: BaseException) -> None:
+        if self._flush_failing:  # logged once per outage, not once per interval
+            return
+        self._flush_failing = True
+        log.warning(
+            "state: writing usage to %s failed (%s); the usage of %d tenant(s) is kept in "
+            "memory and written when it works again",
+            self.path,
+            _describe(exc),
+            len({tenant for tenant, _ in self._dirty}),
+        )
+
+    def _write_works(self) -> None:
+        if self._flush_failing:
+            self._flush_failing = False
+            log.warning("state: writing usage to %s works again; nothing was lost", self.path)
+
+    async def _flush_before_close(self) -> None:
+        for attempt in range(1, CLOSE_ATTEMPTS + 1):
+            try:
+                await self._flush()
+            except _STORAGE_ERRORS as exc:
+                self._write_failed(exc)
+                if attempt < CLOSE_ATTEMPTS:
+                    await asyncio.sleep(CLOSE_RETRY_DELAY)
+                    continue
+                await self._report_lost(exc)
+            else:
+                self._write_works()
+            return
+
+    async def _report_lost(self, exc: BaseException) -> None:
+        """Say loudly what the last flush could not save: tenants, and tokens beyond what the
+        file holds (or the whole counters when the file cannot be read either)."""
+        keys = list(self._dirty)
+        try:
+            rows = await self._run(self._db_read_many, keys)
+        except _STORAGE_ERRORS:
+            rows = [None] * len(keys)
+        tokens = 0
+        for key, row in zip(keys, rows, strict=True):
+            tokens += max(0, self._dirty[key].total_tokens - (row[2] if row else 0))
+        log.error(
+            "state: could not save the usage of %d tenant(s) (%d tokens) to %s at shutdown "
+            "(%s, %d attempts); that usage is lost",
+            len({tenant for tenant, _ in keys}),
+            tokens,
+            self.path,
+            _describe(exc),
+            CLOSE_ATTEMPTS,
+        )
 
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
-            except Exception:
-                # Logged once per outage, not once per interval.
-                if not self._flush_failing:
-                    log.warning(
-                        "state: writing usage to %s failed; will retry", self.path, exc_info=True
-                    )
-                    self._flush_failing = True
-            else:
-                if self._flush_failing:
-                    log.warning("state: writing usage to %s works again", self.path)
-                    self._flush_failing = False
+            except Exception:  # a bug must not stop the flushes: log it, go on
+                log.exception("state: flushing %s failed", self.path)
 
     # --- MemoryStore hooks ------------------------------------------------------------------
 
@@ -208,10 +336,24 @@ class SqliteStore(MemoryStore):
 
     async def reset_usage(self, tenant: str, period_key: str) -> None:
         await super().reset_usage(tenant, period_key)
-        await self.flush()
+        try:
+            await self._flush()
+        except _STORAGE_ERRORS as exc:
+            self._write_failed(exc)
+            raise ServiceUnavailableError(
+                f"The reset applies, but writing it to the state database failed "
+                f"({_describe(exc)}); it is retried with the next flush."
+            ) from None
+        self._write_works()
 
     async def set_override(self, tenant: str, override: Override | None) -> None:
-        await self._run(self._db_set_override, tenant, override)
+        try:
+            await self._run(self._db_set_override, tenant, override)
+        except _STORAGE_ERRORS as exc:
+            raise ServiceUnavailableError(
+                f"Writing the override to the state database failed ({_describe(exc)}); "
+                "nothing was changed."
+            ) from None
         await super().set_override(tenant, override)
 
     # --- worker thread ----------------------------------------------------------------------
@@ -222,17 +364,30 @@ class SqliteStore(MemoryStore):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _db(self) -> sqlite3.Connection:
+        if self._conn is None:  # the file moved and opening its successor failed: try again
+            self._db_connect()
         assert self._conn is not None
         return self._conn
 
-    def _db_open(self) -> tuple[set[str], dict[str, Override]]:
+    def _db_connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # a write: -wal exists
+            identity = {suffix: _file_id(f"{self.path}{suffix}") for suffix in _FILES}
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._identity = identity
+
+    def _db_open(self) -> tuple[set[str], dict[str, Override]]:
+        self._db_connect()
+        conn = self._db()
+        try:
             tenants = {row[0] for row in conn.execute("SELECT DISTINCT tenant FROM usage")}
             overrides = {
                 tenant: Override(int(tokens), period)
@@ -241,25 +396,75 @@ class SqliteStore(MemoryStore):
                 )
             }
         except BaseException:
-            conn.close()
+            self._db_close()
             raise
-        self._conn = conn
         return tenants, overrides
 
     def _db_close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            try:
+                conn.close()
+            except sqlite3.Error as exc:  # e.g. the last checkpoint on a full disk: WAL kept
+                log.warning("state: closing %s: %s", self.path, _describe(exc))
 
-    def _db_write_usage(self, rows: list[tuple[str, str, int, int, int]]) -> None:
-        conn = self._db()
+    def _db_moved(self) -> str | None:
+        """'deleted' or 'replaced' when `path` no longer names the file the connection has
+        open; None when it does (or nothing is open)."""
+        if self._conn is None:
+            return None
+        now = _file_id(self.path)
+        if now is None:
+            return "deleted"
+        if now != self._identity.get(""):
+            return "replaced"
+        return None
+
+    def _db_detach(self) -> list[_UsageRow]:
+        """Read every row through the connection to a file that moved, close it, and remove
+        its -wal and -shm files if they are still at `path`: SQLite keeps them when the
+        database file moved, and the new database at `path` would take them for its own."""
+        try:
+            saved = self._db().execute(_SELECT_ALL_USAGE).fetchall()
+        except sqlite3.Error:
+            saved = []  # unreadable: what memory holds is all there is
+        self._db_close()
+        for suffix in _FILES[1:]:
+            name = f"{self.path}{suffix}"
+            ours = self._identity.get(suffix)
+            if ours is not None and _file_id(name) == ours:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+        return saved
+
+    def _db_flush(
+        self, rows: list[_UsageRow], overrides: dict[str, Override] | None
+    ) -> tuple[str, list[_UsageRow]] | None:
+        """Write usage rows (and, after a move, all overrides) in one transaction. When the
+        file moved, write nothing: read every row from the old file's handle, close it and
+        return how it moved with those rows (the next call opens a new file)."""
+        moved = self._db_moved()
+        if moved is not None:
+            # Detached before the new file is opened: both would use the same -wal/-shm names.
+            return moved, self._db_detach()
+        conn = self._db()  # opens the new file after a move
+        if not rows and overrides is None:
+            return None
         conn.execute("BEGIN")
         try:
             conn.executemany(_UPSERT_USAGE, rows)
+            if overrides is not None:
+                conn.execute("DELETE FROM overrides")
+                conn.executemany(
+                    "INSERT INTO overrides (tenant, tokens, period) VALUES (?, ?, ?)",
+                    [(t, o.tokens, o.period) for t, o in overrides.items()],
+                )
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        return None
 
     def _db_read_usage(self, key: UsageKey) -> _Row | None:
         row = self._db().execute(_SELECT_USAGE, key).fetchone()
@@ -279,3 +484,38 @@ class SqliteStore(MemoryStore):
                 " period = excluded.period",
                 (tenant, override.tokens, override.period),
             )
+
+
+def open_error(path: Path, exc: BaseException) -> StateStoreError:
+    """A start-up failure that names the file and what to check."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if isinstance(exc, OSError):
+        reason = f"cannot create {exc.filename or path.parent}: {exc.strerror or exc}"
+    elif name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        reason = (
+            f"cannot write the state database {path} ({exc}): check that the file, its "
+            "directory and its -wal/-shm files are writable by this user and the filesystem "
+            "is not mounted read-only"
+        )
+    elif name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        reason = f"{path} is not a usable SQLite database ({exc}); move it away or set state.path"
+    elif name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        reason = f"the state database {path} is locked by another process ({exc})"
+    else:
+        reason = f"cannot open the state database {path}: {exc}"
+    return StateStoreError(reason)
+
+
+def _file_id(name: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
