@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -19,6 +19,9 @@ from aigw.cli.common import (
     fail,
     format_uptime,
 )
+
+if TYPE_CHECKING:
+    from aigw.config import Config
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -83,6 +86,7 @@ def serve(
         server_overrides["access_log"] = True
     if server_overrides:
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, **server_overrides))
+    _log_warnings(cfg, host)
     if workers > 1 and cfg.state.backend != "redis":
         # Each process would enforce its own quotas and rate limits: N times the limits.
         fail(
@@ -110,6 +114,21 @@ def serve(
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
         code = 0
     raise typer.Exit(code)
+
+
+def _log_warnings(cfg: Config, host: str | None) -> None:
+    """What `aigw validate` would warn about, in the daemon's log (the config still runs)."""
+    import logging
+
+    from aigw.config import listen_warning
+
+    log = logging.getLogger("aigw")
+    for warning in cfg.warnings:
+        if host and warning.key == "server.host":
+            continue  # --host replaced it; judged below
+        log.warning("%s", warning.format())
+    if host and (found := listen_warning(host, has_keys=bool(cfg.auth.keys))):
+        log.warning("--host %s: %s (Hint: %s)", host, *found)
 
 
 def status(
