@@ -620,6 +620,27 @@ def _header_example(header: str) -> str:
     return "Bearer ${UPSTREAM_TOKEN}" if "authorization" in header.lower() else "${UPSTREAM_TOKEN}"
 
 
+def public_url(url: str) -> str:
+    """`url` safe to show: without its password (a lone `user@`, which may be a token, goes too)
+    and without a `password=` query parameter."""
+    from urllib.parse import parse_qsl, urlencode, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}@{host}" if colon and user else host
+    query = parts.query
+    if "password" in query.lower():
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, v) for k, v in pairs if k.lower() != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` is only reachable from this machine."""
     import ipaddress
@@ -1568,7 +1589,10 @@ def config_reference_markdown() -> str:
         "unit (`512KiB`, `8MiB`, `1GiB`, `100MB`). `${VAR}` in any string is replaced by the "
         "environment variable VAR (an error when it is unset); `${VAR:-default}` gives a "
         "default; `$${` is a literal `${`. Secrets may only be written as `${VAR}` "
-        "(or `${VAR:-}` when optional). `~` is expanded in paths. Unknown keys are errors.",
+        "(or `${VAR:-}` when optional); so may the password of a URL (`state.url`, "
+        "`base_url`: `redis://:${REDIS_PASSWORD}@host:6379/0`) and the value of a credential "
+        'header (`Authorization: "Bearer ${TOKEN}"`, `x-api-key`, `api-key`, …). '
+        "`~` is expanded in paths. Unknown keys are errors.",
         "",
         "| key | type | default | description |",
         "|---|---|---|---|",

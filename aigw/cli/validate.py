@@ -133,13 +133,9 @@ def _check_request(file: Path, config: Config, as_json: bool) -> None:
 
 
 def _public_url(url: str) -> str:
-    """A URL without its user:password part, for display."""
-    from urllib.parse import urlsplit, urlunsplit
+    from aigw.config import public_url
 
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return public_url(url)
 
 
 def _tenants(config: Config) -> list[str]:
