@@ -5,24 +5,34 @@
     GET  /quota                   every known tenant's quota status
     GET  /quota/{tenant}          one tenant
     POST /quota/{tenant}          {"tokens": int, "period": str | null} → runtime override
-    POST /quota/{tenant}/reset    zero the tenant's usage
+                                  (no period: the tenant keeps the one it has)
+    POST /quota/{tenant}/reset    zero the tenant's usage (404 for a tenant nobody knows)
     POST /reload                  re-read the config file
 
-The client side is `aigw.admin_client.AdminClient` (standard library only, for fast start-up).
+Every error is JSON, `{"error": {"message": "..."}}` with a 4xx/5xx status, never aiohttp's plain
+text: the CLI prints the message as its one line. The client side is
+`aigw.admin_client.AdminClient` (standard library only, for fast start-up).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from aigw.errors import ConfigError, GatewayError
+from aigw.config import MAX_QUOTA_TOKENS
+from aigw.errors import ConfigError, GatewayError, ServiceUnavailableError
 
 if TYPE_CHECKING:
     from aigw.server import Gateway
+
+log = logging.getLogger("aigw")
+
+#: The largest admin request body: a quota call is a few dozen bytes.
+MAX_ADMIN_BODY = 64 * 1024
 
 
 def _reply(payload: Any, status: int = 200) -> web.Response:
@@ -70,11 +80,18 @@ def build_admin_app(gateway: Gateway) -> web.Application:
             body = await request.json()
         except ValueError:
             return _problem("body must be JSON")
-        tokens = body.get("tokens") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            return _problem('body must be a JSON object: {"tokens": N, "period": P}')
+        tokens = body.get("tokens")
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
             return _problem("tokens must be an integer >= 0")
+        if tokens > MAX_QUOTA_TOKENS:
+            return _problem(f"tokens must be at most {MAX_QUOTA_TOKENS:,} (10**15)")
+        period = body.get("period")
+        if period is not None and not isinstance(period, str):
+            return _problem("period must be a string or null")
         try:
-            await quota.set_limit(request.match_info["tenant"], tokens, body.get("period"))
+            await quota.set_limit(request.match_info["tenant"], tokens, period)
             statuses = await quota.status(request.match_info["tenant"])
         except ValueError as exc:
             return _problem(str(exc))
@@ -83,9 +100,11 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     @routes.post("/quota/{tenant}/reset")
     async def quota_reset(request: web.Request) -> web.Response:
         quota = _quota(gateway)
+        tenant = request.match_info["tenant"]
+        known = {key.tenant for key in gateway.config.auth.keys}
         try:
-            await quota.reset(request.match_info["tenant"])
-            statuses = await quota.status(request.match_info["tenant"])
+            await quota.reset(tenant, known=known)
+            statuses = await quota.status(tenant)
         except ValueError as exc:
             return _problem(str(exc))
         return _reply({"tenants": [s.to_dict() for s in statuses]})
@@ -95,30 +114,51 @@ def build_admin_app(gateway: Gateway) -> web.Application:
         try:
             config = await gateway.reload()
         except ConfigError as exc:
-            return _problem(str(exc))
+            return _problem(f"reload failed, keeping the running config: {exc}")
         except Exception as exc:  # a hook or provider that cannot be built: the old config stays
             return _problem(f"reload failed, keeping the running config: {exc}", 500)
-        return _reply({"config": config.source, "models": list(config.models)})
+        return _reply(
+            {
+                "config": config.source,
+                "models": list(config.models),
+                "providers": list(config.providers),
+                "warnings": [w.format() for w in config.warnings],
+            }
+        )
 
-    app = web.Application(middlewares=[_gateway_errors])
+    app = web.Application(middlewares=[_json_errors], client_max_size=MAX_ADMIN_BODY)
     app.add_routes(routes)
     return app
 
 
 @web.middleware
-async def _gateway_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A store that cannot answer (redis unreachable) is a one-line 503, not a traceback."""
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every failure is a JSON error with one line for the CLI, never aiohttp's plain text or a
+    traceback: a store that cannot answer (redis unreachable) is a 503, an unknown endpoint a
+    404, a body too large a 413."""
     try:
         response: web.StreamResponse = await handler(request)
     except GatewayError as err:
         return _problem(err.message, err.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {
+            404: f"no admin endpoint {request.method} {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+            413: f"request body too large (at most {MAX_ADMIN_BODY:,} bytes)",
+        }.get(exc.status, exc.reason)
+        problem = _problem(message, exc.status)
+        if "Allow" in exc.headers:
+            problem.headers["Allow"] = exc.headers["Allow"]
+        return problem
+    except Exception:  # a bug: log it, answer one line
+        log.exception("admin %s %s failed", request.method, request.path)
+        return _problem("internal error in the daemon (its log has the details)", 500)
     return response
 
 
 def _quota(gateway: Gateway) -> Any:
     if gateway.quota is None:
-        raise web.HTTPServiceUnavailable(
-            body=json.dumps({"error": {"message": "quota manager not running"}}),
-            content_type="application/json",
-        )
+        raise ServiceUnavailableError("quota manager not running")
     return gateway.quota

@@ -3,6 +3,8 @@ so client commands start fast (importing aiohttp alone costs ~0.25 s).
 
 One request per connection (`Connection: close`), spoken over a plain socket: `http.client`
 would pull in `email` and `ssl` (~30 ms of every client command) for what is a few lines here.
+Nothing is sent before the process answering on the socket is known to run as this user or root
+(`aigw.private_socket.peer_uid`): a socket another user put in place gets no request.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import socket
 from pathlib import Path
 from typing import Any
+
+from aigw.private_socket import peer_uid, trusted_peer
 
 #: An answer larger than this is not the admin API's: refuse it instead of filling memory.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -163,7 +167,13 @@ class AdminClient:
             configured = configured_admin_socket(config_path)
             if configured:
                 return cls(Path(configured).expanduser())
-        return cls(default_admin_socket())
+        try:
+            return cls(default_admin_socket())
+        except OSError as exc:  # platformdirs refuses a runtime directory another user owns
+            raise AdminError(
+                f"no safe runtime directory for the admin socket: {exc}; "
+                "pass --admin-socket PATH (or set $AIGW_ADMIN_SOCKET)"
+            ) from None
 
     def get_json(self, path: str) -> Any:
         return self._request("GET", path, None)
@@ -184,6 +194,12 @@ class AdminClient:
             sock.settimeout(self.timeout)
             try:
                 sock.connect(self.path)
+                uid = peer_uid(sock)
+                if not trusted_peer(uid):
+                    raise AdminError(
+                        f"the admin socket {self.path} is served by another user (uid {uid}), "
+                        "not by your aigw daemon; refusing to talk to it"
+                    )
                 sock.sendall(request)
                 status, raw = _read_response(sock)
             except (FileNotFoundError, ConnectionRefusedError):

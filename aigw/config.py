@@ -52,7 +52,7 @@ from aigw.choices import (
 from aigw.choices import (
     StrategyName as StrategyName,
 )
-from aigw.errors import ConfigError, ConfigProblem
+from aigw.errors import ConfigError, ConfigProblem, ConfigWarning
 from aigw.headers import never_forwarded
 from aigw.tenants import is_valid_tenant
 
@@ -71,6 +71,10 @@ def _doc(doc: str, **meta: Any) -> dict[str, Any]:
 
 
 _INTERNAL: dict[str, Any] = {"internal": True}
+
+#: The largest token quota aigw accepts (config, `aigw quota set`, the admin socket): far beyond
+#: any real budget, and well inside what every state store can count (SQLite: 2**63).
+MAX_QUOTA_TOKENS = 10**15
 
 
 class Secret:
@@ -352,7 +356,8 @@ class RateLimitConfig:
 @dataclass(frozen=True)
 class QuotaConfig:
     default: int = field(
-        default=0, metadata=_doc("Tokens per period per tenant; 0 = unlimited.", min=0)
+        default=0,
+        metadata=_doc("Tokens per period per tenant; 0 = unlimited.", min=0, max=MAX_QUOTA_TOKENS),
     )
     period: str = field(
         default="daily", metadata=_doc("Calendar period the usage resets on.", choices=PERIODS)
@@ -360,7 +365,9 @@ class QuotaConfig:
     timezone: str = field(default="UTC", metadata=_doc("IANA zone the periods are aligned to."))
     tenants: dict[str, int] = field(
         default_factory=dict,
-        metadata=_doc("Per-tenant limits (0 = unlimited).", tenant_keys=True, min=0),
+        metadata=_doc(
+            "Per-tenant limits (0 = unlimited).", tenant_keys=True, min=0, max=MAX_QUOTA_TOKENS
+        ),
     )
     default_max_tokens: int = field(
         default=4096,
@@ -431,6 +438,10 @@ class Config:
     )
     #: Where this config came from ("<built-in default>" when no file was found).
     source: str = field(default="<built-in default>", metadata=_INTERNAL)
+    #: What `load_config` warned about: the config works, but likely not as meant.
+    warnings: tuple[ConfigWarning, ...] = field(
+        default=(), metadata=_INTERNAL, compare=False, repr=False
+    )
 
 
 def default_config() -> Config:
@@ -560,10 +571,138 @@ def parse_config(
     """`load_config` for YAML text already in memory; `source` names it in problems."""
     loader = _Loader(source, os.environ if env is None else env)
     config = loader.load(text)
+    loader.warnings.sort(key=lambda p: p.line or 0)
     if loader.problems or config is None:
         loader.problems.sort(key=lambda p: p.line or 0)
-        raise ConfigError(loader.problems)
-    return config
+        raise ConfigError(loader.problems, loader.warnings)
+    return replace(config, warnings=tuple(loader.warnings))
+
+
+# --- rules about secrets, listeners and YAML syntax ----------------------------------------
+
+#: Header names that carry credentials: their values may only come from `${ENV}`.
+_CREDENTIAL_HEADER_RE = re.compile(
+    r"(?:^|[-_])(?:authorization|auth|api[-_]?key|key|token|secret|password|passwd|cookie)"
+    r"(?:$|[-_])"
+)
+#: An authorization scheme word may be written in the file (`Bearer ${TOKEN}`); what follows not.
+_AUTH_SCHEME_RE = re.compile(r"\s*(?:(?:Bearer|Basic|Token|Bot|ApiKey|Key|Digest)\b)?\s*", re.I)
+_ENV_NAMES_RE = re.compile(rf"\$\{{({_ENV_NAME})")
+_FROM_ENV = "\x00"  # stands for a value that comes from the environment
+
+
+def _from_env(raw: str) -> str:
+    """`raw` with every `${VAR}` / `${VAR:-}` replaced by `_FROM_ENV`, and `${VAR:-default}` by
+    its default: a default is text written in the file."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        ref = _ENV_REF_RE.fullmatch(m.group(1) or "")
+        if ref is None:
+            return m.group(0)
+        return ref.group(2) or _FROM_ENV
+
+    return _ENV_TOKEN_RE.sub(one, raw)
+
+
+def _literal_url_credentials(raw: str) -> bool:
+    """Whether a URL as written holds a password (or a lone user token) not from `${ENV}`."""
+    if "@" not in raw:
+        return False
+    try:
+        netloc = urlsplit(_from_env(raw)).netloc
+    except ValueError:
+        return False
+    if "@" not in netloc:
+        return False
+    user, colon, password = netloc.rpartition("@")[0].partition(":")
+    secret = password if colon else user
+    return secret.replace(_FROM_ENV, "") != ""
+
+
+def _literal_header_credential(raw: str) -> bool:
+    """Whether a credential header's value as written holds more than a scheme word and
+    `${ENV}` references."""
+    return _AUTH_SCHEME_RE.fullmatch(_from_env(raw).replace(_FROM_ENV, "")) is None
+
+
+def _header_example(header: str) -> str:
+    return "Bearer ${UPSTREAM_TOKEN}" if "authorization" in header.lower() else "${UPSTREAM_TOKEN}"
+
+
+def public_url(url: str) -> str:
+    """`url` safe to show: without its password (a lone `user@`, which may be a token, goes too)
+    and without a `password=` query parameter."""
+    from urllib.parse import parse_qsl, urlencode, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}@{host}" if colon and user else host
+    query = parts.query
+    if "password" in query.lower():
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, v) for k, v in pairs if k.lower() != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is only reachable from this machine."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def listen_warning(host: str, *, has_keys: bool) -> tuple[str, str] | None:
+    """`(message, hint)` when the HTTP API listens where other machines can reach it."""
+    if is_loopback(host):
+        return None
+    where = "every network interface" if host in ("", "0.0.0.0", "::", "[::]") else f"{host}"
+    hint = (
+        "anyone who can reach it can use your providers' keys: add auth.keys, "
+        "or listen on 127.0.0.1"
+        if not has_keys
+        else "only tenants with a key get in, but let a firewall decide who can connect, "
+        "or listen on 127.0.0.1"
+    )
+    return f"listens on {where}, not loopback: the API is reachable from your network", hint
+
+
+def _syntax_hint(exc: yaml.MarkedYAMLError, text: str) -> tuple[int | None, str | None]:
+    """The line to report a YAML syntax error at, and a hint for the usual causes."""
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else None
+    context, problem = exc.context or "", exc.problem or ""
+    opened = exc.context_mark.line + 1 if exc.context_mark else None
+    lines = text.splitlines()
+    if mark is not None and mark.line < len(lines):
+        here = lines[mark.line]
+        indent = here[: len(here) - len(here.lstrip(" \t"))]
+    else:
+        indent = ""
+    if "\t" in indent or "'\\t'" in problem:
+        return line, "YAML does not allow tabs for indentation: indent with spaces"
+    if context.startswith("while parsing a flow") and opened is not None:
+        bracket, close = ("[", "]") if "sequence" in context else ("{", "}")
+        return opened, f"the `{bracket}` opened on this line is not closed: add its `{close}`"
+    if context.startswith("while scanning a quoted scalar") and opened is not None:
+        return opened, "the quote opened on this line is not closed"
+    if "mapping values are not allowed" in problem:
+        return line, "quote a value that contains ': ', and check the indentation"
+    if "could not find expected ':'" in problem or "expected <block end>" in problem:
+        return line, "check the indentation: the keys of one mapping must line up"
+    return line, None
 
 
 def _did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
@@ -571,10 +710,10 @@ def _did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     return f"did you mean '{match[0]}'?" if match else None
 
 
-def _one_of(word: str, choices: Iterable[str]) -> str:
+def _one_of(word: str, choices: Iterable[str], *, none: str = "none are defined") -> str:
     choices = list(choices)
     if not choices:
-        return "none are defined"
+        return none
     listed = "one of: " + ", ".join(choices)
     guess = _did_you_mean(word, choices)
     return f"{guess} Expected {listed}" if guess else f"expected {listed}"
@@ -631,13 +770,20 @@ class _Loader:
         self.source = source
         self.env = env
         self.problems: list[ConfigProblem] = []
+        self.warnings: list[ConfigWarning] = []
         self.lines: dict[str, int] = {}  # dotted key path -> line where it was written
-        self.empty_secrets: set[str] = set()  # secret paths whose variable was empty
+        #: secret paths whose variable was unset or empty -> the variable's name
+        self.empty_secrets: dict[str, str] = {}
+        #: key path -> a string value as written, before `${ENV}` substitution
+        self.raw: dict[str, str] = {}
         self.constructor = yaml.constructor.SafeConstructor()
         self.resolver = yaml.resolver.Resolver()
 
     def problem(self, line: int | None, key: str, message: str, hint: str | None = None) -> None:
         self.problems.append(ConfigProblem(self.source, line, key, message, hint))
+
+    def warn(self, key: str, message: str, hint: str | None = None) -> None:
+        self.warnings.append(ConfigWarning(self.source, self.line_of(key), key, message, hint))
 
     def line_of(self, path: str) -> int | None:
         """Line of a key path, or of its nearest ancestor that was written in the file."""
@@ -654,10 +800,10 @@ class _Loader:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
+            line, hint = _syntax_hint(exc, text)
             # Only the parser's own words: its snippet of the line could show a secret.
             words = "; ".join(str(w) for w in (exc.context, exc.problem) if w)
-            self.problem(mark.line + 1 if mark else None, "", f"YAML syntax error: {words}")
+            self.problem(line, "", f"YAML syntax error: {words}", hint)
             return None
         except yaml.YAMLError as exc:
             self.problem(None, "", f"YAML syntax error: {type(exc).__name__}")
@@ -844,6 +990,7 @@ class _Loader:
         assert isinstance(node, yaml.ScalarNode)
         if node.tag == _TAG + "str":
             text = str(node.value)
+            self.raw[path] = text
             if "${" not in text:
                 return True, text
             ok, text = self.substitute(text, node, path)
@@ -1016,7 +1163,7 @@ class _Loader:
             )
             return _INVALID
         if not value:
-            self.empty_secrets.add(path)
+            self.empty_secrets[path] = name
             return None
         return Secret(value)
 
@@ -1108,12 +1255,20 @@ class _Loader:
                 f"unsupported config version {config.version}",
                 "this aigw reads `version: 1`",
             )
+        self.check_server(config)
         self.check_providers(config)
         config = self.check_models(config)
         self.check_auth(config)
         self.check_state(config.state)
         self.check_misc(config)
         return config
+
+    def check_server(self, config: Config) -> None:
+        if "server.host" in self.problem_keys():
+            return
+        warning = listen_warning(config.server.host, has_keys=bool(config.auth.keys))
+        if warning is not None:
+            self.warn("server.host", *warning)
 
     def check_providers(self, config: Config) -> None:
         for name, provider in config.providers.items():
@@ -1147,6 +1302,45 @@ class _Loader:
                         f"{_show(header)} is never forwarded upstream",
                         "credentials, cookies, X-Aigw-* and hop-by-hop headers stay at the "
                         "gateway; set a provider's own headers under `headers:`",
+                    )
+            if provider.type == "mock":
+                continue
+            key_path = f"{path}.api_key"
+            if key_path in self.empty_secrets:
+                var = self.empty_secrets[key_path]
+                self.warn(
+                    key_path,
+                    f"the key is empty ({var} is unset or empty): requests go upstream without one",
+                    f"export {var}=<your key> before `aigw serve`, "
+                    "or remove api_key if this upstream needs none",
+                )
+            if _literal_url_credentials(self.raw.get(f"{path}.base_url", "")):
+                self.rule(
+                    f"{path}.base_url",
+                    "base_url holds credentials written in the file; secrets only come from "
+                    "the environment",
+                    "write https://user:${UPSTREAM_PASSWORD}@host/v1, or use api_key: "
+                    "${UPSTREAM_KEY}, and set the variable in the environment",
+                )
+            for header, value in provider.headers.items():
+                if _CREDENTIAL_HEADER_RE.search(header.lower()) is None:
+                    continue
+                sub = f"{path}.headers.{header}"
+                raw = self.raw.get(sub, "")
+                if _literal_header_credential(raw):
+                    self.rule(
+                        sub,
+                        f"header '{header}' holds a credential written in the file; secrets "
+                        "only come from the environment",
+                        f'write {header}: "{_header_example(header)}" and set UPSTREAM_TOKEN '
+                        "in the environment",
+                    )
+                elif (names := _ENV_NAMES_RE.findall(raw)) and _AUTH_SCHEME_RE.fullmatch(value):
+                    self.warn(
+                        sub,
+                        f"header '{header}' is empty ({names[0]} is unset or empty): requests "
+                        "go upstream without this credential",
+                        f"export {names[0]}=<the credential> before `aigw serve`",
                     )
 
     def check_models(self, config: Config) -> Config:
@@ -1184,7 +1378,10 @@ class _Loader:
                     self.rule(sub, "a model cannot fall back to itself")
                 elif fallback not in config.models:
                     others = [m for m in config.models if m != name]
-                    self.rule(sub, f"unknown model '{fallback}'", _one_of(fallback, others))
+                    alone = f"'{name}' is the only model defined: add '{fallback}' under models:"
+                    self.rule(
+                        sub, f"unknown model '{fallback}'", _one_of(fallback, others, none=alone)
+                    )
             models[name] = replace(model, targets=tuple(targets))
         return replace(config, models=models)
 
@@ -1235,6 +1432,13 @@ class _Loader:
         if state.url and urlsplit(state.url).scheme not in _REDIS_SCHEMES:
             # Not echoed: the URL may hold a password.
             self.rule("state.url", "url must start with redis://, rediss:// or unix://")
+        if _literal_url_credentials(self.raw.get("state.url", "")):
+            self.rule(
+                "state.url",
+                "url holds a password written in the file; secrets only come from the environment",
+                "write redis://:${REDIS_PASSWORD}@host:6379/0 and set REDIS_PASSWORD "
+                "in the environment",
+            )
 
     def check_misc(self, config: Config) -> None:
         zone = config.quota.timezone
@@ -1407,7 +1611,10 @@ def config_reference_markdown() -> str:
         "unit (`512KiB`, `8MiB`, `1GiB`, `100MB`). `${VAR}` in any string is replaced by the "
         "environment variable VAR (an error when it is unset); `${VAR:-default}` gives a "
         "default; `$${` is a literal `${`. Secrets may only be written as `${VAR}` "
-        "(or `${VAR:-}` when optional). `~` is expanded in paths. Unknown keys are errors.",
+        "(or `${VAR:-}` when optional); so may the password of a URL (`state.url`, "
+        "`base_url`: `redis://:${REDIS_PASSWORD}@host:6379/0`) and the value of a credential "
+        'header (`Authorization: "Bearer ${TOKEN}"`, `x-api-key`, `api-key`, …). '
+        "`~` is expanded in paths. Unknown keys are errors.",
         "",
         "| key | type | default | description |",
         "|---|---|---|---|",

@@ -6,6 +6,8 @@
     ├── AuthenticationError          401 invalid_api_key
     ├── ModelNotFoundError           404 model_not_found
     ├── NotFoundError                404 unknown route / admin object
+    │   └── UnknownTenantError       404 code tenant_not_found: an admin call names a tenant
+    │                                nobody knows (no key, quota, override or usage)
     ├── RequestTooLargeError         413 request_too_large
     ├── RateLimitError               429 rate_limit_exceeded (+ retry-after)
     ├── QuotaExceededError           429 insufficient_quota (+ x-should-retry: false)
@@ -23,7 +25,9 @@
 
 Handlers never build error bodies themselves: they raise, and the proxy calls `error_body()`.
 Two errors are separate, being about files rather than HTTP requests: `ConfigError` (a config
-file) and `StateStoreError` (the state store cannot be opened at start: the daemon exits 3).
+file; it carries `ConfigProblem`s, and a `ConfigWarning` is a problem that does not stop the
+config from loading, `Config.warnings`) and `StateStoreError` (the state store cannot be opened
+at start: the daemon exits 3).
 """
 
 from __future__ import annotations
@@ -96,6 +100,18 @@ class NotFoundError(GatewayError):
     type = "invalid_request_error"
     code = "not_found"
     client_fault = True
+
+
+class UnknownTenantError(NotFoundError):
+    code = "tenant_not_found"
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(
+            f"no tenant '{tenant}': it has no key in auth.keys, no quota in the config, "
+            "no override and no recorded usage",
+            param="tenant",
+        )
+        self.tenant = tenant
 
 
 class RequestTooLargeError(GatewayError):
@@ -288,13 +304,21 @@ def _str_or_none(v: object) -> str | None:
 class ConfigError(Exception):
     """One or more problems in a config file; each has file, line, dotted key path and a hint."""
 
-    def __init__(self, problems: list[ConfigProblem]) -> None:
+    def __init__(
+        self, problems: list[ConfigProblem], warnings: list[ConfigWarning] | None = None
+    ) -> None:
         self.problems = problems
+        #: what the same file would be warned about once its problems are fixed
+        self.warnings = warnings or []
         super().__init__("\n".join(p.format() for p in problems))
 
 
 class ConfigProblem:
+    """One mistake in a config file: where it is, what is wrong, and how to fix it."""
+
     __slots__ = ("file", "hint", "key", "line", "message")
+    #: written before the message: "" for an error, "warning: " for a `ConfigWarning`
+    label = ""
 
     def __init__(
         self, file: str, line: int | None, key: str, message: str, hint: str | None = None
@@ -307,13 +331,22 @@ class ConfigProblem:
 
     def format(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        message = self.label + self.message
+        text = f"{where}: {self.key}: {message}" if self.key else f"{where}: {message}"
         if self.hint:
             text += f" (Hint: {self.hint})"
         return text
 
     def __repr__(self) -> str:
-        return f"ConfigProblem({self.format()!r})"
+        return f"{type(self).__name__}({self.format()!r})"
+
+
+class ConfigWarning(ConfigProblem):
+    """A config that loads but will likely not work as meant (an empty provider key, a listener
+    reachable from the network): reported, never fatal."""
+
+    __slots__ = ()
+    label = "warning: "
 
 
 class StateStoreError(Exception):

@@ -20,14 +20,14 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aigw.config import PERIODS, QuotaConfig
-from aigw.errors import QuotaExceededError, ServiceUnavailableError
+from aigw.config import MAX_QUOTA_TOKENS, PERIODS, QuotaConfig
+from aigw.errors import QuotaExceededError, ServiceUnavailableError, UnknownTenantError
 from aigw.hooks.base import Usage
 from aigw.state.base import Override, StateStore
 from aigw.tenants import (  # noqa: F401 - re-exported for callers of the quota API
@@ -317,13 +317,21 @@ class QuotaManager:
     # --- admin ----------------------------------------------------------------------------
 
     async def set_limit(self, tenant: str, tokens: int, period: str | None = None) -> None:
-        """Persist a runtime override: `tokens` per `period` (None = the configured period);
-        0 = unlimited. Takes effect on the next request."""
+        """Persist a runtime override: `tokens` per `period`; 0 = unlimited. Without a period
+        the tenant keeps the one it has: its override's, else the configured one (which it then
+        follows on reload). Takes effect on the next request."""
         validate_tenant(tenant)
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
             raise ValueError("tokens must be an integer >= 0")
-        if period is not None and period not in PERIODS:
-            raise ValueError(f"unknown quota period {period!r} (choose from {', '.join(PERIODS)})")
+        if tokens > MAX_QUOTA_TOKENS:
+            raise ValueError(f"tokens must be at most {MAX_QUOTA_TOKENS:,} (10**15)")
+        if period is not None and (not isinstance(period, str) or period not in PERIODS):
+            shown = repr(period) if isinstance(period, str) else type(period).__name__
+            raise ValueError(f"unknown quota period {shown} (choose from {', '.join(PERIODS)})")
+        if period is None:
+            await self._store.refresh_overrides()
+            existing = self._store.overrides.get(tenant)
+            period = existing.period if existing is not None else None
         await self._store.set_override(tenant, Override(tokens, period))
 
     async def clear_limit(self, tenant: str) -> None:
@@ -331,12 +339,28 @@ class QuotaManager:
         validate_tenant(tenant)
         await self._store.set_override(tenant, None)
 
-    async def reset(self, tenant: str) -> None:
-        """Zero the tenant's usage in its current period (in-flight reservations stay)."""
+    async def reset(self, tenant: str, *, known: Collection[str] = ()) -> None:
+        """Zero the tenant's usage in its current period (in-flight reservations stay).
+
+        Raises `UnknownTenantError` for a tenant nobody knows (not in `known`, e.g. the tenants
+        of auth.keys, nor in the config, the overrides or recorded usage): a typo must not
+        create a tenant."""
         validate_tenant(tenant)
         await self._store.refresh_overrides()
+        if not await self.is_known(tenant, known):
+            raise UnknownTenantError(tenant)
         _, period, _ = self.policy(tenant)
         await self._store.reset_usage(tenant, self.window(period).key)
+
+    async def is_known(self, tenant: str, known: Collection[str] = ()) -> bool:
+        """Whether `tenant` is in `known`, has a quota in the config, an override, or recorded
+        usage."""
+        return (
+            tenant in known
+            or tenant in self._config.tenants
+            or tenant in self._store.overrides
+            or tenant in await self._store.tenants()
+        )
 
     async def status(self, tenant: str | None = None) -> list[QuotaStatus]:
         """Current-period usage of one tenant, or of every tenant known from usage, config or

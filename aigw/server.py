@@ -28,10 +28,11 @@ from aiohttp import web
 from aigw import __version__
 from aigw.admission import Admission
 from aigw.balancer import Balancers, Clock
-from aigw.config import Config, HookSpec, ProviderConfig, load_config
+from aigw.config import Config, HookSpec, ProviderConfig, load_config, public_url
 from aigw.hooks import build_hooks
 from aigw.hooks.base import Hook, RequestContext
 from aigw.paths import default_admin_socket
+from aigw.private_socket import unsafe_directory
 from aigw.providers import Provider, build_provider
 from aigw.proxy import Authenticator, Proxy
 
@@ -266,8 +267,7 @@ class Gateway:
     async def _start_admin(self) -> None:
         from aigw.admin import build_admin_app
 
-        path = self.admin_socket
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.admin_socket  # its directory was made and checked by claim_admin_socket
         runner = web.AppRunner(build_admin_app(self), access_log=None, shutdown_timeout=5)
         await runner.setup()
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
@@ -412,6 +412,12 @@ class Gateway:
     # --- reporting -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        # The store that runs, not the config's (a reload does not replace it): where it keeps
+        # the state, never a password.
+        store = self.store
+        backend = str(getattr(store, "name", self.config.state.backend))
+        path = getattr(store, "path", None) if backend == "sqlite" else None
+        url = getattr(store, "url", None) if backend == "redis" else None
         return {
             "pid": os.getpid(),
             "version": __version__,
@@ -419,7 +425,9 @@ class Gateway:
             "config": self.config.source,
             "listen": f"http://{self.listen_address}",
             "admin_socket": str(self.admin_socket),
-            "state_backend": self.config.state.backend,
+            "state_backend": backend,
+            "state_path": str(Path(path).resolve()) if path is not None else None,
+            "state_url": public_url(url) if isinstance(url, str) else None,
             "models": list(self.config.models),
             "providers": list(self.config.providers),
             "draining": self.draining,
@@ -500,26 +508,63 @@ def _bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socke
 def listen_error(exc: OSError, host: str, port: int) -> StartupError:
     """The one-line start-up error for a TCP port that cannot be bound."""
     if exc.errno == errno.EADDRINUSE:
-        return StartupError(f"port {port} on {host} is already in use")
-    return StartupError(f"cannot listen on {host}:{port}: {exc.strerror}")
+        return StartupError(
+            f"port {port} on {host} is already in use (another aigw?); "
+            "start this one on another port with --port N"
+        )
+    return StartupError(
+        f"cannot listen on {host}:{port}: {exc.strerror}; choose another with --host / --port"
+    )
 
 
 def claim_admin_socket(path: Path) -> None:
-    """Make `path` free for a new admin socket: refuse when a live daemon answers there or when
-    it is not a socket at all (never delete a user's file); remove a stale socket."""
+    """Make `path` free for a new admin socket, in a private directory (made 0700 if missing).
+
+    Refuses (StartupError) when the directory, or one above it, belongs to or is writable by
+    another user (`aigw.private_socket`), when a live daemon answers there, when the path is
+    another user's socket or not a socket at all (never delete what is not ours); removes our
+    own stale socket."""
+    hint = "give this daemon another path with --admin-socket PATH"
+    directory = path.parent
+    if (reason := unsafe_directory(directory)) is not None:
+        raise StartupError(f"unsafe admin socket directory: {reason}; {hint}")
     try:
-        mode = path.lstat().st_mode
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot create the admin socket {path}: {exc.strerror or exc}; {hint}"
+        ) from None
+    if (reason := unsafe_directory(directory)) is not None:  # made by someone else meanwhile?
+        raise StartupError(f"unsafe admin socket directory: {reason}; {hint}")
+    try:
+        st = path.lstat()
     except FileNotFoundError:
         return
-    if not stat.S_ISSOCK(mode):
-        raise StartupError(f"{path} exists and is not a socket; not removing it")
+    except OSError as exc:
+        raise StartupError(f"cannot check the admin socket {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; not removing it ({hint})")
+    if st.st_uid != os.geteuid():
+        raise StartupError(
+            f"{path} is another user's socket (uid {st.st_uid}); not using or removing it ({hint})"
+        )
     if _socket_alive(path):
-        raise StartupError(f"another aigw daemon is already running on the admin socket {path}")
-    with contextlib.suppress(FileNotFoundError):
+        raise StartupError(
+            f"another aigw daemon is already running on the admin socket {path}; "
+            f"stop it, or {hint} (and pass the same --admin-socket to the client commands)"
+        )
+    try:
         path.unlink()  # stale: its daemon died without cleaning up
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StartupError(
+            f"cannot remove the stale admin socket {path}: {exc.strerror}; {hint}"
+        ) from None
 
 
 def _socket_alive(path: Path) -> bool:
+    """Whether a process accepts connections on the socket at `path` (a stale one refuses)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         try:

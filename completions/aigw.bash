@@ -9,7 +9,7 @@
 # Sub-commands of a command path.
 _aigw_commands() {
     case $1 in
-        'aigw') _aigw_reply='lb quota serve status validate' ;;
+        'aigw') _aigw_reply='lb quota reload serve status validate' ;;
         'aigw lb') _aigw_reply='stats' ;;
         'aigw quota') _aigw_reply='reset set show' ;;
         *) _aigw_reply='' ;;
@@ -26,6 +26,7 @@ _aigw_options() {
         'aigw quota reset') _aigw_reply='--admin-socket -c --config --help' ;;  # Zero a tenant's usage in its current period.
         'aigw quota set') _aigw_reply='--admin-socket -c --config --help --period' ;;  # Set a tenant's token quota at runtime (persisted; wins over the config).
         'aigw quota show') _aigw_reply='--admin-socket -c --config --help --json' ;;  # Usage per tenant: input/output/total tokens, limit, % used, next reset.
+        'aigw reload') _aigw_reply='--admin-socket -c --config --help --json' ;;  # Tell the running daemon to re-read its config file (as SIGHUP does); the running config stays when the file does not load.
         'aigw serve') _aigw_reply='--access-log --admin-socket -c --config --help --host --log-level --loop -p --port -w --workers' ;;  # Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).
         'aigw status') _aigw_reply='--admin-socket -c --config --help --json' ;;  # Show the running daemon: pid, version, uptime, config, listen address (and workers).
         'aigw validate') _aigw_reply='--help --json --request' ;;  # Check a config file offline: exit 0 when valid, 1 with every problem otherwise.
@@ -61,6 +62,10 @@ _aigw_option() {
         'aigw quota show -c' | 'aigw quota show --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
         'aigw quota show --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw quota show --json') _aigw_reply=flag ;;  # Print JSON for scripts.
+        'aigw reload --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
+        'aigw reload -c' | 'aigw reload --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
+        'aigw reload --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw reload --json') _aigw_reply=flag ;;  # Print JSON for scripts.
         'aigw serve --access-log') _aigw_reply=flag ;;  # Log one line per request.
         'aigw serve --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
         'aigw serve -c' | 'aigw serve --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).

@@ -9,7 +9,7 @@
 function __aigw_commands
     switch $argv[1]
         case 'aigw'
-            printf '%s\n' lb quota serve status validate
+            printf '%s\n' lb quota reload serve status validate
         case 'aigw lb'
             printf '%s\n' stats
         case 'aigw quota'
@@ -20,7 +20,7 @@ end
 # True when option $argv[2] of command path $argv[1] takes a value.
 function __aigw_takes_value
     switch "$argv[1] $argv[2]"
-        case 'aigw lb stats --admin-socket' 'aigw lb stats -c' 'aigw lb stats --config' 'aigw lb stats --interval' 'aigw lb stats --model' 'aigw quota reset --admin-socket' 'aigw quota reset -c' 'aigw quota reset --config' 'aigw quota set --admin-socket' 'aigw quota set -c' 'aigw quota set --config' 'aigw quota set --period' 'aigw quota show --admin-socket' 'aigw quota show -c' 'aigw quota show --config' 'aigw serve --admin-socket' 'aigw serve -c' 'aigw serve --config' 'aigw serve --host' 'aigw serve --log-level' 'aigw serve --loop' 'aigw serve -p' 'aigw serve --port' 'aigw serve -w' 'aigw serve --workers' 'aigw status --admin-socket' 'aigw status -c' 'aigw status --config' 'aigw validate --request'
+        case 'aigw lb stats --admin-socket' 'aigw lb stats -c' 'aigw lb stats --config' 'aigw lb stats --interval' 'aigw lb stats --model' 'aigw quota reset --admin-socket' 'aigw quota reset -c' 'aigw quota reset --config' 'aigw quota set --admin-socket' 'aigw quota set -c' 'aigw quota set --config' 'aigw quota set --period' 'aigw quota show --admin-socket' 'aigw quota show -c' 'aigw quota show --config' 'aigw reload --admin-socket' 'aigw reload -c' 'aigw reload --config' 'aigw serve --admin-socket' 'aigw serve -c' 'aigw serve --config' 'aigw serve --host' 'aigw serve --log-level' 'aigw serve --loop' 'aigw serve -p' 'aigw serve --port' 'aigw serve -w' 'aigw serve --workers' 'aigw status --admin-socket' 'aigw status -c' 'aigw status --config' 'aigw validate --request'
             return 0
     end
     return 1
@@ -62,6 +62,7 @@ complete -c aigw -f  # no file names unless a value is a path
 # aigw
 complete -c aigw -n '__aigw_at aigw' -a 'lb' -d 'Load balancing of the running daemon.'
 complete -c aigw -n '__aigw_at aigw' -a 'quota' -d 'Per-tenant token quotas of the running daemon.'
+complete -c aigw -n '__aigw_at aigw' -a 'reload' -d 'Tell the running daemon to re-read its config file (as SIGHUP does); the running config stays when the file does not load.'
 complete -c aigw -n '__aigw_at aigw' -a 'serve' -d 'Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).'
 complete -c aigw -n '__aigw_at aigw' -a 'status' -d 'Show the running daemon: pid, version, uptime, config, listen address (and workers).'
 complete -c aigw -n '__aigw_at aigw' -a 'validate' -d 'Check a config file offline: exit 0 when valid, 1 with every problem otherwise.'
@@ -104,6 +105,12 @@ complete -c aigw -n '__aigw_at aigw quota show' -l 'admin-socket' -r -F -d 'Admi
 complete -c aigw -n '__aigw_at aigw quota show' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
 complete -c aigw -n '__aigw_at aigw quota show' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw quota show' -l 'json' -d 'Print JSON for scripts.'
+
+# aigw reload
+complete -c aigw -n '__aigw_at aigw reload' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'
+complete -c aigw -n '__aigw_at aigw reload' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
+complete -c aigw -n '__aigw_at aigw reload' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw reload' -l 'json' -d 'Print JSON for scripts.'
 
 # aigw serve
 complete -c aigw -n '__aigw_at aigw serve' -l 'access-log' -d 'Log one line per request.'

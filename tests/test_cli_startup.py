@@ -211,7 +211,7 @@ def test_the_module_app_is_the_full_tree() -> None:
     from aigw.cli import app
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert list(commands) == ["serve", "status", "validate", "quota", "lb"]
+    assert list(commands) == ["serve", "status", "reload", "validate", "quota", "lb"]
 
 
 # --- parameter coercion without pydantic --------------------------------------------------------

@@ -131,12 +131,13 @@ def test_valid_summary_hides_keys_and_url_passwords(
 ) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
-        "providers: {a: {base_url: 'https://user:URLPASS@a.example/v1', api_key: '${K}'}}\n"
+        "providers: {a: {base_url: 'https://user:${UP}@a.example/v1', api_key: '${K}'}}\n"
         "models: {m: {targets: [{provider: a}]}}\n"
-        "state: {backend: redis, url: 'redis://:REDISPASS@cache:6379/0'}\n"
+        "state: {backend: redis, url: 'redis://:${RP}@cache:6379/0'}\n"
     )
+    env = {"K": "sk-SUMMARY-SECRET", "UP": "URLPASS", "RP": "REDISPASS"}
     for args in (["validate", str(config)], ["validate", str(config), "--json"]):
-        result = runner.invoke(app, args, env={"K": "sk-SUMMARY-SECRET"})
+        result = runner.invoke(app, args, env=env)
         assert result.exit_code == 0, result.output
         assert "a.example/v1" in result.stdout
         for secret in ("sk-SUMMARY-SECRET", "URLPASS", "REDISPASS"):
@@ -260,3 +261,69 @@ def test_registered_on_the_real_app() -> None:
         pytest.skip(f"aigw.cli does not import yet: {exc}")
     names = {c.name or c.callback.__name__ for c in real_app.registered_commands if c.callback}
     assert "validate" in names
+
+
+WARNED = (
+    "server: {host: 0.0.0.0}\n"
+    "providers: {openai: {base_url: 'https://api.openai.com/v1', api_key: '${AIGW_T_KEY:-}'}}\n"
+    "models: {m: {targets: [{provider: openai}]}}\n"
+)
+
+
+def test_warnings_print_as_file_line_key_and_keep_exit_0(
+    app: typer.Typer, runner: CliRunner, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(WARNED)
+    result = runner.invoke(app, ["validate", str(config)], env={"AIGW_T_KEY": None})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{config}:1: server.host: warning: listens on every network")
+    assert "reachable from your network (Hint: " in lines[0]
+    assert lines[1].startswith(f"{config}:2: providers.openai.api_key: warning: the key is empty")
+    assert "config OK" in result.stdout
+
+
+def test_warnings_are_a_separate_list_in_json(
+    app: typer.Typer, runner: CliRunner, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(WARNED)
+    result = runner.invoke(app, ["validate", str(config), "--json"], env={"AIGW_T_KEY": None})
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # nothing but the JSON document on stdout
+    assert data["ok"] is True
+    assert [(w["line"], w["key"]) for w in data["warnings"]] == [
+        (1, "server.host"),
+        (2, "providers.openai.api_key"),
+    ]
+    assert "AIGW_T_KEY" in data["warnings"][1]["message"]
+    # A broken file lists its problems and, apart, its warnings.
+    config.write_text(WARNED + "cache: {ttl: forever}\n")
+    result = runner.invoke(app, ["validate", str(config), "--json"], env={"AIGW_T_KEY": None})
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert [p["key"] for p in data["problems"]] == ["cache.ttl"]
+    assert [w["key"] for w in data["warnings"]] == ["server.host", "providers.openai.api_key"]
+
+
+def test_a_literal_secret_in_urls_or_headers_fails_without_echoing_it(
+    app: typer.Typer, runner: CliRunner, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "state: {backend: redis, url: 'redis://:REDIS-PW-XYZ@cache:6379/0'}\n"
+        "providers:\n"
+        "  a: {base_url: 'https://u:URL-PW-XYZ@a.example/v1', headers: {x-api-key: KEY-XYZ}}\n"
+        "models: {m: {targets: [{provider: a}]}}\n"
+    )
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert [line.split(": ")[0:2] for line in result.stdout.splitlines()] == [
+        [f"{config}:1", "state.url"],
+        [f"{config}:3", "providers.a.base_url"],
+        [f"{config}:3", "providers.a.headers.x-api-key"],
+    ]
+    assert "${REDIS_PASSWORD}" in result.stdout and "${UPSTREAM_TOKEN}" in result.stdout
+    for secret in ("REDIS-PW-XYZ", "URL-PW-XYZ", "KEY-XYZ"):
+        assert secret not in result.output

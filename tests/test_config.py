@@ -62,6 +62,14 @@ LEAKABLE = [
     "DO-NOT-PRINT",
     "sk-proj-1234567890abcdef",
     "hunter2",
+    "literal-url-pw",
+    "ghp_literal-token-in-user",
+    "default-pw-in-file",
+    "sk-literal-header",
+    "tok-literal-header",
+    "dXNlcjpwYXNz",
+    "literal-cookie",
+    "sk-default-in-file",
 ]
 
 EXPECT_RE = re.compile(r"^# expect: (\S+) (.+?): (.+?)(?: \| (.+))?$", re.MULTILINE)
@@ -258,8 +266,14 @@ def test_full_config_parses_into_the_expected_dataclasses(monkeypatch: pytest.Mo
         source=str(path),
     )
     for section in dataclasses.fields(Config):  # section by section, for a readable diff
-        assert getattr(config, section.name) == getattr(expected, section.name), section.name
+        if section.name != "warnings":
+            assert getattr(config, section.name) == getattr(expected, section.name), section.name
     assert config == expected
+    # It loads, with a warning for each thing that likely does not work as meant.
+    assert [(w.line, w.key) for w in config.warnings] == [
+        (4, "server.host"),
+        (32, "providers.other.api_key"),
+    ]
 
 
 def test_minimal_config_gets_the_defaults() -> None:
@@ -598,3 +612,78 @@ def test_samples_use_their_keys_when_set() -> None:
     config = load_config(ROOT / "sample-configs" / "multi-provider.yaml", env=env)
     keys = {n: p.api_key.reveal() for n, p in config.providers.items() if p.api_key}
     assert keys == {"openai": "sk-a", "groq": "gsk-b", "openrouter": "or-c"}
+
+
+# --- warnings: configs that load but will likely not work as meant ---------------------------
+
+
+def warnings_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    return [w.format() for w in parse_config(text, "t.yaml", env=env or {}).warnings]
+
+
+def test_an_empty_provider_key_is_a_warning_naming_the_variable() -> None:
+    text = (
+        "providers:\n"
+        "  openai: {base_url: 'https://api.openai.com/v1', api_key: '${OPENAI_API_KEY:-}'}\n"
+        "  local: {base_url: 'http://127.0.0.1:11434/v1'}\n"  # no key written: none needed
+        "  team: {base_url: 'https://t.example/v1', headers: {Authorization: 'Bearer ${TOK:-}'}}\n"
+        "models: {m: {targets: [{provider: openai}, {provider: local}, {provider: team}]}}\n"
+    )
+    assert warnings_of(text) == [
+        "t.yaml:2: providers.openai.api_key: warning: the key is empty (OPENAI_API_KEY is unset "
+        "or empty): requests go upstream without one (Hint: export OPENAI_API_KEY=<your key> "
+        "before `aigw serve`, or remove api_key if this upstream needs none)",
+        "t.yaml:4: providers.team.headers.Authorization: warning: header 'Authorization' is "
+        "empty (TOK is unset or empty): requests go upstream without this credential "
+        "(Hint: export TOK=<the credential> before `aigw serve`)",
+    ]
+    assert warnings_of(text, {"OPENAI_API_KEY": "sk-x", "TOK": "t"}) == []
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "gateway.lan"])
+def test_a_listener_beyond_loopback_is_a_warning(host: str) -> None:
+    (warning,) = warnings_of(f"server: {{host: '{host}'}}\n" + MINIMAL)
+    assert warning.startswith("t.yaml:1: server.host: warning: listens on ")
+    assert "reachable from your network" in warning and "add auth.keys" in warning
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_a_loopback_listener_is_not_warned_about(host: str) -> None:
+    assert warnings_of(f"server: {{host: '{host}'}}\n" + MINIMAL) == []
+
+
+def test_warnings_come_with_the_errors_of_a_broken_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("server: {host: 0.0.0.0, port: -1}\n" + MINIMAL, "t.yaml", env={})
+    assert [p.key for p in info.value.problems] == ["server.port"]
+    assert [w.key for w in info.value.warnings] == ["server.host"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "hint"),
+    [
+        ("version: 1\nserver:\n\thost: 127.0.0.1\n", 3, "tabs"),
+        ("version: 1\nmodels: {m: {targets: [{provider: p}]}\nproviders: {}\n", 2, "`{` opened"),
+        ("version: 1\nhooks: [validation, audit\nmetrics: {}\n", 2, "`[` opened"),
+        ('version: 1\nserver: {host: "127.0.0.1}\nstate: {}\n', 2, "quote opened"),
+    ],
+    ids=["tab", "brace", "bracket", "quote"],
+)
+def test_yaml_syntax_errors_get_a_hint_at_the_line_to_fix(text: str, line: int, hint: str) -> None:
+    (problem,) = problems_of(text)
+    assert problem.message.startswith("YAML syntax error")
+    assert problem.line == line
+    assert hint in (problem.hint or ""), problem.format()
+
+
+def test_an_unknown_fallback_lists_the_models_that_exist() -> None:
+    one = (
+        "providers: {p: {type: mock}}\n"
+        "models:\n  chat: {targets: [{provider: p}], fallbacks: [x]}\n"
+    )
+    (problem,) = problems_of(one)
+    assert problem.key == "models.chat.fallbacks[0]"
+    assert problem.hint == "'chat' is the only model defined: add 'x' under models:"
+    two = one + "  small: {targets: [{provider: p}]}\n  big: {targets: [{provider: p}]}\n"
+    (problem,) = problems_of(two)
+    assert problem.hint == "expected one of: small, big"

@@ -304,3 +304,96 @@ def test_serve_finds_the_admin_socket_like_the_clients(tmp_path: Path, sock_dir:
         assert proc.wait(15) == 0
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+# --- start-up errors that say what to do; the README tour's second daemon ----------------------
+
+
+def test_startup_errors_hint_at_the_flag_that_fixes_them(
+    daemon_factory: Any, tmp_path: Path, sock_dir: Path
+) -> None:
+    d: Daemon = daemon_factory(MINIMAL)
+    cfg = tmp_path / "second.yaml"
+    cfg.write_text(MINIMAL)
+    same_socket = run_cli(
+        "serve", "--config", str(cfg), "--port", "0", "--admin-socket", str(d.socket)
+    )
+    assert same_socket.returncode == 3
+    assert same_socket.stderr.count("\n") == 1
+    assert "already running" in same_socket.stderr and "--admin-socket" in same_socket.stderr
+    port = d.url.rsplit(":", 1)[1]
+    same_port = run_cli(
+        "serve", "--config", str(cfg), "--port", port, "--admin-socket", str(sock_dir / "b.sock")
+    )
+    assert same_port.returncode == 3
+    assert same_port.stderr.count("\n") == 1
+    assert f"port {port}" in same_port.stderr and "--port" in same_port.stderr
+    assert d.terminate() == 0
+
+
+def _tour_commands() -> list[list[str]]:
+    """The README tour's shell lines that run `aigw`, split into arguments (env prefix kept)."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    tour = readme.split("## A 60-second tour", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in tour.split("```sh\n")[1:]:
+        for line in block.split("```", 1)[0].splitlines():
+            if "aigw " not in line:
+                continue  # curl lines, continued with backslashes
+            words = shlex.split(line, comments=True)
+            if "aigw" in words:
+                commands.append(words)
+    return commands
+
+
+def test_the_readme_tour_runs_a_second_daemon_beside_the_first(
+    tmp_path: Path, sock_dir: Path
+) -> None:
+    """The tour's first daemon has the default admin socket; its `aigw serve --port 8081` line
+    must still start (port and socket swapped for free ones here) and its client lines find it."""
+    serves = [c for c in _tour_commands() if c[:2] == ["aigw", "serve"] and "--config" in c]
+    (second,) = serves
+    socket_arg = second[second.index("--admin-socket") + 1]
+    ours = str(sock_dir / "demo.sock")
+    clients = [c for c in _tour_commands() if socket_arg in " ".join(c) and c[:2] != second[:2]]
+    assert clients, "the tour shows no client command for the second daemon"
+
+    root = Path(__file__).resolve().parent.parent
+    first = subprocess.Popen(
+        [sys.executable, "-m", "aigw", "serve", "--port", "0"],  # the default admin socket
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+        cwd=root,
+    )
+    args = [ours if a == socket_arg else "0" if a == "8081" else a for a in second[1:]]
+    second_proc = None
+    try:
+        serving_url(first)
+        second_proc = subprocess.Popen(
+            [sys.executable, "-m", "aigw", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_env(),
+            cwd=root,
+        )
+        serving_url(second_proc)
+        for client in clients:
+            env = dict(w.split("=", 1) for w in client if "=" in w and not w.startswith("-"))
+            env = {k: ours if v == socket_arg else v for k, v in env.items()}
+            words = [ours if w == socket_arg else w for w in client if "=" not in w]
+            result = run_cli(*words[1:], env=env)
+            assert result.returncode == 0, (client, result.stderr)
+            if words[1] == "status":
+                assert str(second_proc.pid) in result.stdout
+    finally:
+        for proc in (first, second_proc):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(15) == 0
+                assert proc.stdout is not None
+                proc.stdout.close()

@@ -28,6 +28,7 @@ _MODULES: tuple[str, ...] = ("serve", "validate", "quota", "lb")
 _MODULE_OF: dict[str, str] = {
     "serve": "serve",
     "status": "serve",
+    "reload": "serve",
     "validate": "validate",
     "quota": "quota",
     "lb": "lb",

@@ -1,10 +1,11 @@
-"""`aigw serve` (the daemon, in the foreground) and `aigw status` (asks a running one)."""
+"""`aigw serve` (the daemon, in the foreground), and `aigw status` / `aigw reload` (ask a
+running one through its admin socket)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -20,12 +21,16 @@ from aigw.cli.common import (
     format_uptime,
 )
 
+if TYPE_CHECKING:
+    from aigw.config import Config
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("status")(status)
+    app.command("reload")(reload)
 
 
 def serve(
@@ -79,10 +84,21 @@ def serve(
     socket_path = admin_socket or env_admin_socket()  # found as the client commands find it
     if socket_path:
         server_overrides["admin_socket"] = socket_path
+    elif not cfg.server.admin_socket:
+        from aigw.paths import default_admin_socket
+
+        try:
+            default_admin_socket()
+        except OSError as exc:  # platformdirs refuses a runtime directory another user owns
+            fail(
+                f"no safe runtime directory for the admin socket: {exc}; pass --admin-socket PATH",
+                EXIT_STARTUP,
+            )
     if access_log:
         server_overrides["access_log"] = True
     if server_overrides:
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, **server_overrides))
+    _log_warnings(cfg, host)
     if workers > 1 and cfg.state.backend != "redis":
         # Each process would enforce its own quotas and rate limits: N times the limits.
         fail(
@@ -113,6 +129,21 @@ def serve(
     raise typer.Exit(code)
 
 
+def _log_warnings(cfg: Config, host: str | None) -> None:
+    """What `aigw validate` would warn about, in the daemon's log (the config still runs)."""
+    import logging
+
+    from aigw.config import listen_warning
+
+    log = logging.getLogger("aigw")
+    for warning in cfg.warnings:
+        if host and warning.key == "server.host":
+            continue  # --host replaced it; judged below
+        log.warning("%s", warning.format())
+    if host and (found := listen_warning(host, has_keys=bool(cfg.auth.keys))):
+        log.warning("--host %s: %s (Hint: %s)", host, *found)
+
+
 def status(
     admin_socket: str = AdminSocketOption,
     config: str = ConfigOption,
@@ -132,17 +163,56 @@ def status(
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # paths are shown whole, to be copied
     table.add_row("pid", str(data["pid"]))
     table.add_row("version", data["version"])
     table.add_row("uptime", format_uptime(data["uptime"]))
     table.add_row("config", data["config"])
     table.add_row("listen", data["listen"] + "/v1")
     table.add_row("admin socket", data["admin_socket"])
-    table.add_row("state", data["state_backend"])
+    table.add_row("state", state_text(data))
     workers = data.get("workers")
     if workers:
         pids = ", ".join(str(w["pid"]) for w in workers)
         table.add_row("workers", f"{len(workers)} (pids {pids})")
     table.add_row("models", ", ".join(data["models"]) or "-")
     console.print(table)
+
+
+def state_text(status: dict[str, Any]) -> str:
+    """Where the daemon keeps its state, as `aigw status` shows it."""
+    backend = str(status.get("state_backend", "?"))
+    where = status.get("state_path") or status.get("state_url")
+    if backend == "memory":
+        return "memory (kept until the daemon stops)"
+    return f"{backend} ({where})" if where else backend
+
+
+def reload(
+    admin_socket: str = AdminSocketOption,
+    config: str = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Tell the running daemon to re-read its config file (as SIGHUP does); the running config
+    stays when the file does not load."""
+    from aigw.admin_client import AdminClient, AdminError
+
+    try:
+        data = AdminClient.discover(admin_socket, config).post_json("/reload")
+    except AdminError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    if not isinstance(data, dict):
+        fail("the daemon sent an unexpected answer to reload")
+    for warning in data.get("warnings") or ():
+        typer.echo(str(warning), err=True)
+    models = ", ".join(str(m) for m in data.get("models") or ()) or "none"
+    providers = ", ".join(str(p) for p in data.get("providers") or ()) or "none"
+    console.print(
+        f"reloaded {data.get('config')}: models {models}; providers {providers}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

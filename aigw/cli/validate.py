@@ -1,7 +1,8 @@
 """`aigw validate [PATH] [--request FILE] [--json]`: check a config (and a request body) offline.
 
 The command is `load_config()` plus a summary; with `--request` it runs the same request
-validator the daemon uses. Problems print one per line as `file:line: key.path: message (Hint: …)`.
+validator the daemon uses. Problems print one per line as `file:line: key.path: message (Hint: …)`,
+warnings as `file:line: key.path: warning: message (Hint: …)`; warnings never change the exit code.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import typer
 from aigw.cli.common import EXIT_ERROR, JsonOption, console, err_console, fail
 
 if TYPE_CHECKING:  # imported where used: `aigw status` and friends must start fast
+    from collections.abc import Iterable
+
     from rich.console import RenderableType
 
     from aigw.config import Config
-    from aigw.errors import ConfigProblem
+    from aigw.errors import ConfigProblem, ConfigWarning
 
 
 def register(app: typer.Typer) -> None:
@@ -52,27 +55,42 @@ def validate(
     try:
         config = load_config(discover_config_path(path))
     except ConfigError as exc:
-        _print_problems(exc.problems, as_json)
+        _print_problems(exc.problems, exc.warnings, as_json)
         raise typer.Exit(EXIT_ERROR) from None
     if request is not None:
+        _print_lines(config.warnings, as_json)
         _check_request(request, config, as_json)
     elif as_json:
         typer.echo(json.dumps(summary_data(config), indent=2))
     else:
+        _print_lines(config.warnings, as_json)
         console.print(render_summary(config))
 
 
-def _print_problems(problems: list[ConfigProblem], as_json: bool) -> None:
+def problem_rows(problems: Iterable[ConfigProblem]) -> list[dict[str, Any]]:
+    """Problems (or warnings) as JSON-ready rows."""
+    return [
+        {"file": p.file, "line": p.line, "key": p.key, "message": p.message, "hint": p.hint}
+        for p in problems
+    ]
+
+
+def _print_lines(problems: Iterable[ConfigProblem], as_json: bool) -> None:
     if as_json:
-        rows = [
-            {"file": p.file, "line": p.line, "key": p.key, "message": p.message, "hint": p.hint}
-            for p in problems
-        ]
-        typer.echo(json.dumps({"ok": False, "problems": rows}, indent=2))
-        return
+        return  # part of the JSON document instead
     for problem in problems:
         # Plain text: key paths like `targets[1]` must not be read as rich markup.
         console.print(problem.format(), markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_problems(
+    problems: list[ConfigProblem], warnings: list[ConfigWarning], as_json: bool
+) -> None:
+    if as_json:
+        data = {"ok": False, "problems": problem_rows(problems), "warnings": problem_rows(warnings)}
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _print_lines(sorted([*problems, *warnings], key=lambda p: p.line or 0), as_json)
     count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
     err_console.print(f"[red]invalid config:[/red] {count}", highlight=False)
 
@@ -94,12 +112,19 @@ def _check_request(file: Path, config: Config, as_json: bool) -> None:
         validate_request(endpoint, body, config.models.keys())
     except GatewayError as exc:
         if as_json:
-            data = {"ok": False, "endpoint": endpoint, "param": exc.param, "message": exc.message}
+            data = {
+                "ok": False,
+                "endpoint": endpoint,
+                "param": exc.param,
+                "message": exc.message,
+                "warnings": problem_rows(config.warnings),
+            }
             typer.echo(json.dumps(data, indent=2))
             raise typer.Exit(EXIT_ERROR) from None
         fail(f"{file}: {endpoint}: {exc.param or '(body)'}: {exc.message}")
     if as_json:
-        typer.echo(json.dumps({"ok": True, "endpoint": endpoint}))
+        warnings = problem_rows(config.warnings)
+        typer.echo(json.dumps({"ok": True, "endpoint": endpoint, "warnings": warnings}))
     else:
         console.print(f"request OK ({endpoint})", markup=False, highlight=False)
 
@@ -108,13 +133,9 @@ def _check_request(file: Path, config: Config, as_json: bool) -> None:
 
 
 def _public_url(url: str) -> str:
-    """A URL without its user:password part, for display."""
-    from urllib.parse import urlsplit, urlunsplit
+    from aigw.config import public_url
 
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return public_url(url)
 
 
 def _tenants(config: Config) -> list[str]:
@@ -150,6 +171,7 @@ def summary_data(config: Config) -> dict[str, Any]:
         key_count[key.tenant] = key_count.get(key.tenant, 0) + 1
     return {
         "ok": True,
+        "warnings": problem_rows(config.warnings),
         "source": config.source,
         "server": {"host": config.server.host, "port": config.server.port},
         "providers": {
