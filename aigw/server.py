@@ -155,7 +155,7 @@ class Gateway:
             if reuse is not None and _provider_config(reuse) == pconf:
                 providers[name] = reuse
             else:
-                providers[name] = build_provider(pconf)
+                providers[name] = build_provider(pconf, max_body=config.server.max_upstream_body)
         if old_balancers is not None:
             balancers = old_balancers.reload(config.models, config.health)
         else:

@@ -19,7 +19,7 @@ from typing import Any
 
 from aigw.config import MockOptions, ProviderConfig
 from aigw.errors import InvalidRequestError, error_body
-from aigw.providers.base import Provider, UpstreamResponse
+from aigw.providers.base import MAX_BODY, Provider, UpstreamResponse
 
 _JSON = {"content-type": "application/json"}
 _SSE = {"content-type": "text/event-stream"}
@@ -67,8 +67,8 @@ class MockResponse(UpstreamResponse):
 
 
 class MockProvider(Provider):
-    def __init__(self, config: ProviderConfig) -> None:
-        super().__init__(config.name)
+    def __init__(self, config: ProviderConfig, *, max_body: int = MAX_BODY) -> None:
+        super().__init__(config.name, max_body=max_body)
         self.options: MockOptions = config.mock
         self._rng = random.Random(self.options.seed)
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aigw.config import ProviderConfig
 from aigw.errors import UpstreamError
-from aigw.providers.base import Provider, UpstreamResponse
+from aigw.providers.base import MAX_BODY, Provider, UpstreamResponse
 from aigw.providers.http import HTTPClient, PreparedRequest
 
 # Upstream response headers worth passing to the client; everything else is hop-by-hop or noise.
@@ -34,8 +34,8 @@ log = logging.getLogger("aigw")
 
 
 class OpenAIProvider(Provider):
-    def __init__(self, config: ProviderConfig) -> None:
-        super().__init__(config.name)
+    def __init__(self, config: ProviderConfig, *, max_body: int = MAX_BODY) -> None:
+        super().__init__(config.name, max_body=max_body)
         self.config = config
         self.base_url, self._query, basic = _split_base_url(config.base_url)
         headers = {"Content-Type": "application/json"}
@@ -65,6 +65,7 @@ class OpenAIProvider(Provider):
             ca_file=config.ca_file,
             proxy=_env_proxy(self.base_url),
             keep_headers=FORWARDED_HEADERS,
+            max_body=max_body,
         )
         # Request heads encoded once per endpoint: a send only adds Content-Length and the body.
         self._plain: dict[str, PreparedRequest] = {}
