@@ -123,6 +123,16 @@ class ServerConfig:
         default=8 * 1024 * 1024,
         metadata=_doc("Largest request body accepted (413 above).", unit="size", min=1),
     )
+    max_upstream_body: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_doc(
+            "Largest upstream answer read whole (JSON answers, error bodies), counted decoded "
+            "(gzip too); 502 above. Streams are not capped in total (they pass through and "
+            "memory stays flat); one SSE event may not exceed 8MiB.",
+            unit="size",
+            min=1,
+        ),
+    )
     shutdown_timeout: float = field(
         default=30.0,
         metadata=_doc("How long a graceful stop waits for in-flight requests.", unit="duration"),

@@ -538,10 +538,10 @@ class Proxy:
                 result = await deliver(
                     request, ctx, rt, resp, lease, headers, charge, upstream_started
                 )
-                if result is not None:
+                if not isinstance(result, GatewayError):
                     return result
                 charge.upstream_time += time.monotonic() - upstream_started
-                last_error = UpstreamError("The upstream failed before sending its answer")
+                last_error = result
         if cooling is not None and (last_error is None or last_error.status != 429):
             # Every target that could serve is paused at its upstream's request: the client
             # gets that upstream's 429, with the time left of the pause as its retry advice.
@@ -565,21 +565,21 @@ class Proxy:
         upstream_started: float,
         *,
         as_sse: bool = False,
-    ) -> web.StreamResponse | None:
+    ) -> web.StreamResponse | GatewayError:
         """A whole (non-streamed) answer; `as_sse` replays it as a stream for a client that
-        asked for one. None: the upstream failed, try the next target."""
+        asked for one. A `GatewayError` returned: the upstream failed, try the next target."""
         try:
             body = await resp.read()
         except GatewayError as err:
-            lease.failure(err.message)
             resp.close()
-            return None
+            return _target_failed(lease, err)
         except BaseException:
             lease.neutral()
             raise
         if body.lstrip()[:1] != b"{":  # an HTML error page from a proxy in front, say
-            lease.failure("The upstream answered 200 with a body that is not a JSON object")
-            return None
+            return _target_failed(
+                lease, UpstreamError("The upstream answered 200 with a body that is not JSON")
+            )
         lease.success()
         charge.upstream_time += time.monotonic() - upstream_started
         ctx.usage = usage_from_body(body)
@@ -608,9 +608,9 @@ class Proxy:
         headers: dict[str, str],
         charge: Charge,
         upstream_started: float,
-    ) -> web.StreamResponse | None:
-        """Stream the answer through. None: the upstream failed before anything reached the
-        client, try the next target.
+    ) -> web.StreamResponse | GatewayError:
+        """Stream the answer through. A `GatewayError` returned: the upstream failed before
+        anything reached the client, try the next target.
 
         The whole exchange keeps to the request deadline: a stream still running then is cut
         with an in-band error event, and so is one the drain at shutdown must end
@@ -621,10 +621,16 @@ class Proxy:
                 return await self._deliver(
                     request, ctx, rt, resp, lease, headers, charge, upstream_started, as_sse=True
                 )
-            lease.failure(f"The upstream answered a stream request with {content_type[:40]}")
             resp.close()
-            return None
-        tap = StreamTap(strip_usage=not ctx.client_wants_usage, collect=rt.collect_stream)
+            return _target_failed(
+                lease,
+                UpstreamError(f"The upstream answered a stream request with {content_type[:40]}"),
+            )
+        tap = StreamTap(
+            strip_usage=not ctx.client_wants_usage,
+            collect=rt.collect_stream,
+            max_kept=rt.config.server.max_upstream_body,
+        )
         chunks = resp.iter_chunks()
         loop = asyncio.get_running_loop()
         deadline = ctx.started + rt.config.server.request_timeout
@@ -639,9 +645,10 @@ class Proxy:
         except StopAsyncIteration:
             first = tap.flush()
             if not first:
-                lease.failure("The upstream ended the stream without data")
                 resp.close()
-                return None
+                return _target_failed(
+                    lease, UpstreamError("The upstream ended the stream without data")
+                )
         except TimeoutError:
             lease.neutral()  # our deadline, not the target's fault
             resp.close()
@@ -649,9 +656,8 @@ class Proxy:
                 "The request deadline passed before the upstream's stream began"
             ) from None
         except GatewayError as err:
-            lease.failure(err.message)
             resp.close()
-            return None
+            return _target_failed(lease, err)
         except BaseException:
             lease.neutral()
             resp.close()
@@ -893,6 +899,12 @@ async def _status_error(resp: UpstreamResponse, lease: Lease, provider: str) -> 
         lease.neutral()
     else:
         lease.failure(summary)
+    return err
+
+
+def _target_failed(lease: Lease, err: GatewayError) -> GatewayError:
+    """The target failed to deliver: charge it, and give the error to the failover loop."""
+    lease.failure(err.message)
     return err
 
 

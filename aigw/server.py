@@ -153,10 +153,14 @@ class Gateway:
         providers: dict[str, Provider] = {}
         for name, pconf in config.providers.items():
             reuse = old.providers.get(name) if old else None
-            if reuse is not None and _provider_config(reuse) == pconf:
+            if (
+                reuse is not None
+                and _provider_config(reuse) == pconf
+                and reuse.max_body == config.server.max_upstream_body
+            ):
                 providers[name] = reuse
             else:
-                providers[name] = build_provider(pconf)
+                providers[name] = build_provider(pconf, max_body=config.server.max_upstream_body)
         if old_balancers is not None:
             balancers = old_balancers.reload(config.models, config.health)
         else:

@@ -3,14 +3,26 @@
 Events are forwarded as whole frames (so an in-band error event can never be spliced into the
 middle of one), one write per upstream read. Only events that carry a non-null `usage` are
 parsed as JSON; every other chunk is passed through as bytes.
+
+Memory stays flat however long a stream runs: what waits for its end is one unfinished event,
+at most `MAX_EVENT` bytes (an upstream that never ends its event gets an `UpstreamError`, 502
+before the first byte, an in-band error after), and the copy kept for the cache or an audit
+hook is dropped once it passes `max_kept` bytes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from aigw import jsonutil
+from aigw.config import format_size
+from aigw.errors import UpstreamError
 from aigw.hooks.base import Usage
+
+#: The largest SSE event (the bytes up to a blank line) the gateway waits for the end of.
+MAX_EVENT: Final = 8 * 1024 * 1024
+#: The default of `StreamTap(max_kept=)`: `server.max_upstream_body`'s default.
+MAX_KEPT: Final = 64 * 1024 * 1024
 
 _SEP = b"\n\n"
 _USAGE_KEY = b'"usage"'
@@ -36,18 +48,26 @@ class StreamTap:
         "done",
         "events",
         "finished",
+        "kept",
+        "max_kept",
         "preamble",
         "strip_usage",
         "usage",
     )
 
-    def __init__(self, *, strip_usage: bool, collect: bool = False) -> None:
-        self._buf = b""
+    def __init__(
+        self, *, strip_usage: bool, collect: bool = False, max_kept: int = MAX_KEPT
+    ) -> None:
+        # The unfinished event: "\r\n" already made "\n", except a "\r" at its very end.
+        self._buf = bytearray()
         self._spaced = False  # the upstream writes JSON with spaces (`"key": value`)
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
         #: Every event, kept only when someone needs the whole answer (cache, audit bodies).
+        #: Dropped (None again) once the stream passes `max_kept` bytes: too long to keep whole.
         self.events: list[bytes] | None = [] if collect else None
+        self.kept = 0
+        self.max_kept = max_kept
         #: `data:` events seen ([DONE] included): the completion-token estimate when a stream
         #: ends without usage is this minus `preamble`, `finished` and `done`.
         self.chunks = 0
@@ -58,17 +78,44 @@ class StreamTap:
         self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
-        """Take upstream bytes; return the whole events to forward now (maybe b"")."""
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        end = buf.rfind(_SEP)
-        if end < 0:
-            self._buf = buf
-            return b""
+        """Take upstream bytes; return the whole events to forward now (maybe b"").
+
+        Raises UpstreamError when an event grows past `MAX_EVENT` without ending."""
+        pending = self._buf
+        if pending:
+            # Only the new bytes are searched and normalized (a long event costs linear time),
+            # with a separator or a "\r\n" that straddles the two reads taken care of.
+            start = len(pending) - 1
+            if pending[-1] == 13:  # "\r"
+                del pending[-1]
+                chunk = b"\r" + chunk
+                start -= 1
+            if b"\r" in chunk:
+                chunk = chunk.replace(b"\r\n", b"\n")
+            pending += chunk
+            end = pending.rfind(_SEP, max(start, 0))
+            if end < 0:
+                if len(pending) > MAX_EVENT:
+                    raise _event_too_large()
+                return b""
+            buf = bytes(pending)
+            pending.clear()
+        else:
+            buf = chunk
+            if b"\r" in buf:
+                buf = buf.replace(b"\r\n", b"\n")
+            end = buf.rfind(_SEP)
+            if end < 0:
+                if len(buf) > MAX_EVENT:
+                    raise _event_too_large()
+                pending += buf
+                return b""
         end += 2
         complete = buf[:end]
-        self._buf = buf[end:]
+        if end < len(buf):
+            if len(buf) - end > MAX_EVENT:
+                raise _event_too_large()
+            pending += memoryview(buf)[end:]
         # Count event lines, not "data:" substrings: the text itself may say "metadata:", but a
         # raw newline never occurs inside an event's JSON.
         events = complete.count(b"\ndata:") + complete.startswith(b"data:")
@@ -98,12 +145,17 @@ class StreamTap:
         ):
             complete = self._pick_usage(complete)
         if self.events is not None:
-            self.events.extend(e for e in complete.split(_SEP) if e)
+            self.kept += len(complete)
+            if self.kept > self.max_kept:
+                self.events = None  # not cached, no text for audit: the answer goes on
+            else:
+                self.events.extend(e for e in complete.split(_SEP) if e)
         return complete
 
     def flush(self) -> bytes:
         """Whatever is left at the end of the stream (an unterminated last event)."""
-        rest, self._buf = self._buf, b""
+        rest = bytes(self._buf)
+        self._buf.clear()
         if rest.strip():
             return self.feed(rest + _SEP)
         return b""
@@ -139,6 +191,12 @@ class StreamTap:
             return b""  # the usage-only chunk the client did not ask for
         data.pop("usage", None)
         return b"data: " + jsonutil.dumps(data) + _SEP
+
+
+def _event_too_large() -> UpstreamError:
+    return UpstreamError(
+        f"The upstream sent an SSE event over {format_size(MAX_EVENT)} without ending it"
+    )
 
 
 def _role_only(complete: bytes) -> int:

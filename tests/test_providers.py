@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 
 from aigw.config import MockOptions, ProviderConfig
+from aigw.errors import UpstreamError
 from aigw.providers.mock import MockProvider
 from aigw.providers.openai import _env_proxy
 from aigw.streaming import StreamTap
@@ -93,6 +95,53 @@ async def test_mock_embeddings_float_and_base64() -> None:
         ).read()
     )
     assert isinstance(b64["data"][0]["embedding"], str)
+
+
+async def test_mock_dimensions_are_bounded() -> None:
+    from aigw.providers.mock import MAX_DIMENSIONS
+
+    body = {"model": "mock", "input": "x", "dimensions": MAX_DIMENSIONS + 1}
+    resp = await mock().send("embeddings", json.dumps(body).encode(), stream=False, timeout=5)
+    assert resp.status == 400
+    assert "dimensions must be an integer from 1 to 8192" in (await resp.read()).decode()
+    body["dimensions"] = MAX_DIMENSIONS
+    resp = await mock().send("embeddings", json.dumps(body).encode(), stream=False, timeout=5)
+    assert len(json.loads(await resp.read())["data"][0]["embedding"]) == MAX_DIMENSIONS
+
+
+async def test_mock_embeddings_over_max_body_fail_like_the_transport() -> None:
+    provider = MockProvider(ProviderConfig(name="m", type="mock"), max_body=64 * 1024)
+    small = {"model": "mock", "input": ["x"] * 10, "dimensions": 100}
+    resp = await provider.send("embeddings", json.dumps(small).encode(), stream=False, timeout=5)
+    assert len(json.loads(await resp.read())["data"]) == 10
+    large = {**small, "input": ["x"] * 100}  # 10,000 numbers: over 64kB in JSON
+    with pytest.raises(
+        UpstreamError, match=r"'m' answer exceeds server.max_upstream_body \(64KiB\)"
+    ):
+        await provider.send("embeddings", json.dumps(large).encode(), stream=False, timeout=5)
+
+
+async def test_a_mock_stream_is_made_as_it_is_read() -> None:
+    words = 50_000
+    body = {
+        "model": "mock",
+        "messages": [{"role": "user", "content": "w " * words}],
+        "stream": True,
+    }
+    raw = json.dumps(body).encode()
+    tracemalloc.start()
+    try:
+        resp = await mock().send("chat/completions", raw, stream=True, timeout=5)
+        made = tracemalloc.get_traced_memory()[0]
+        events = 0
+        async for chunk in resp.iter_chunks():
+            events += chunk.count(b"data: ")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert events == words + 5  # role, "You", "said:", the words, finish, [DONE]
+    assert made < 2 * 1024 * 1024  # the stream (~10MB of events) is not built in advance
+    assert peak < 4 * 1024 * 1024
 
 
 def test_env_proxy_resolved_once_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:

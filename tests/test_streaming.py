@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from aigw.errors import UpstreamError
 from aigw.streaming import StreamTap
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 300, "total_tokens": 307}
@@ -50,6 +51,8 @@ def payloads(body: bytes) -> list[Any]:
     assert all(e.startswith(b"data: ") for e in events), events
     return [e[6:] if e[6:] == b"[DONE]" else json.loads(e[6:]) for e in events]
 
+
+MAX_EVENT = 8 * 1024 * 1024  # aigw.streaming.MAX_EVENT, as the README documents it
 
 # Words that look like the markers the tap searches for, inside the answer's text.
 TRICKY = ['say "usage": {"x": 1}', '"finish_reason": "stop"', "data: [DONE]", "metadata: 1"]
@@ -109,3 +112,43 @@ def test_a_spaced_upstream_is_recognised_after_an_early_compact_event() -> None:
     out = feed_in_reads(tap, raw, 12)
     assert tap.usage is not None and tap.usage.total_tokens == 307
     assert b'"usage"' not in out
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64], ids=lambda n: f"reads-of-{n}")
+def test_crlf_streams_frame_the_same_however_cut(size: int) -> None:
+    # "\r\n" (and the "\r\n\r\n" separator) may straddle two reads.
+    raw = stream(["a ", "b ", "c "], spaced=False)
+    expected = StreamTap(strip_usage=True).feed(raw)
+    tap = StreamTap(strip_usage=True)
+    assert feed_in_reads(tap, raw.replace(b"\n", b"\r\n"), size) == expected
+    assert tap.done and tap.finished and tap.usage is not None
+
+
+def test_an_event_that_never_ends_is_refused_at_max_event() -> None:
+    piece = b"a" * 65536
+    tap = StreamTap(strip_usage=True)
+    assert tap.feed(b"data: {}\n\n") == b"data: {}\n\n"
+    fed = 0
+    with pytest.raises(UpstreamError, match="SSE event over 8MiB without ending it"):
+        tap.feed(b"data: ")
+        while fed <= 2 * MAX_EVENT:  # bounded: the test cannot run away
+            tap.feed(piece)
+            fed += len(piece)
+    assert fed < MAX_EVENT <= fed + len(piece)  # refused by the read that crossed it
+    # An event just under the cap, however cut, still goes through whole.
+    tap = StreamTap(strip_usage=True)
+    event = b"data: " + b"b" * (MAX_EVENT - 100) + b"\n\n"
+    assert feed_in_reads(tap, event, 65536) == event
+    with pytest.raises(UpstreamError, match="SSE event over 8MiB"):
+        StreamTap(strip_usage=True).feed(b"data: {}\n\ndata: " + b"c" * MAX_EVENT)
+
+
+def test_the_kept_copy_of_a_long_stream_is_dropped_past_max_kept() -> None:
+    raw = stream([f"w{i} " for i in range(100)], spaced=False)
+    tap = StreamTap(strip_usage=False, collect=True, max_kept=len(raw))
+    assert feed_in_reads(tap, raw, 100) == raw
+    assert tap.events is not None and len(tap.events) == len(payloads(raw))
+    tap = StreamTap(strip_usage=False, collect=True, max_kept=len(raw) - 1)
+    assert feed_in_reads(tap, raw, 100) == raw  # the answer itself goes on, whole
+    assert tap.events is None  # but nothing half is cached or audited
+    assert tap.usage is not None and tap.done

@@ -1,6 +1,6 @@
 """The upstream transport (`aigw.providers.http`) against real servers on 127.0.0.1: a scripted
-raw HTTP/1.1 server (so framing, closes and resets are exact), an HTTPS aiohttp server with a CA
-made here, and a tiny HTTP proxy (absolute-form and CONNECT)."""
+raw HTTP/1.1 server (so framing, closes, resets and oversized bodies are exact), an HTTPS aiohttp
+server with a CA made here, and a tiny HTTP proxy (absolute-form and CONNECT)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import json
 import socket
 import ssl
 import threading
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -774,6 +776,135 @@ async def test_a_slow_stream_reader_pauses_the_socket(serve: Any, clients: Any) 
         received += len(chunk)
     assert received == total
     assert server.connections == 1
+
+
+# --- bounded bodies (server.max_upstream_body) ---------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def gzip_bomb(size: int) -> bytes:
+    """`size` zero bytes gzipped (about 1000:1), built without holding them in memory."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(MiB)
+    parts = [packer.compress(block) for _ in range(size // MiB)]
+    return b"".join([*parts, packer.compress(bytes(size % MiB)), packer.flush()])
+
+
+async def test_a_declared_length_over_the_limit_is_refused_at_the_head(
+    serve: Any, clients: Any
+) -> None:
+    async def huge(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n{" % (100 * 1024 * MiB))
+        await w.drain()
+        assert await req.reader.read() == b""  # the rest is never asked for: the client hangs up
+        return False
+
+    server = await serve(huge)
+    client = clients()  # the default limit, 64MiB
+    resp = await post(client, server.url, timeout=2)
+    with pytest.raises(
+        UpstreamError, match=r"'up' answer exceeds server.max_upstream_body \(64MiB\)"
+    ):
+        await resp.read()
+    await asyncio.wait_for(server.gone[0].wait(), 5)  # aborted, never reused
+    assert next(iter(client.pools.values())).count == 0
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close-delimited"])
+async def test_a_body_without_length_is_cut_as_it_crosses_the_limit(
+    serve: Any, clients: Any, framing: str
+) -> None:
+    piece = b"x" * 65536
+
+    async def endless(req: Req, w: asyncio.StreamWriter) -> bool:
+        if req.seq or req.conn:  # later requests: a small answer
+            w.write(answer())
+            return True
+        if framing == "chunked":
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        else:
+            w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        for _ in range(32):  # 2MiB, then it never ends
+            w.write(chunk(piece) if framing == "chunked" else piece)
+            await w.drain()
+        assert await req.reader.read() == b""  # until the client hangs up
+        return False
+
+    server = await serve(endless)
+    client = clients(max_body=MiB)
+    resp = await post(client, server.url, timeout=2)
+    with pytest.raises(UpstreamError, match=r"exceeds server.max_upstream_body \(1MiB\)"):
+        await resp.read()
+    assert resp.chunks == [] and resp.buffered == 0  # what came of it is let go
+    await asyncio.wait_for(server.gone[0].wait(), 5)
+    assert await (await post(client, server.url)).read() == b'{"ok":true}'
+    assert server.connections == 2  # the cut connection was never reused
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+async def test_the_limit_counts_decoded_bytes_and_is_inclusive(
+    serve: Any, clients: Any, encoding: str
+) -> None:
+    limit = 100_000
+    bodies = [b"a" * limit, b"a" * (limit + 1)]
+
+    async def sized(req: Req, w: asyncio.StreamWriter) -> bool:
+        body = bodies[req.seq]
+        if encoding == "gzip":
+            w.write(answer(gzip.compress(body), extra="Content-Encoding: gzip\r\n"))
+        else:
+            w.write(answer(body))
+        return True
+
+    server = await serve(sized)
+    client = clients(max_body=limit)
+    assert await (await post(client, server.url)).read() == bodies[0]
+    with pytest.raises(UpstreamError, match=r"exceeds server.max_upstream_body \(100kB\)"):
+        await (await post(client, server.url)).read()
+
+
+async def test_a_gzip_bomb_never_expands_past_the_limit(serve: Any, clients: Any) -> None:
+    bomb = gzip_bomb(64 * MiB)  # ~64kB on the wire
+
+    async def explode(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(answer(bomb, extra="Content-Encoding: gzip\r\n"))
+        return True
+
+    server = await serve(explode)
+    client = clients(max_body=MiB)
+    resp = await post(client, server.url)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpstreamError, match=r"exceeds server.max_upstream_body \(1MiB\)"):
+            await resp.read()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MiB  # the limit and the compressed body, never the 64MiB
+
+
+async def test_an_encoded_stream_is_inflated_in_small_pieces(serve: Any, clients: Any) -> None:
+    bomb = gzip_bomb(64 * MiB)
+
+    async def explode(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(answer(bomb, extra="Content-Encoding: gzip\r\n"))
+        return True
+
+    server = await serve(explode)
+    resp = await post(clients(max_body=MiB), server.url)  # a stream has no total limit
+    await until(lambda: resp.buffered == len(bomb))  # all in: it could be inflated at once
+    tracemalloc.start()
+    try:
+        sizes = []
+        async for data in resp.iter_chunks():
+            sizes.append(len(data))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(sizes) == 64 * MiB
+    assert max(sizes) <= HIGH_WATER
+    assert peak < 4 * MiB
 
 
 # --- TLS -----------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Final
+
+#: The default largest answer body read whole (`server.max_upstream_body`'s default).
+MAX_BODY: Final = 64 * 1024 * 1024
 
 #: Endpoints the gateway proxies, relative to a provider's base URL.
 ENDPOINTS: tuple[str, ...] = ("chat/completions", "completions", "embeddings")
@@ -39,8 +43,10 @@ class UpstreamResponse(ABC):
 class Provider(ABC):
     """One upstream API. Implementations keep one pooled keep-alive client each."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, max_body: int) -> None:
         self.name = name
+        #: The largest answer body read whole, decoded bytes counted (`server.max_upstream_body`).
+        self.max_body = max_body
 
     @abstractmethod
     async def send(

@@ -10,7 +10,13 @@ this client does only what an upstream call needs:
 - Content-Length, chunked and close-delimited bodies, HTTP/1.0 and `Connection: close` answers,
   gzip/deflate bodies decoded (we ask for `identity`, so only a stubborn upstream compresses),
   interim 1xx answers (100 Continue, 103 Early Hints) skipped for the final one;
-- streaming chunk by chunk with backpressure (reading pauses while the consumer lags);
+- a body read whole is bounded by `max_body` (`server.max_upstream_body`), decoded bytes
+  counted: a larger declared Content-Length is refused before the body is read, a chunked or
+  close-delimited body is cut as it crosses the limit, and gzip/deflate is inflated at most to
+  the limit, so a bomb never expands in memory; the connection is then aborted, never reused;
+- streaming chunk by chunk with backpressure (reading pauses while the consumer lags), encoded
+  streams inflated in pieces of at most `HIGH_WATER` bytes; a stream has no total limit (its
+  memory stays flat; the SSE reader bounds one event);
 - TLS with the standard `ssl` module and certificate verification, an extra CA from config; the
   context is built by `start()` in a worker thread (loading the CA store blocks for ~50 ms);
 - HTTP proxies: absolute-form requests for http upstreams, CONNECT tunnels for https ones;
@@ -38,11 +44,16 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from aigw.config import format_size
 from aigw.errors import GatewayError, UpstreamBusyError, UpstreamError, UpstreamTimeoutError
-from aigw.providers.base import UpstreamResponse
+from aigw.providers.base import MAX_BODY, UpstreamResponse
 
-#: Buffered body bytes above which the socket stops being read until the consumer catches up.
+#: Buffered body bytes above which the socket stops being read until the consumer catches up;
+#: also the largest piece an encoded stream is inflated into at once.
 HIGH_WATER: Final = 256 * 1024
+
+#: How much of an encoded body read whole is inflated before other tasks get a turn.
+INFLATE_PIECE: Final = 1024 * 1024
 
 #: How soon after the request was written a close still means "closed while idle". A server
 #: that times an idle connection out sends its FIN (or, getting our request on a closed socket,
@@ -91,9 +102,11 @@ class HTTPClient:
         proxy: str | None = None,
         keep_headers: Iterable[str] = (),
         keep_prefixes: Iterable[str] = (),
+        max_body: int = MAX_BODY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.label = label  # names the upstream in error messages
+        self.max_body = max_body  # largest body read() returns, decoded bytes counted
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -535,14 +548,19 @@ class _Connection(asyncio.Protocol):
             return
         if self._complete:
             self._finish()
-        elif len(resp.chunks) > pieces and not resp.whole:
-            # Body bytes arrived. llhttp calls on_body once per chunk-encoded piece, so the
-            # backpressure and the waking are done here, once per read. (A whole read() is
-            # woken by the body's completion, or an error, only.)
-            if resp.buffered > HIGH_WATER and not self.paused:
-                self.paused = True
-                self.transport.pause_reading()
-            resp.wake()
+        elif len(resp.chunks) > pieces:
+            if not resp.whole:
+                # Body bytes arrived. llhttp calls on_body once per chunk-encoded piece, so the
+                # backpressure and the waking are done here, once per read. (A whole read() is
+                # woken by the body's completion, or an error, only.)
+                if resp.buffered > HIGH_WATER and not self.paused:
+                    self.paused = True
+                    self.transport.pause_reading()
+                resp.wake()
+            elif resp.buffered > self.pool.client.max_body:
+                # read() takes the body whole, without backpressure: cut it as it crosses the
+                # limit (encoded bodies too: they are rarely larger than their decoded form).
+                resp.refuse()
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost decides what the EOF meant
@@ -589,6 +607,8 @@ class _Connection(asyncio.Protocol):
         lname = name.lower()
         if lname == b"content-length":
             self._has_length = True
+            assert self.response is not None
+            self.response.length = int(value) if value.strip().isdigit() else -1
         elif lname == b"transfer-encoding":
             self._chunked = b"chunked" in value.lower()
         elif lname == b"content-encoding":
@@ -613,6 +633,7 @@ class _Connection(asyncio.Protocol):
             self._headers = {}
             self._has_length = self._chunked = False
             resp.encoding = None
+            resp.length = -1
             return
         resp.status = status
         resp.headers = self._headers
@@ -728,6 +749,7 @@ class HTTPResponse(UpstreamResponse):
         "encoding",
         "error",
         "got_bytes",
+        "length",
         "loop",
         "mark",
         "stale",
@@ -749,6 +771,7 @@ class HTTPResponse(UpstreamResponse):
         self.buffered = 0
         self.state = _HEAD
         self.encoding: bytes | None = None
+        self.length = -1  # the declared Content-Length, -1 without one
         self.error: UpstreamError | None = None
         self.got_bytes = False
         self.stale = False  # the server cannot have processed the request: safe to send again
@@ -836,6 +859,9 @@ class HTTPResponse(UpstreamResponse):
 
     async def read(self) -> bytes:
         loop = asyncio.get_running_loop()
+        max_body = self.client.max_body
+        if self.length > max_body or self.buffered > max_body:
+            raise self.refuse()  # refused at the head: not a byte more is read
         self.whole = True
         if self.conn is not None:
             self.conn.resume()
@@ -844,16 +870,39 @@ class HTTPResponse(UpstreamResponse):
                 raise self.error
             limit = min(self.client.read_timeout, self.deadline - loop.time())
             await self._wait(limit, "the response stalled")
+        if self.buffered > max_body:  # the whole body came in the read that crossed the limit
+            raise self.refuse()
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks = []
         self.buffered = 0
         if self.encoding is not None:
-            decoder = self._decoder()
-            try:
-                body = decoder.decompress(body) + decoder.flush()
-            except zlib.error as exc:
-                raise self._bad_encoding() from exc
+            body = await self._inflate(body, max_body)
         return body
+
+    async def _inflate(self, data: bytes, max_body: int) -> bytes:
+        """Decode a whole body, never past `max_body + 1` bytes (a bomb stops there), in pieces
+        with other tasks let run between them: inflating 64MiB takes a few hundred ms."""
+        decoder = self._decoder()
+        pieces: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                piece = decoder.decompress(data, min(INFLATE_PIECE, max_body + 1 - size))
+                size += len(piece)
+                pieces.append(piece)
+                data = decoder.unconsumed_tail
+                if size > max_body:
+                    raise self.refuse()
+                if not data:
+                    break
+                await asyncio.sleep(0)
+            tail = decoder.flush()  # all input is in: at most the last match's few bytes
+        except zlib.error as exc:
+            raise self._bad_encoding() from exc
+        if size + len(tail) > max_body:
+            raise self.refuse()
+        pieces.append(tail)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
         decoder = self._decoder() if self.encoding is not None else None
@@ -868,13 +917,19 @@ class HTTPResponse(UpstreamResponse):
                     conn = self.conn
                     if conn is not None and conn.paused:
                         conn.resume()
-                    if decoder is not None:
+                    if decoder is None:
+                        yield data
+                        continue
+                    # Inflated piece by piece, so a small read of a bomb never becomes a
+                    # large buffer: each piece is handed on before the next is made.
+                    while data:
                         try:
-                            data = decoder.decompress(data)
+                            piece = decoder.decompress(data, HIGH_WATER)
                         except zlib.error as exc:
                             raise self._bad_encoding() from exc
-                    if data:
-                        yield data
+                        data = decoder.unconsumed_tail
+                        if piece:
+                            yield piece
                     continue
                 if self.state == _DONE:
                     if decoder is not None:
@@ -899,6 +954,20 @@ class HTTPResponse(UpstreamResponse):
             conn.pool._drop(conn)
         if self.state != _DONE and self.error is None:
             self.error = UpstreamError(f"Upstream '{self.client.label}' response closed")
+
+    def refuse(self) -> UpstreamError:
+        """The body is over `max_body`: drop what came of it, abort the connection (it is never
+        reused), wake the reader and return the error to raise."""
+        limit = format_size(self.client.max_body)
+        err = UpstreamError(
+            f"Upstream '{self.client.label}' answer exceeds server.max_upstream_body ({limit})"
+        )
+        self.chunks = []
+        self.buffered = 0
+        self.close()
+        self.error = err
+        self.wake()
+        return err
 
     def _decoder(self) -> zlib._Decompress:
         if self.encoding not in (b"gzip", b"x-gzip", b"deflate"):

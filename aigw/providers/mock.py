@@ -3,6 +3,10 @@
 For demos, offline tests and benchmarks. It echoes the last user message (or answers a fixed
 text), streams word by word, counts usage (one token per word, at least one), embeds text into a
 deterministic unit vector, and can add latency and fail a fraction of requests with HTTP 500.
+
+Its answers are bounded like a real upstream's: a stream is made event by event as it is read
+(a long echo never sits in memory whole), `dimensions` is at most `MAX_DIMENSIONS`, and an
+embeddings answer over `server.max_upstream_body` fails as the HTTP transport would (502).
 """
 
 from __future__ import annotations
@@ -14,16 +18,20 @@ import json
 import random
 import struct
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from typing import Any
 
-from aigw.config import MockOptions, ProviderConfig
-from aigw.errors import InvalidRequestError, error_body
-from aigw.providers.base import Provider, UpstreamResponse
+from aigw.config import MockOptions, ProviderConfig, format_size
+from aigw.errors import InvalidRequestError, UpstreamError, error_body
+from aigw.providers.base import MAX_BODY, Provider, UpstreamResponse
 
 _JSON = {"content-type": "application/json"}
 _SSE = {"content-type": "text/event-stream"}
 EMBEDDING_DIMENSIONS = 16
+#: The largest `dimensions` the mock embeds into (OpenAI's largest model has 3072).
+MAX_DIMENSIONS = 8192
+#: Fewest bytes one number of an embedding takes in JSON (`0.1234, `) and in base64.
+_FLOAT_BYTES = {False: 8, True: 5}
 
 
 def count_tokens(text: str) -> int:
@@ -40,7 +48,7 @@ class MockResponse(UpstreamResponse):
         headers: dict[str, str],
         *,
         body: bytes = b"",
-        chunks: list[bytes] | None = None,
+        chunks: Iterable[bytes] | None = None,
         latency: float = 0.0,
         delay: float = 0.0,
     ) -> None:
@@ -56,7 +64,7 @@ class MockResponse(UpstreamResponse):
         return self._body
 
     async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
-        chunks = self._chunks if self._chunks is not None else [self._body]
+        chunks: Iterable[bytes] = self._chunks if self._chunks is not None else [self._body]
         for i, chunk in enumerate(chunks):
             if i and self._delay:
                 await asyncio.sleep(self._delay)
@@ -67,8 +75,8 @@ class MockResponse(UpstreamResponse):
 
 
 class MockProvider(Provider):
-    def __init__(self, config: ProviderConfig) -> None:
-        super().__init__(config.name)
+    def __init__(self, config: ProviderConfig, *, max_body: int = MAX_BODY) -> None:
+        super().__init__(config.name, max_body=max_body)
         self.options: MockOptions = config.mock
         self._rng = random.Random(self.options.seed)
 
@@ -147,36 +155,12 @@ class MockProvider(Provider):
             return MockResponse(200, _JSON, body=json.dumps(payload).encode())
 
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        usage_field = ', "usage": null' if include_usage else ""
         obj = "chat.completion.chunk" if chat else "text_completion"
         head = (
             f'{{"id": "{rid}", "object": "{obj}",'
             f' "created": {created}, "model": {json.dumps(model)}, "choices": '
         )
-        chunks: list[bytes] = []
-        if chat:
-            first = (
-                '[{"index": 0, "delta": {"role": "assistant", "content": ""},'
-                ' "finish_reason": null}]'
-            )
-            chunks.append(f"data: {head}{first}{usage_field}}}\n\n".encode())
-        for i, word in enumerate(words):
-            piece = json.dumps(word if i == 0 else " " + word)
-            if chat:
-                choice_s = (
-                    f'[{{"index": 0, "delta": {{"content": {piece}}}, "finish_reason": null}}]'
-                )
-            else:
-                choice_s = f'[{{"index": 0, "text": {piece}, "finish_reason": null}}]'
-            chunks.append(f"data: {head}{choice_s}{usage_field}}}\n\n".encode())
-        if chat:
-            last = f'[{{"index": 0, "delta": {{}}, "finish_reason": "{finish}"}}]'
-        else:
-            last = f'[{{"index": 0, "text": "", "finish_reason": "{finish}"}}]'
-        chunks.append(f"data: {head}{last}{usage_field}}}\n\n".encode())
-        if include_usage:
-            chunks.append(f'data: {head}[], "usage": {json.dumps(usage)}}}\n\n'.encode())
-        chunks.append(b"data: [DONE]\n\n")
+        chunks = _stream_events(head, words, finish, usage if include_usage else None, chat=chat)
         return MockResponse(200, _SSE, chunks=chunks, delay=self.options.chunk_delay)
 
     def _embeddings(self, request: dict[str, Any]) -> bytes:
@@ -185,7 +169,15 @@ class MockProvider(Provider):
             raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
         )
         dims = request.get("dimensions") or EMBEDDING_DIMENSIONS
+        if not isinstance(dims, int) or not 0 < dims <= MAX_DIMENSIONS:
+            raise InvalidRequestError(f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}")
         as_base64 = request.get("encoding_format") == "base64"
+        if len(inputs) * dims * _FLOAT_BYTES[as_base64] > self.max_body:
+            # Refused before it is built, as the transport refuses a real upstream's answer.
+            limit = format_size(self.max_body)
+            raise UpstreamError(
+                f"Upstream '{self.name}' answer exceeds server.max_upstream_body ({limit})"
+            )
         data = []
         tokens = 0
         for i, item in enumerate(inputs):
@@ -205,6 +197,33 @@ class MockProvider(Provider):
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return json.dumps(payload).encode()
+
+
+def _stream_events(
+    head: str, words: list[str], finish: str, usage: dict[str, int] | None, *, chat: bool
+) -> Iterator[bytes]:
+    """The SSE events of an answer, made one by one as the stream is read."""
+    usage_field = ', "usage": null' if usage is not None else ""
+    if chat:
+        first = (
+            '[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]'
+        )
+        yield f"data: {head}{first}{usage_field}}}\n\n".encode()
+    for i, word in enumerate(words):
+        piece = json.dumps(word if i == 0 else " " + word)
+        if chat:
+            choice_s = f'[{{"index": 0, "delta": {{"content": {piece}}}, "finish_reason": null}}]'
+        else:
+            choice_s = f'[{{"index": 0, "text": {piece}, "finish_reason": null}}]'
+        yield f"data: {head}{choice_s}{usage_field}}}\n\n".encode()
+    if chat:
+        last = f'[{{"index": 0, "delta": {{}}, "finish_reason": "{finish}"}}]'
+    else:
+        last = f'[{{"index": 0, "text": "", "finish_reason": "{finish}"}}]'
+    yield f"data: {head}{last}{usage_field}}}\n\n".encode()
+    if usage is not None:
+        yield f'data: {head}[], "usage": {json.dumps(usage)}}}\n\n'.encode()
+    yield b"data: [DONE]\n\n"
 
 
 def _prompt_text(request: dict[str, Any], chat: bool) -> str:

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from aigw.config import ProviderConfig
 from aigw.errors import UpstreamError
 from aigw.headers import PASSED_RESPONSE_HEADERS, PASSED_RESPONSE_PREFIXES, RequestHeaderFilter
-from aigw.providers.base import Provider, UpstreamResponse
+from aigw.providers.base import MAX_BODY, Provider, UpstreamResponse
 from aigw.providers.http import HTTPClient, PreparedRequest
 
 PROBE_TIMEOUT = 10.0
@@ -29,8 +29,8 @@ log = logging.getLogger("aigw")
 
 
 class OpenAIProvider(Provider):
-    def __init__(self, config: ProviderConfig) -> None:
-        super().__init__(config.name)
+    def __init__(self, config: ProviderConfig, *, max_body: int = MAX_BODY) -> None:
+        super().__init__(config.name, max_body=max_body)
         self.config = config
         self.base_url, self._query, basic = _split_base_url(config.base_url)
         headers = {"Content-Type": "application/json"}
@@ -61,6 +61,7 @@ class OpenAIProvider(Provider):
             proxy=_env_proxy(self.base_url),
             keep_headers=PASSED_RESPONSE_HEADERS,
             keep_prefixes=PASSED_RESPONSE_PREFIXES,
+            max_body=max_body,
         )
         self._forward = RequestHeaderFilter(config.forward_headers, own=headers)
         # Request heads encoded once per endpoint: a send only adds Content-Length and the body.
