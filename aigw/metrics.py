@@ -68,6 +68,9 @@ METRICS_DOC: list[tuple[str, str, tuple[str, ...], str]] = [
     ("aigw_cache_bytes", "gauge", (), "Bytes charged to the response cache's byte budget."),
     ("aigw_rejections_total", "counter", ("reason",),
      "Requests refused before the upstream: rate_limit, quota, content_filter, auth, invalid."),
+    ("aigw_quota_overrun_tokens_total", "counter", ("tenant",),
+     "Tokens recorded beyond what requests reserved against a token quota (an upstream that "
+     "ignored max_tokens); streams are cut when the quota cannot cover them."),
     ("aigw_in_flight_requests", "gauge", (), "Requests being handled now."),
     ("aigw_target_healthy", "gauge", ("target",), "1 when the target is healthy, else 0."),
     ("aigw_target_circuit_state", "gauge", ("target",),
@@ -160,6 +163,7 @@ class Metrics:
         self._cache_entries = 0
         self._cache_bytes = 0
         self._rejections = dict.fromkeys(REJECTION_REASONS, 0)
+        self._overruns: dict[str, int] = {}  # folded tenant -> tokens past the reservation
         self._in_flight = 0
         self.registry = CollectorRegistry(auto_describe=False)
         if enabled:
@@ -245,6 +249,13 @@ class Metrics:
             raise ValueError(f"unknown rejection reason {kind!r}")
         self._rejections[kind] += 1
 
+    def quota_overrun(self, tenant: str, tokens: int) -> None:
+        """`tokens` were recorded past what the request had reserved."""
+        if not self.enabled or tokens <= 0:
+            return
+        label = self._tenant(tenant) if self.tenant_label else ""
+        self._overruns[label] = self._overruns.get(label, 0) + tokens
+
     def in_flight(self, delta: int) -> None:
         if not self.enabled:
             return
@@ -305,6 +316,14 @@ class Metrics:
         for reason, count in self._rejections.items():
             rejections.add_metric((reason,), count)
         yield rejections
+        overruns = CounterMetricFamily(
+            "aigw_quota_overrun_tokens",
+            _HELP["aigw_quota_overrun_tokens_total"],
+            labels=("tenant",),
+        )
+        for tenant, count in self._overruns.items():
+            overruns.add_metric((tenant,), count)
+        yield overruns
         yield _single(GaugeMetricFamily, "aigw_in_flight_requests", self._in_flight)
         healthy = GaugeMetricFamily(
             "aigw_target_healthy", _HELP["aigw_target_healthy"], labels=("target",)

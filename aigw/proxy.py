@@ -79,6 +79,9 @@ DEFAULT_THROTTLE = 0.0
 #: Content chunks a stream may send past `max_tokens` * n before it is cut: role, filter and
 #: empty keep-alive chunks carry no token, and some upstreams send a few of them.
 MAX_TOKENS_SLACK = 16
+#: Tokens a stream past its reservation tries to reserve more of, largest first: the stream is
+#: cut when not even the smallest fits in the tenant's quota.
+STREAM_EXTENSION_BLOCKS = (256, 16)
 #: How long the rest of an upstream body is awaited after [DONE] (its connection is then kept).
 DRAIN_AFTER_DONE = 1.0
 #: Status recorded for a request whose client went away first (nginx's convention).
@@ -290,7 +293,7 @@ class Proxy:
                 ctx.cache = headers["x-aigw-cache"] = "miss"
             quota = gw.quota
             if quota is not None:
-                charge.estimate = quota.estimate_tokens(endpoint, body)
+                charge.prompt_estimate, charge.estimate = quota.estimate(endpoint, body)
             await admission.admit(ctx.tenant, charge, req_decision, headers)
             return await self._forward(request, ctx, rt, raw, headers, charge)
         except GatewayError as err:
@@ -669,6 +672,11 @@ class Proxy:
         )
         ctx.status = 200
         most = _max_stream_chunks(ctx)
+        # Data events the quota reservation covers (0: no token quota holds this request): its
+        # completion tokens and the role chunk. Past it, more is reserved or the stream is cut.
+        covered = 0
+        if charge.reservation is not None and charge.reservation.tokens:
+            covered = charge.estimate - charge.prompt_estimate + tap.preamble
         failure: GatewayError | None = None
         gone: BaseException | None = None  # the client went away (or cancelled the request)
         cut = asyncio.timeout_at(when)
@@ -682,9 +690,23 @@ class Proxy:
                 while True:
                     if most and tap.chunks > most:
                         await out.write(_without_last_events(data, tap.chunks - most))
+                        tap.cut(tap.chunks - most)
                         failure = UpstreamError(
                             f"The upstream sent more than the request's max_tokens "
                             f"({most - MAX_TOKENS_SLACK}); the gateway cut the stream"
+                        )
+                        break
+                    while covered and tap.chunks > covered:
+                        more = await self._extend(ctx, charge)
+                        if not more:
+                            break
+                        covered += more
+                    if covered and tap.chunks > covered:
+                        await out.write(_without_last_events(data, tap.chunks - covered))
+                        tap.cut(tap.chunks - covered)
+                        failure = QuotaExceededError(
+                            f"Tenant '{ctx.tenant}' ran out of token quota while this answer "
+                            "was streaming; the gateway cut it."
                         )
                         break
                     if data:
@@ -721,7 +743,7 @@ class Proxy:
             # what was produced.
             lease.neutral()
             ctx.status = CLIENT_CLOSED
-            ctx.usage = tap.usage or self._estimate(ctx, tap)
+            ctx.usage = tap.usage or self._estimate(charge, tap)
             await self._settle(ctx, charge, ctx.usage)
             await self._after_stream(ctx, rt, tap, request)
             self._stream_done(request, ctx, charge, upstream_started, ttft)
@@ -739,7 +761,7 @@ class Proxy:
                 await out.write(error_event(failure))
         else:
             lease.success()
-        ctx.usage = tap.usage or self._estimate(ctx, tap)
+        ctx.usage = tap.usage or self._estimate(charge, tap)
         await self._settle(ctx, charge, ctx.usage)
         if failure is None and tap.done and charge.cache_key is not None and tap.events:
             self._cache_store(
@@ -819,17 +841,42 @@ class Proxy:
             usage = Usage(0, 0, charge.estimate)
         if charge.limiter is not None or charge.reservation is not None:
             await gw.admission.settle(ctx.tenant, charge, usage)
+        reservation = charge.reservation
+        if reservation is None or not reservation.tokens:
+            return
+        # Released after the commit: the tenant's account never shows less than it used.
+        held = reservation.tokens
+        for extension in charge.extensions:
+            held += extension.tokens
+            if gw.quota is not None:
+                await gw.quota.release(extension)
+        if usage is not None and usage.total_tokens > held and gw.metrics is not None:
+            gw.metrics.quota_overrun(ctx.tenant, usage.total_tokens - held)
 
-    def _estimate(self, ctx: RequestContext, tap: StreamTap) -> Usage | None:
+    async def _extend(self, ctx: RequestContext, charge: Charge) -> int:
+        """A stream passed what its reservation covers (an upstream ignoring max_tokens, or a
+        request without one): reserve more of the tenant's quota. Returns the tokens added, 0
+        when the quota has none left (the stream must be cut)."""
+        quota = self.gw.quota
+        if quota is None:
+            return 0
+        for block in STREAM_EXTENSION_BLOCKS:
+            try:
+                extension = await quota.reserve(ctx.tenant, block)
+            except QuotaExceededError:
+                continue
+            charge.extensions.append(extension)
+            return block
+        return 0
+
+    def _estimate(self, charge: Charge, tap: StreamTap) -> Usage | None:
         """A stream that ended without usage (client gone, upstream broke): count one token per
         content chunk, and the prompt by the quota estimator's rule."""
         if tap.chunks == 0:
             return None
         # Only the chunks that arrived: a stream cut short has no finish chunk and no [DONE].
         completion = max(0, tap.chunks - tap.preamble - tap.finished - tap.done)
-        prompt = 0
-        if self.gw.quota is not None:
-            prompt = self.gw.quota.estimate_prompt_tokens(ctx.endpoint, ctx.body)
+        prompt = charge.prompt_estimate
         return Usage(prompt, completion, prompt + completion)
 
 
@@ -842,7 +889,9 @@ class Charge:
         "cache_key",
         "counted",
         "estimate",
+        "extensions",
         "limiter",
+        "prompt_estimate",
         "reservation",
         "settled",
         "tokens_taken",
@@ -851,7 +900,10 @@ class Charge:
 
     def __init__(self) -> None:
         self.counted = False  # in the metrics and the access log already
-        self.estimate = 0
+        self.estimate = 0  # worst-case tokens: what the quota holds for the request
+        self.prompt_estimate = 0  # the prompt's share of `estimate`
+        #: more quota taken while a stream ran past what `reservation` covers
+        self.extensions: list[Reservation] = []
         self.reservation: Reservation | None = None
         self.limiter: RateLimiter | None = None  # set only when a token limit applies
         self.tokens_taken = 0  # what the token bucket really gave

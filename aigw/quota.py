@@ -271,15 +271,19 @@ class QuotaManager:
         """Worst-case tokens of a request from its parsed body: the prompt estimate plus
         `max_completion_tokens`/`max_tokens` (or `quota.default_max_tokens`) times `n`.
         Embeddings have no completion."""
+        return self.estimate(endpoint, body)[1]
+
+    def estimate(self, endpoint: str, body: Mapping[str, Any]) -> tuple[int, int]:
+        """`(prompt estimate, worst-case total)` of `estimate_tokens`, from one walk."""
         prompt = self.estimate_prompt_tokens(endpoint, body)
         if endpoint == "embeddings":
-            return prompt
+            return prompt, prompt
         completion = _positive_int(body.get("max_completion_tokens"))
         if completion is None:
             completion = _positive_int(body.get("max_tokens"))
         if completion is None:
             completion = self._config.default_max_tokens
-        return prompt + completion * (_positive_int(body.get("n")) or 1)
+        return prompt, prompt + completion * (_positive_int(body.get("n")) or 1)
 
     def estimate_prompt_tokens(self, endpoint: str, body: Mapping[str, Any]) -> int:
         """Prompt tokens ≈ characters / 4 of the message text (plus tool schemas and calls),

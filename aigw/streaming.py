@@ -152,6 +152,15 @@ class StreamTap:
                 self.events.extend(e for e in complete.split(_SEP) if e)
         return complete
 
+    def cut(self, excess: int) -> None:
+        """The last `excess` data events fed were not delivered (the stream was cut inside a
+        read): count and keep only what the client got."""
+        self.chunks -= excess
+        events = self.events
+        while excess > 0 and events:
+            if events.pop().startswith(b"data:"):
+                excess -= 1
+
     def flush(self) -> bytes:
         """Whatever is left at the end of the stream (an unterminated last event)."""
         rest = bytes(self._buf)
