@@ -9,7 +9,7 @@
 # Sub-commands of a command path.
 _aigw_commands() {
     case $1 in
-        'aigw') _aigw_reply='lb quota reload serve status validate' ;;
+        'aigw') _aigw_reply='lb quota reload serve status validate version' ;;
         'aigw lb') _aigw_reply='stats' ;;
         'aigw quota') _aigw_reply='reset set show' ;;
         *) _aigw_reply='' ;;
@@ -19,17 +19,18 @@ _aigw_commands() {
 # Options of a command path.
 _aigw_options() {
     case $1 in
-        'aigw') _aigw_reply='--help --install-completion --show-completion' ;;  # A local AI gateway: OpenAI-compatible proxy with tenants, limits and failover.
-        'aigw lb') _aigw_reply='--help' ;;  # Load balancing of the running daemon.
-        'aigw lb stats') _aigw_reply='--admin-socket -c --config --help --interval --json --model --once' ;;  # Per model and target: health, circuit, traffic, errors, latency.
-        'aigw quota') _aigw_reply='--help' ;;  # Per-tenant token quotas of the running daemon.
-        'aigw quota reset') _aigw_reply='--admin-socket -c --config --help' ;;  # Zero a tenant's usage in its current period.
-        'aigw quota set') _aigw_reply='--admin-socket -c --config --help --period' ;;  # Set a tenant's token quota at runtime (persisted; wins over the config).
-        'aigw quota show') _aigw_reply='--admin-socket -c --config --help --json' ;;  # Usage per tenant: input/output/total tokens, limit, % used, next reset.
-        'aigw reload') _aigw_reply='--admin-socket -c --config --help --json' ;;  # Tell the running daemon to re-read its config file (as SIGHUP does); the running config stays when the file does not load.
-        'aigw serve') _aigw_reply='--access-log --admin-socket -c --config --help --host --log-level --loop -p --port -w --workers' ;;  # Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).
-        'aigw status') _aigw_reply='--admin-socket -c --config --help --json' ;;  # Show the running daemon: pid, version, uptime, config, listen address (and workers).
-        'aigw validate') _aigw_reply='--help --json --request' ;;  # Check a config file offline: exit 0 when valid, 1 with every problem otherwise.
+        'aigw') _aigw_reply='-h --help --install-completion --show-completion -V --version' ;;  # A local AI gateway: OpenAI-compatible proxy with tenants, limits and failover.
+        'aigw lb') _aigw_reply='-h --help' ;;  # Load balancing of the running daemon.
+        'aigw lb stats') _aigw_reply='--admin-socket -c --config -h --help --interval --json --model --once' ;;  # Per model and target: health, circuit, traffic, errors, latency.
+        'aigw quota') _aigw_reply='-h --help' ;;  # Per-tenant token quotas of the running daemon.
+        'aigw quota reset') _aigw_reply='--admin-socket -c --config -h --help' ;;  # Zero a tenant's usage in its current period.
+        'aigw quota set') _aigw_reply='--admin-socket -c --config -h --help --period' ;;  # Set a tenant's token quota at runtime (persisted; wins over the config).
+        'aigw quota show') _aigw_reply='--admin-socket -c --config -h --help --json' ;;  # Usage per tenant: input/output/total tokens, limit, % used, next reset.
+        'aigw reload') _aigw_reply='--admin-socket -c --config -h --help --json' ;;  # Tell the running daemon to re-read its config file (as SIGHUP does); the running config stays when the file does not load.
+        'aigw serve') _aigw_reply='--access-log --admin-socket -c --config -h --help --host --log-level --loop -p --port -w --workers' ;;  # Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).
+        'aigw status') _aigw_reply='--admin-socket -c --config -h --help --json' ;;  # Show the running daemon: pid, version, uptime, config, listen address (and workers).
+        'aigw validate') _aigw_reply='-h --help --json --request' ;;  # Check a config file offline: exit 0 when valid, 1 with every problem otherwise.
+        'aigw version') _aigw_reply='-h --help --json' ;;  # Print aigw's version (and, with --json, the Python it runs on).
         *) _aigw_reply='' ;;
     esac
 }
@@ -39,37 +40,38 @@ _aigw_options() {
 _aigw_option() {
     _aigw_choices=''
     case "$1 $2" in
-        'aigw --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw -h' | 'aigw --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw --install-completion') _aigw_reply=flag ;;  # Install completion for the current shell.
         'aigw --show-completion') _aigw_reply=flag ;;  # Show completion for the current shell, to copy it or customize the installation.
-        'aigw lb --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw -V' | 'aigw --version') _aigw_reply=flag ;;  # Print aigw's version and exit.
+        'aigw lb -h' | 'aigw lb --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw lb stats --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
         'aigw lb stats -c' | 'aigw lb stats --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
-        'aigw lb stats --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw lb stats -h' | 'aigw lb stats --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw lb stats --interval') _aigw_reply=value ;;  # Seconds between live refreshes.
         'aigw lb stats --json') _aigw_reply=flag ;;  # Print JSON for scripts.
         'aigw lb stats --model') _aigw_reply=value ;;  # Show only this model.
         'aigw lb stats --once') _aigw_reply=flag ;;  # Print one snapshot and exit.
-        'aigw quota --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw quota -h' | 'aigw quota --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw quota reset --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
         'aigw quota reset -c' | 'aigw quota reset --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
-        'aigw quota reset --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw quota reset -h' | 'aigw quota reset --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw quota set --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
         'aigw quota set -c' | 'aigw quota set --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
-        'aigw quota set --help') _aigw_reply=flag ;;  # Show this message and exit.
-        'aigw quota set --period') _aigw_reply=choice _aigw_choices='hourly daily weekly monthly never' ;;  # Period of this quota (default: the configured one).
+        'aigw quota set -h' | 'aigw quota set --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw quota set --period') _aigw_reply=choice _aigw_choices='hourly daily weekly monthly never' ;;  # Quota period: hourly, daily, weekly, monthly or never (default: the tenant's current period).
         'aigw quota show --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
         'aigw quota show -c' | 'aigw quota show --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
-        'aigw quota show --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw quota show -h' | 'aigw quota show --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw quota show --json') _aigw_reply=flag ;;  # Print JSON for scripts.
         'aigw reload --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
         'aigw reload -c' | 'aigw reload --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
-        'aigw reload --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw reload -h' | 'aigw reload --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw reload --json') _aigw_reply=flag ;;  # Print JSON for scripts.
         'aigw serve --access-log') _aigw_reply=flag ;;  # Log one line per request.
         'aigw serve --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
         'aigw serve -c' | 'aigw serve --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
-        'aigw serve --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw serve -h' | 'aigw serve --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw serve --host') _aigw_reply=value ;;  # Listen address (overrides server.host).
         'aigw serve --log-level') _aigw_reply=choice _aigw_choices='debug info warning error' ;;  # How much to log.
         'aigw serve --loop') _aigw_reply=choice _aigw_choices='auto asyncio uvloop' ;;  # Event loop: uvloop when installed (auto), or plain asyncio.
@@ -77,11 +79,13 @@ _aigw_option() {
         'aigw serve -w' | 'aigw serve --workers') _aigw_reply=value ;;  # Worker processes sharing the port (SO_REUSEPORT); more than 1 needs state.backend: redis.
         'aigw status --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
         'aigw status -c' | 'aigw status --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
-        'aigw status --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw status -h' | 'aigw status --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw status --json') _aigw_reply=flag ;;  # Print JSON for scripts.
-        'aigw validate --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw validate -h' | 'aigw validate --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw validate --json') _aigw_reply=flag ;;  # Print JSON for scripts.
         'aigw validate --request') _aigw_reply=file ;;  # Also check this JSON request body with the daemon's validator.
+        'aigw version -h' | 'aigw version --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw version --json') _aigw_reply=flag ;;  # Print JSON for scripts.
         *) _aigw_reply=unknown ;;
     esac
 }
@@ -92,7 +96,7 @@ _aigw_argument() {
     case "$1 $2" in
         'aigw quota reset 0') _aigw_reply=value ;;  # TENANT: Tenant name.
         'aigw quota set 0') _aigw_reply=value ;;  # TENANT: Tenant name.
-        'aigw quota set 1') _aigw_reply=value ;;  # TOKENS: Tokens per period; 0 = unlimited.
+        'aigw quota set 1') _aigw_reply=value ;;  # TOKENS: Tokens per period: 0 (unlimited) up to 1,000,000,000,000,000 (10^15); 100_000 and 100,000 are read as 100000.
         'aigw quota show 0') _aigw_reply=value ;;  # TENANT: Only this tenant.
         'aigw validate 0') _aigw_reply=file ;;  # PATH: Config file (default: $AIGW_CONFIG, then the user config, then the built-in one).
         *) _aigw_reply=none ;;

@@ -9,7 +9,7 @@
 function __aigw_commands
     switch $argv[1]
         case 'aigw'
-            printf '%s\n' lb quota reload serve status validate
+            printf '%s\n' lb quota reload serve status validate version
         case 'aigw lb'
             printf '%s\n' stats
         case 'aigw quota'
@@ -66,18 +66,20 @@ complete -c aigw -n '__aigw_at aigw' -a 'reload' -d 'Tell the running daemon to 
 complete -c aigw -n '__aigw_at aigw' -a 'serve' -d 'Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).'
 complete -c aigw -n '__aigw_at aigw' -a 'status' -d 'Show the running daemon: pid, version, uptime, config, listen address (and workers).'
 complete -c aigw -n '__aigw_at aigw' -a 'validate' -d 'Check a config file offline: exit 0 when valid, 1 with every problem otherwise.'
-complete -c aigw -n '__aigw_at aigw' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw' -a 'version' -d 'Print aigw\'s version (and, with --json, the Python it runs on).'
+complete -c aigw -n '__aigw_at aigw' -s 'h' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw' -l 'install-completion' -d 'Install completion for the current shell.'
 complete -c aigw -n '__aigw_at aigw' -l 'show-completion' -d 'Show completion for the current shell, to copy it or customize the installation.'
+complete -c aigw -n '__aigw_at aigw' -s 'V' -l 'version' -d 'Print aigw\'s version and exit.'
 
 # aigw lb
 complete -c aigw -n '__aigw_at aigw lb' -a 'stats' -d 'Per model and target: health, circuit, traffic, errors, latency.'
-complete -c aigw -n '__aigw_at aigw lb' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw lb' -s 'h' -l 'help' -d 'Show this message and exit.'
 
 # aigw lb stats
 complete -c aigw -n '__aigw_at aigw lb stats' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'
 complete -c aigw -n '__aigw_at aigw lb stats' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
-complete -c aigw -n '__aigw_at aigw lb stats' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw lb stats' -s 'h' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw lb stats' -l 'interval' -x -d 'Seconds between live refreshes.'
 complete -c aigw -n '__aigw_at aigw lb stats' -l 'json' -d 'Print JSON for scripts.'
 complete -c aigw -n '__aigw_at aigw lb stats' -l 'model' -x -d 'Show only this model.'
@@ -87,36 +89,36 @@ complete -c aigw -n '__aigw_at aigw lb stats' -l 'once' -d 'Print one snapshot a
 complete -c aigw -n '__aigw_at aigw quota' -a 'reset' -d 'Zero a tenant\'s usage in its current period.'
 complete -c aigw -n '__aigw_at aigw quota' -a 'set' -d 'Set a tenant\'s token quota at runtime (persisted; wins over the config).'
 complete -c aigw -n '__aigw_at aigw quota' -a 'show' -d 'Usage per tenant: input/output/total tokens, limit, % used, next reset.'
-complete -c aigw -n '__aigw_at aigw quota' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw quota' -s 'h' -l 'help' -d 'Show this message and exit.'
 
 # aigw quota reset
 complete -c aigw -n '__aigw_at aigw quota reset' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'
 complete -c aigw -n '__aigw_at aigw quota reset' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
-complete -c aigw -n '__aigw_at aigw quota reset' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw quota reset' -s 'h' -l 'help' -d 'Show this message and exit.'
 
 # aigw quota set
 complete -c aigw -n '__aigw_at aigw quota set' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'
 complete -c aigw -n '__aigw_at aigw quota set' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
-complete -c aigw -n '__aigw_at aigw quota set' -l 'help' -d 'Show this message and exit.'
-complete -c aigw -n '__aigw_at aigw quota set' -l 'period' -x -a 'hourly daily weekly monthly never' -d 'Period of this quota (default: the configured one).'
+complete -c aigw -n '__aigw_at aigw quota set' -s 'h' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw quota set' -l 'period' -x -a 'hourly daily weekly monthly never' -d 'Quota period: hourly, daily, weekly, monthly or never (default: the tenant\'s current period).'
 
 # aigw quota show
 complete -c aigw -n '__aigw_at aigw quota show' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'
 complete -c aigw -n '__aigw_at aigw quota show' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
-complete -c aigw -n '__aigw_at aigw quota show' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw quota show' -s 'h' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw quota show' -l 'json' -d 'Print JSON for scripts.'
 
 # aigw reload
 complete -c aigw -n '__aigw_at aigw reload' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'
 complete -c aigw -n '__aigw_at aigw reload' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
-complete -c aigw -n '__aigw_at aigw reload' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw reload' -s 'h' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw reload' -l 'json' -d 'Print JSON for scripts.'
 
 # aigw serve
 complete -c aigw -n '__aigw_at aigw serve' -l 'access-log' -d 'Log one line per request.'
 complete -c aigw -n '__aigw_at aigw serve' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'
 complete -c aigw -n '__aigw_at aigw serve' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
-complete -c aigw -n '__aigw_at aigw serve' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw serve' -s 'h' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw serve' -l 'host' -x -d 'Listen address (overrides server.host).'
 complete -c aigw -n '__aigw_at aigw serve' -l 'log-level' -x -a 'debug info warning error' -d 'How much to log.'
 complete -c aigw -n '__aigw_at aigw serve' -l 'loop' -x -a 'auto asyncio uvloop' -d 'Event loop: uvloop when installed (auto), or plain asyncio.'
@@ -126,11 +128,15 @@ complete -c aigw -n '__aigw_at aigw serve' -s 'w' -l 'workers' -x -d 'Worker pro
 # aigw status
 complete -c aigw -n '__aigw_at aigw status' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'
 complete -c aigw -n '__aigw_at aigw status' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
-complete -c aigw -n '__aigw_at aigw status' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw status' -s 'h' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw status' -l 'json' -d 'Print JSON for scripts.'
 
 # aigw validate
-complete -c aigw -n '__aigw_at aigw validate' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw validate' -s 'h' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw validate' -l 'json' -d 'Print JSON for scripts.'
 complete -c aigw -n '__aigw_at aigw validate' -l 'request' -r -F -d 'Also check this JSON request body with the daemon\'s validator.'
 complete -c aigw -n '__aigw_at aigw validate' -F
+
+# aigw version
+complete -c aigw -n '__aigw_at aigw version' -s 'h' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw version' -l 'json' -d 'Print JSON for scripts.'

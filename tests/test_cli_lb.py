@@ -12,6 +12,7 @@ import signal
 import socketserver
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -126,8 +127,27 @@ def app() -> typer.Typer:
     return app
 
 
-def run(app: typer.Typer, *args: str) -> Any:
-    return CliRunner().invoke(app, ["lb", "stats", *args], catch_exceptions=False)
+def run(app: typer.Typer, *args: str, columns: int | None = None) -> Any:
+    """`aigw lb stats ARGS` (not on a terminal); `columns`: $COLUMNS, else unset."""
+    env = {"COLUMNS": str(columns) if columns else None}
+    return CliRunner().invoke(app, ["lb", "stats", *args], env=env, catch_exceptions=False)
+
+
+def drawn(app: typer.Typer, sock_dir: Path, snapshot: dict[str, Any], columns: int) -> list[str]:
+    """The lines `aigw lb stats --once` prints for `snapshot` at `columns` wide."""
+    with AdminStub(sock_dir / "wide.sock", [snapshot]) as stub:
+        result = run(app, "--once", "--admin-socket", str(stub.path), columns=columns)
+    assert result.exit_code == 0, result.output
+    return list(result.stdout.splitlines())
+
+
+def cell(lines: list[str], header: str, row: int) -> str:
+    """The text of a right-aligned column's cell in table row `row` (from 0): it ends where
+    its header ends and starts after the column before it."""
+    headers = list(re.finditer(r"last error|\S+", lines[1]))
+    index = next(i for i, m in enumerate(headers) if m.group() == header)
+    start = headers[index - 1].end() if index else 0
+    return lines[3 + row][start : headers[index].end()].strip()
 
 
 def test_once_renders_a_table(app: typer.Typer, admin: AdminStub) -> None:
@@ -136,10 +156,10 @@ def test_once_renders_a_table(app: typer.Typer, admin: AdminStub) -> None:
     out = result.stdout
     lines = out.splitlines()
     assert lines[0].startswith("aigw lb · uptime 1h 02m · ")
-    assert lines[0].endswith("healthy 3/4")
+    assert lines[0].endswith("healthy 3/4 upstreams")
     assert "✓ openai-backup/gpt-4o-mini" in out
     assert "✗ local/llama3.1:8b" in out  # unhealthy: a symbol, not colour alone
-    assert re.search(r"✗ local/llama3\.1:8b\s+open\b", out)
+    assert re.search(r"✗ local/llama3\.1:8b\s+unhealthy\s+open\b", out)
     assert "mock/mock" in out
     assert admin.hits == 1
 
@@ -166,7 +186,7 @@ def test_model_filter(app: typer.Typer, admin: AdminStub) -> None:
     assert [m["name"] for m in data["models"]] == ["mock"]
     table = run(app, "--once", "--model", "mock", "--admin-socket", str(admin.path))
     assert "mock/mock" in table.stdout and "openai" not in table.stdout
-    assert "healthy 1/1" in table.stdout
+    assert "healthy 1/1 upstreams" in table.stdout
 
     missing = run(app, "--once", "--model", "nope", "--admin-socket", str(admin.path))
     assert missing.exit_code == 1
@@ -206,6 +226,152 @@ def test_table_fits_80_columns_by_dropping_low_priority_columns() -> None:
         assert column in wide[0] and column not in narrow[0]
     tiny = _render(lb.lb_table(snapshot, None, 2.0, 30))
     assert "target" in tiny[0] and "req/s" not in tiny[0]
+
+
+def test_at_80_columns_the_last_error_stays_and_hidden_columns_are_named(
+    app: typer.Typer, sock_dir: Path
+) -> None:
+    lines = drawn(app, sock_dir, make_snapshot(), 80)
+    assert max(len(line) for line in lines) <= 80
+    text = " ".join(" ".join(lines).split())
+    # The one thing needed when a target is down: in full, under the table.
+    assert "✗ local/llama3.1:8b: connect: connection refused (127.0.0.1:11434)" in text
+    hidden = next(line for line in lines if line.startswith("hidden to fit 80 columns: "))
+    header = lines[1]
+    for column in hidden.split(": ", 1)[1].split(" (")[0].split(", "):
+        assert column in {c.header for c in lb._COLUMNS}
+        assert f" {column} " not in f" {header} "
+    assert "strategy" in hidden and "probe" in hidden
+
+
+LONG_ERROR = (
+    "read: upstream timed out after 30.0s waiting for the first byte of a streamed answer "
+    "(eu-west-1 endpoint)"
+)
+
+
+def wide_snapshot() -> dict[str, Any]:
+    """Long upstream ids and a long error, as a real deployment has them."""
+    clock = FakeClock()
+    models = {
+        "gpt-4o-mini": ModelConfig(
+            strategy="round_robin",
+            targets=(
+                TargetConfig("azure-openai-eu-west-production", "gpt-4o-mini-2024-07-18", 1),
+                TargetConfig("openai-backup-us-east", "gpt-4o-mini-2024-07-18", 1),
+            ),
+        )
+    }
+    balancers = Balancers(models, HealthConfig(min_requests=3), clock=clock, rng=random.Random(1))
+    mb = balancers.get("gpt-4o-mini")
+    assert mb is not None
+    for _ in range(20):
+        lease = mb.acquire()
+        assert lease is not None
+        clock.now += 0.25
+        if lease.target.provider.startswith("azure"):
+            lease.failure(LONG_ERROR)
+        else:
+            lease.success()
+    data = balancers.snapshot().to_dict()
+    data["uptime"] = 600.0
+    return data
+
+
+@pytest.mark.parametrize("width", [160, 220])
+def test_wide_terminals_show_targets_and_errors_in_full(
+    app: typer.Typer, sock_dir: Path, width: int
+) -> None:
+    lines = drawn(app, sock_dir, wide_snapshot(), width)
+    text = "\n".join(lines)
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in text  # nothing cut while the terminal has room
+    assert "azure-openai-eu-west-production/gpt-4o-mini-2024-07-18" in text
+    assert "openai-backup-us-east/gpt-4o-mini-2024-07-18" in text
+    assert LONG_ERROR in " ".join(text.split())  # in full; under the table it may wrap
+    assert "hidden" not in text
+    for column in lb._COLUMNS:
+        if column.header != "last error":
+            assert column.header in lines[1]
+
+
+def test_piped_output_is_the_whole_table_without_trailing_spaces(
+    app: typer.Typer, admin: AdminStub
+) -> None:
+    result = run(app, "--admin-socket", str(admin.path))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(line == line.rstrip() for line in lines)
+    for column in lb._COLUMNS:
+        assert column.header in lines[1]
+    assert "hidden" not in result.stdout
+    assert "quit" not in result.stdout  # no live view, no key hint
+
+
+def test_err_percent_counts_what_req_and_err_count(app: typer.Typer, sock_dir: Path) -> None:
+    """Active probes fill the health window but are not client requests: err% must not mix
+    the two (it did: window errors / window attempts beside req since start)."""
+    clock = FakeClock()
+    health = HealthConfig(min_requests=3, error_rate_threshold=0.9, check_interval=10.0)
+    models = {"m": ModelConfig(targets=(TargetConfig("up", "model"),))}
+    balancers = Balancers(models, health, clock=clock, rng=random.Random(1))
+    mb = balancers.get("m")
+    assert mb is not None
+    for _ in range(8):  # 8 client requests: 6 good, 2 failed
+        lease = mb.acquire()
+        assert lease is not None
+        clock.now += 0.1
+        if _ < 2:
+            lease.failure("HTTP 502")
+        else:
+            lease.success()
+    for _ in range(4):  # 4 failed active probes: in the window, not in req/err
+        clock.now += 10.0
+        for target in balancers.targets_for_probe():
+            balancers.record_probe(target, False, "HTTP 503")
+    data = balancers.snapshot().to_dict()
+    data["uptime"] = 60.0
+    [target] = data["models"][0]["targets"]
+    assert (target["requests"], target["errors"], target["window_requests"]) == (8, 2, 12)
+
+    lines = drawn(app, sock_dir, data, 300)
+    assert [cell(lines, name, 0) for name in ("req", "err", "err%")] == ["8", "2", "25%"]
+    # The health window, honestly labelled: 2 + 4 probe errors in 8 + 4 attempts.
+    assert cell(lines, "window", 0) == "6/12"
+
+
+def shared_upstream_snapshot() -> dict[str, Any]:
+    """One upstream under two gateway models: down (its breaker open) for one of them."""
+    clock = FakeClock()
+    shared = TargetConfig("openai", "gpt-4o-mini")
+    models = {
+        "fast": ModelConfig(targets=(shared,)),
+        "cheap": ModelConfig(targets=(shared, TargetConfig("local", "llama3.1:8b"))),
+    }
+    balancers = Balancers(models, HealthConfig(min_requests=3), clock=clock, rng=random.Random(1))
+    for name in ("fast", "cheap"):
+        mb = balancers.get(name)
+        assert mb is not None
+        for _ in range(10):
+            lease = mb.acquire()
+            assert lease is not None
+            clock.now += 0.1
+            if name == "cheap" and lease.target.provider == "openai":
+                lease.failure("HTTP 500")
+            else:
+                lease.success()
+    data = balancers.snapshot().to_dict()
+    data["uptime"] = 60.0
+    return data
+
+
+def test_healthy_counts_distinct_upstreams() -> None:
+    snapshot = shared_upstream_snapshot()
+    pairs = [(m["name"], t["id"], t["health"]) for m in snapshot["models"] for t in m["targets"]]
+    assert ("fast", "openai/gpt-4o-mini", "healthy") in pairs
+    assert ("cheap", "openai/gpt-4o-mini", "unhealthy") in pairs
+    # Two upstreams (not three model-target pairs); openai is down for one of its models.
+    assert lb.lb_header(snapshot, None, 2.0).endswith(" · healthy 1/2 upstreams")
 
 
 def test_unhealthy_rows_stand_out_in_colour() -> None:
@@ -252,36 +418,125 @@ app()
 """
 
 
-def test_live_redraws_on_a_terminal_and_exits_0_on_ctrl_c(sock_dir: Path) -> None:
-    snapshots = [make_snapshot(uptime=100.0 + i, extra_requests=5 * i) for i in range(50)]
-    with AdminStub(sock_dir / "admin.sock", snapshots) as stub:
-        primary, secondary = pty.openpty()
+class LiveView:
+    """`aigw lb stats` (live) on a real pseudo-terminal: what it draws, keys typed into it, and
+    the terminal's modes, read on the side the program does not hold."""
+
+    def __init__(self, stub: AdminStub, columns: int = 100) -> None:
+        self.stub = stub
+        primary, self.terminal = pty.openpty()
+        self.primary = primary
         argv = ["lb", "stats", "--interval", "0.1", "--admin-socket", str(stub.path)]
-        proc = subprocess.Popen(
+        self.proc = subprocess.Popen(
             [sys.executable, "-c", _LB_ONLY_APP, *argv],
-            stdin=secondary,
-            stdout=secondary,
-            stderr=secondary,
-            env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+            stdin=self.terminal,
+            stdout=self.terminal,
+            stderr=self.terminal,
+            env={**os.environ, "COLUMNS": str(columns), "TERM": "xterm"},
             cwd=Path(__file__).parent.parent,
         )
-        os.close(secondary)
-        output = b""
+        self.output = b""
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def echo_on(self) -> bool:
+        return bool(termios.tcgetattr(self.terminal)[3] & termios.ECHO)
+
+    def read_until(self, done: Any, timeout: float = 30) -> None:
+        """Read what is drawn until `done()` holds (or the program ended); fails at timeout."""
+        deadline = time.monotonic() + timeout
+        while not done() and self.proc.poll() is None:
+            assert time.monotonic() < deadline, self.text
+            self.output += read_available(self.primary)
+        self.output += read_available(self.primary)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.primary, keys)
+
+    def wait(self, timeout: float = 30) -> int:
+        """The exit code; everything drawn up to the exit is in `output`."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, "still running: " + self.text
+            self.output += read_available(self.primary)
+        self.output += read_available(self.primary)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.primary)
+        os.close(self.terminal)
+
+
+@pytest.fixture
+def live(sock_dir: Path) -> Iterator[LiveView]:
+    snapshots = [make_snapshot(uptime=100.0 + i, extra_requests=5 * i) for i in range(50)]
+    with AdminStub(sock_dir / "admin.sock", snapshots) as stub:
+        view = LiveView(stub)
         try:
-            deadline = time.monotonic() + 30
-            while stub.hits < 4 and proc.poll() is None and time.monotonic() < deadline:
-                output += read_available(primary)
-            proc.send_signal(signal.SIGINT)  # Ctrl+C
-            code = proc.wait(timeout=30)
-            output += read_available(primary)
+            yield view
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            os.close(primary)
-    text = output.decode(errors="replace")
-    assert stub.hits >= 4, text
-    assert code == 0, text
+            view.close()
+
+
+@pytest.mark.parametrize("key", [b"q", b"Q", b"\x1b"], ids=["q", "Q", "Esc"])
+def test_live_quits_on_q_and_esc_and_restores_the_terminal(live: LiveView, key: bytes) -> None:
+    assert live.echo_on()
+    live.read_until(lambda: live.stub.hits >= 3 and "req/s over" in live.text)
+    assert not live.echo_on()  # cbreak, no echo, while live
+    live.type(key)
+    assert live.wait() == 0, live.text
+    assert live.echo_on()  # restored
+    assert "Traceback" not in live.text
+
+
+def test_help_says_how_to_quit(app: typer.Typer) -> None:
+    result = CliRunner().invoke(app, ["lb", "stats", "--help"], terminal_width=100)
+    assert "q, Esc or Ctrl+C quits" in " ".join(result.output.split())
+
+
+def test_live_footer_says_how_to_quit(live: LiveView) -> None:
+    live.read_until(lambda: "req/s over" in live.text)
+    assert "q, Esc or Ctrl+C quits" in live.text
+    live.type(b"q")
+    assert live.wait() == 0
+
+
+def test_arrow_keys_neither_quit_nor_show(live: LiveView) -> None:
+    live.read_until(lambda: live.stub.hits >= 2)
+    live.type(b"\x1b[A")  # arrow up: starts with Esc, is not Esc
+    live.type(b"xyz")
+    hits = live.stub.hits
+    live.read_until(lambda: live.stub.hits >= hits + 3)
+    assert live.proc.poll() is None, live.text  # still running
+    assert "xyz" not in live.text and "^[[A" not in live.text  # typed keys are not echoed
+    live.type(b"q")
+    assert live.wait() == 0
+
+
+def test_live_redraws_in_place_and_exits_0_on_ctrl_c(live: LiveView) -> None:
+    live.read_until(lambda: live.stub.hits >= 4)
+    live.proc.send_signal(signal.SIGINT)  # Ctrl+C
+    assert live.wait() == 0, live.text
+    assert live.echo_on()
+    assert "Traceback" not in live.text
+    assert "req/s over" in live.text  # later frames show the rate over the interval
+    assert "\x1b[" in live.text  # drawn with cursor movement, in place
+
+
+def test_a_daemon_that_goes_away_leaves_its_error_on_screen(live: LiveView) -> None:
+    live.read_until(lambda: live.stub.hits >= 3)
+    live.stub.__exit__()  # the daemon stops: its socket refuses connections
+    assert live.wait() == 1, live.text
+    assert live.echo_on()
+    text = live.text
+    error = text.rindex("error:")
+    # The daemon's socket refuses (or, mid-request, drops) the connection: one line about it.
+    assert "admin socket" in ANSI.sub("", text[error:]).splitlines()[0]
+    # Nothing drawn after the error moves the cursor back over it or erases it.
+    assert not re.search(r"\x1b\[\d*[AFJK]", text[error:]), repr(text[error:])
     assert "Traceback" not in text
-    assert "req/s over" in text  # later frames show the rate over the interval
-    assert "\x1b[" in text  # drawn with cursor movement, in place

@@ -70,6 +70,9 @@ def _admin_app(daemon: Daemon) -> web.Application:
 
     async def reset_one(request: web.Request) -> web.Response:
         tenant = request.match_info["tenant"]
+        if tenant == "ghost":  # as the daemon refuses a tenant it does not know
+            message = "unknown tenant 'ghost' [/quota/ghost]: no quota, no usage"
+            return reply({"error": {"message": message}}, 404)
         await qm.reset(tenant)
         return await statuses(tenant)
 
@@ -98,11 +101,13 @@ async def daemon(sock_dir: Path) -> AsyncIterator[Daemon]:
         await runner.cleanup()
 
 
-async def aigw(*args: str) -> Any:
-    """Run `aigw quota …` in a thread: the AdminClient blocks, the server runs on this loop."""
+async def aigw(*args: str, columns: int | None = None) -> Any:
+    """Run `aigw quota …` in a thread: the AdminClient blocks, the server runs on this loop.
+    Not on a terminal; `columns`: $COLUMNS, else unset."""
     app = typer.Typer()
     register(app)
-    return await asyncio.to_thread(CliRunner().invoke, app, list(args))
+    env = {"COLUMNS": str(columns) if columns else None}
+    return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
 
 
 async def test_set_takes_effect_and_persists_in_the_manager(daemon: Daemon) -> None:
@@ -225,3 +230,119 @@ def test_quota_table_is_pure_and_complete() -> None:
     assert "unlimited" in row_e and "never" in row_e
     assert "aigw quota set" in text  # the caption explains the override marker
     assert quota_table([]).row_count == 0
+
+
+# --- bad input: one line, exit 2, nothing sent ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tokens", "reason"),
+    [
+        ("-5", "TOKENS cannot be negative (got -5); 0 means unlimited"),
+        ("99999999999999999999", "TOKENS is at most 1,000,000,000,000,000 (10^15)"),
+        (str(10**15 + 1), "TOKENS is at most 1,000,000,000,000,000 (10^15)"),
+        ("1e6", "TOKENS must be a whole number of tokens, not '1e6'"),
+    ],
+)
+async def test_bad_tokens_are_one_line_exit_2_without_a_request(
+    daemon: Daemon, tokens: str, reason: str
+) -> None:
+    result = await aigw("quota", "set", "team-a", tokens, "--admin-socket", str(daemon.socket))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {reason}")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert daemon.requests == []
+
+
+@pytest.mark.parametrize(
+    ("tokens", "limit"), [(str(10**15), 10**15), ("100_000", 100_000), ("100,000", 100_000)]
+)
+async def test_the_largest_quota_and_grouped_digits_are_taken(
+    daemon: Daemon, tokens: str, limit: int
+) -> None:
+    result = await aigw("quota", "set", "team-a", tokens, "--admin-socket", str(daemon.socket))
+    assert result.exit_code == 0, result.output
+    [status] = await daemon.quota.status("team-a")
+    assert status.limit == limit
+
+
+async def test_a_bad_period_names_the_choices_without_pydantic_words(daemon: Daemon) -> None:
+    sock = str(daemon.socket)
+    result = await aigw(
+        "quota", "set", "t", "10", "--period", "fortnightly", "--admin-socket", sock
+    )
+    assert result.exit_code == 2
+    assert "Value error" not in result.output
+    assert "'fortnightly' is not one of 'hourly', 'daily', 'weekly', 'monthly', 'never'" in (
+        " ".join(result.output.replace("│", " ").split())
+    )
+    assert daemon.requests == []
+
+
+async def test_the_daemons_error_is_printed_as_it_is_on_one_line(daemon: Daemon) -> None:
+    result = await aigw("quota", "reset", "ghost", "--admin-socket", str(daemon.socket))
+    assert result.exit_code == 1
+    assert result.stderr == "error: unknown tenant 'ghost' [/quota/ghost]: no quota, no usage\n"
+    assert result.stdout == ""
+
+
+# --- the table at a terminal's width -------------------------------------------------------
+
+BIG = [
+    {
+        "tenant": "team-analytics", "input_tokens": 2_410_000_000, "output_tokens": 6_000_000_123,
+        "total_tokens": 8_410_000_123, "limit": 10_000_000_000, "period": "monthly",
+        "percent_used": 84.1, "next_reset": "2024-04-01T00:00:00Z", "reserved": 0,
+        "source": "override",
+    },
+    {
+        "tenant": "enterprise", "input_tokens": 999_999_999_999, "output_tokens": 5,
+        "total_tokens": 1_000_000_000_004, "limit": 0, "period": "never", "percent_used": 0.0,
+        "next_reset": None, "reserved": 0, "source": "config",
+    },
+]  # fmt: skip
+#: Each number of BIG as the table shows it, and its column.
+NUMBERS = {
+    "2,410,000,000": "Input",
+    "6,000,000,123": "Output",
+    "8,410,000,123": "Total",
+    "10,000,000,000*": "Limit",
+    "999,999,999,999": "Input",
+    "1,000,000,000,004": "Total",
+}
+
+
+@pytest.mark.parametrize("width", [80, 120, 160])
+async def test_show_fits_the_terminal_and_never_splits_a_number(sock_dir: Path, width: int) -> None:
+    async def quota_list(request: web.Request) -> web.Response:
+        return web.json_response({"tenants": BIG})
+
+    app = web.Application()
+    app.router.add_get("/quota", quota_list)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = sock_dir / "big.sock"
+    await web.UnixSite(runner, str(sock)).start()
+    try:
+        result = await aigw("quota", "show", "--admin-socket", str(sock), columns=width)
+    finally:
+        await runner.cleanup()
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= width for line in lines), result.stdout
+    assert all(line == line.rstrip() for line in lines)  # no trailing spaces in a pipe
+    header = next(line for line in lines if "Tenant" in line)
+    rows = [line for line in lines if "team-analytics" in line or "enterprise" in line]
+    assert len(rows) == 2  # one line each: nothing wrapped
+    shown = header.split()
+    for name in ("Tenant", "Total", "Limit", "Used"):  # always there, whole words
+        assert name in shown
+    # Every number in a shown column is whole; a hidden column is named under the table.
+    text = result.stdout
+    for number, column in NUMBERS.items():
+        if column in shown:
+            assert number in text, (number, text)
+        else:
+            assert column in text.split("hidden at this width")[0].splitlines()[-1]
+    if width >= 160:
+        assert {"Input", "Output", "Period"} <= set(shown) and "█" in text  # room for all

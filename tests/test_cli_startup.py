@@ -18,6 +18,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+import aigw
 from aigw.cli import _fastparams, build_app, modules_for
 from tests.conftest import Daemon, cli_env
 
@@ -48,6 +49,8 @@ DAEMON_MODULES = ("aiohttp", "aigw.server", "aigw.proxy", "aigw.config", "yaml")
 # http.client: the admin client speaks HTTP itself; pydantic: typer's coercer, not needed for
 # plain values.
 HEAVY_MODULES = (*DAEMON_MODULES, "http.client", "pydantic")
+#: What every run of the CLI imports: typer's adjustments, no command.
+LIGHT_CLI_MODULES = {"aigw.cli._fastparams", "aigw.cli._typerfix"}
 
 
 def imported_by(
@@ -89,7 +92,7 @@ def test_client_commands_import_nothing_of_the_daemon(
     assert heavy == []
     # Only the command asked for is registered: the other command modules are not imported.
     own = {"quota": "aigw.cli.quota", "lb": "aigw.cli.lb", "status": "aigw.cli.serve"}[args[0]]
-    cli_modules = {m for m in modules if m.startswith("aigw.cli.") and m != "aigw.cli._fastparams"}
+    cli_modules = {m for m in modules if m.startswith("aigw.cli.") and m not in LIGHT_CLI_MODULES}
     assert cli_modules <= {own, "aigw.cli.serve", "aigw.cli.common"}
     # rich's console only when something is drawn with it.
     assert ("rich.console" in modules) == needs_rich
@@ -105,6 +108,15 @@ def test_a_daemon_that_is_not_running_is_one_line_without_importing_rich_tables(
     assert code == 1
     assert not any(m.split(".")[0] in HEAVY_MODULES for m in modules)
     assert "rich.table" not in modules
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_imports_no_command_nor_rich(flag: str, tmp_path: Path) -> None:
+    code, modules, stdout = imported_by(tmp_path, flag)
+    assert (code, stdout) == (0, f"aigw {aigw.__version__}\n")
+    assert not any(m.split(".")[0] in (*HEAVY_MODULES, "rich") for m in modules)
+    cli_modules = {m for m in modules if m.startswith("aigw.cli.")}
+    assert cli_modules <= {*LIGHT_CLI_MODULES, "aigw.cli.version", "aigw.cli.common"}
 
 
 @pytest.mark.slow
@@ -160,6 +172,9 @@ def test_configured_admin_socket(
 # --- main() registers only what the first argument names --------------------------------------
 
 
+ALL_MODULES = ("serve", "validate", "quota", "lb", "version")
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -168,9 +183,13 @@ def test_configured_admin_socket(
         (["status"], ("serve",)),
         (["serve", "-c", "x.yaml"], ("serve",)),
         (["validate", "x.yaml"], ("serve", "validate")),
-        ([], ("serve", "validate", "quota", "lb")),
-        (["--help"], ("serve", "validate", "quota", "lb")),
-        (["quot"], ("serve", "validate", "quota", "lb")),  # a typo: the full tree suggests
+        (["version", "--json"], ("serve", "version")),
+        (["--version"], ()),
+        (["-V"], ()),
+        ([], ALL_MODULES),
+        (["--help"], ALL_MODULES),
+        (["-h"], ALL_MODULES),
+        (["quot"], ALL_MODULES),  # a typo: the full tree suggests
     ],
 )
 def test_modules_for(args: list[str], expected: tuple[str, ...]) -> None:
@@ -178,8 +197,7 @@ def test_modules_for(args: list[str], expected: tuple[str, ...]) -> None:
 
 
 def test_shell_completion_always_gets_the_full_tree() -> None:
-    full = ("serve", "validate", "quota", "lb")
-    assert modules_for(["quota"], {"_AIGW_COMPLETE": "complete_bash"}) == full
+    assert modules_for(["quota"], {"_AIGW_COMPLETE": "complete_bash"}) == ALL_MODULES
 
 
 HELP_PATHS = [
@@ -192,6 +210,7 @@ HELP_PATHS = [
     ["quota", "reset"],
     ["lb"],
     ["lb", "stats"],
+    ["version"],
 ]
 
 
@@ -211,7 +230,7 @@ def test_the_module_app_is_the_full_tree() -> None:
     from aigw.cli import app
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert list(commands) == ["serve", "status", "reload", "validate", "quota", "lb"]
+    assert list(commands) == ["serve", "status", "reload", "validate", "version", "quota", "lb"]
 
 
 # --- parameter coercion without pydantic --------------------------------------------------------

@@ -255,7 +255,11 @@ def bash_complete(words: list[str], script: Path | None = None, cwd: Path = ROOT
         (["aigw", "qu"], ["quota"]),
         (["aigw", "quota", "s"], ["set", "show"]),
         (["aigw", "lb", ""], ["stats"]),
-        (["aigw", "--help", "v"], ["validate"]),
+        (["aigw", "--help", "v"], ["validate", "version"]),
+        (
+            ["aigw", "-"],
+            ["-h", "--help", "--install-completion", "--show-completion", "-V", "--version"],
+        ),
         (["aigw", "quota", "set", "--period", ""], PERIODS),
         (["aigw", "quota", "set", "alice", "5", "--period", "d"], ["daily"]),
         # bash splits `--period=w` at "=" by default; without "=" in COMP_WORDBREAKS it does not.

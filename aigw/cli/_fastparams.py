@@ -6,7 +6,8 @@ every `aigw` run, more than the rest of a client command together. `install()` p
 coercer in front: a plain `str`, an in-range `int`/`float` written as plain digits, an exact
 `Literal` choice and `None` are answered here, with the value typer itself would produce;
 anything else (a bad value, a path, an unusual spelling) goes to typer's own coercer, built
-only then, so errors and their messages stay typer's.
+only then, so errors and their messages stay typer's (less the "Value error, " pydantic puts
+before a bad choice).
 
 Typer internals are used (`typer.core._TyperParameter.get_runtime_param`,
 `typer._coercion.RuntimeParam`); with a typer that lacks them `install()` does nothing.
@@ -57,6 +58,17 @@ def fast_coerce(annotation: Any, info: Any, value: Any) -> Any:
     return _DELEGATE
 
 
+_PYDANTIC_PREFIX = re.compile(r"^(?:Value|Assertion) error, ")
+
+
+def _drop_pydantic_prefix(exc: Exception) -> None:
+    """typer words a bad choice as pydantic does: "Value error, 'x' is not one of ...". The
+    user needs the second half only."""
+    message = getattr(exc, "message", None)
+    if isinstance(message, str):
+        exc.message = _PYDANTIC_PREFIX.sub("", message)  # type: ignore[attr-defined]
+
+
 def install() -> None:
     """Route typer's parameter coercion through `fast_coerce` first (idempotent)."""
     global _installed
@@ -91,7 +103,11 @@ def install() -> None:
             if full is None:
                 full = build_full(self._descriptor)
                 object.__setattr__(self, "_full", full)
-            return full._coerce_value(value, param, ctx)
+            try:
+                return full._coerce_value(value, param, ctx)
+            except Exception as exc:
+                _drop_pydantic_prefix(exc)
+                raise
 
     def get_runtime_param(self: Any) -> Any:
         if self._runtime_param is None:

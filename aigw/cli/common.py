@@ -39,19 +39,62 @@ console = cast("Console", _LazyConsole(stderr=False))
 err_console = cast("Console", _LazyConsole(stderr=True))
 
 
+def print_error(message: str) -> None:
+    """`error: <message>` on stderr, on one line. The message is plain text: a tenant name or a
+    daemon's answer with `[` in it is printed as it is, never read as rich markup."""
+    from rich.text import Text
+
+    line = Text()
+    line.append("error:", style="red")
+    line.append(" " + " ".join(message.split()))
+    err_console.print(line, highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """Print a one-line reason to stderr and exit; never a traceback for user errors."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
+
+
+def output_width(out: Console) -> int | None:
+    """The width to lay a table out in: the terminal's; into a pipe or file, `$COLUMNS` when
+    set, else None (as wide as the table needs: nothing hidden, nothing cut)."""
+    if out.is_terminal:
+        return out.width
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else None
+
+
+def print_plain(renderable: Any, out: Console | None = None) -> None:
+    """Print `renderable` (a table) on a terminal as it is; into a pipe or file at
+    `output_width()` and without the spaces rich pads lines with, so the text diffs and greps
+    cleanly."""
+    out = out or console
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=output_width(out) or 100_000, color_system=None).print(renderable)
+    text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
+    out.file.write(text + "\n")
 
 
 AdminSocketOption = typer.Option(
     None,
     "--admin-socket",
+    metavar="PATH",
     help="Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).",
 )
 ConfigOption = typer.Option(
-    None, "--config", "-c", help="Config file (default: $AIGW_CONFIG, then the user config)."
+    None,
+    "--config",
+    "-c",
+    metavar="PATH",
+    help="Config file (default: $AIGW_CONFIG, then the user config).",
 )
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
 

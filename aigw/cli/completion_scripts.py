@@ -184,7 +184,8 @@ def _argument(param: Any) -> ArgumentSpec:
 
 
 def _spec(command: Any, path: tuple[str, ...], parent_ctx: Any) -> CommandSpec:
-    ctx = command.context_class(command, info_name=path[-1], parent=parent_ctx)
+    settings = getattr(command, "context_settings", None) or {}  # e.g. help_option_names
+    ctx = command.context_class(command, info_name=path[-1], parent=parent_ctx, **settings)
     options: list[OptionSpec] = []
     arguments: list[ArgumentSpec] = []
     for param in command.get_params(ctx):  # includes --help

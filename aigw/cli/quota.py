@@ -7,6 +7,8 @@ imports aiohttp or the daemon's modules.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -14,61 +16,156 @@ import typer
 if TYPE_CHECKING:  # rich's table is imported where it is used: client commands start fast
     from rich.table import Table
     from rich.text import Text
-from aigw.choices import PeriodName
-from aigw.cli.common import AdminSocketOption, ConfigOption, JsonOption, console, fail
+from aigw.choices import PERIODS, PeriodName
+from aigw.cli._typerfix import SignedNumberCommand
+from aigw.cli.common import (
+    EXIT_USAGE,
+    AdminSocketOption,
+    ConfigOption,
+    JsonOption,
+    console,
+    fail,
+    output_width,
+    print_plain,
+)
+
+#: The largest quota `aigw quota set` takes: far above any real budget, far below what a
+#: store's 64-bit integers hold, so usage can grow past it without overflowing.
+MAX_TOKENS = 10**15
 
 _BAR_WIDTH = 8
+_TOKENS = re.compile(r"-?[0-9]+(?:[_,][0-9]+)*")
 
 
-def quota_table(statuses: list[dict[str, Any]]) -> Table:
-    """Render QuotaStatus dicts (as the daemon sends them) as a table. Pure: no I/O."""
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What a quota table shows: tried in order until one fits the width."""
+
+    bar: bool  # the usage bar before the percentage
+    hidden: tuple[str, ...] = ()  # columns left out
+
+
+_LAYOUTS: tuple[_Layout, ...] = (
+    _Layout(bar=True),
+    _Layout(bar=False),
+    _Layout(bar=False, hidden=("Input", "Output")),
+    _Layout(bar=False, hidden=("Input", "Output", "Period")),
+    _Layout(bar=False, hidden=("Input", "Output", "Period", "Next reset")),
+)
+
+
+def quota_table(statuses: list[dict[str, Any]], width: int | None = None) -> Table:
+    """Render QuotaStatus dicts (as the daemon sends them) as a table no wider than `width`
+    (None: as wide as it needs). Pure: no I/O. Nothing wraps and no number is ever cut: to fit,
+    the usage bar goes first (the percentage stays), then the Input and Output columns (Total
+    stays), then Period and Next reset, and last the tenant names are shortened with `…`. The
+    caption names what was left out."""
+    layout = _LAYOUTS[0]
+    table = _build_table(statuses, layout, None)
+    if width is None:
+        return table
+    for layout in _LAYOUTS:
+        table = _build_table(statuses, layout, None)
+        if _width_of(table) <= width:
+            return table
+    excess = _width_of(table) - width
+    longest = max((len(str(s.get("tenant", ""))) for s in statuses), default=0)
+    return _build_table(statuses, layout, max(longest - excess, 8))
+
+
+def _build_table(
+    statuses: list[dict[str, Any]], layout: _Layout, tenant_width: int | None
+) -> Table:
     from rich import box
     from rich.table import Table
 
     table = Table(
         title="Token quotas", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True
     )
-    # Usage counts may fold on a narrow terminal; everything else stays on one line.
-    table.add_column("Tenant", style="bold", no_wrap=True)
-    for name in ("Input", "Output", "Total"):
-        table.add_column(name, justify="right", overflow="fold")
-    table.add_column("Limit", justify="right", no_wrap=True)
-    table.add_column("Used", no_wrap=True)
-    table.add_column("Period", no_wrap=True)
-    table.add_column("Next reset", no_wrap=True)
+    shown = [
+        name
+        for name in ("Tenant", "Input", "Output", "Total", "Limit", "Used", "Period", "Next reset")
+        if name not in layout.hidden
+    ]
+    for name in shown:
+        table.add_column(
+            name,
+            justify="right" if name in ("Input", "Output", "Total", "Limit") else "left",
+            style="bold" if name == "Tenant" else None,
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=tenant_width if name == "Tenant" else None,
+        )
+    # The override marker `*` follows the number: the others get a space, so digits line up.
+    unmarked = " " if any(status.get("source") == "override" for status in statuses) else ""
     for status in statuses:
         limit = int(status.get("limit") or 0)
-        table.add_row(
-            str(status.get("tenant", "")),
-            _count(status.get("input_tokens")),
-            _count(status.get("output_tokens")),
-            _count(status.get("total_tokens")),
-            (f"{limit:,}" if limit else "unlimited")
-            + ("*" if status.get("source") == "override" else ""),
-            _usage_bar(float(status.get("percent_used") or 0.0), limited=limit > 0),
-            str(status.get("period", "")),
-            _reset_time(status.get("next_reset")),
-        )
+        cells: dict[str, str | Text] = {
+            "Tenant": str(status.get("tenant", "")),
+            "Input": _count(status.get("input_tokens")),
+            "Output": _count(status.get("output_tokens")),
+            "Total": _count(status.get("total_tokens")),
+            "Limit": (f"{limit:,}" if limit else "unlimited")
+            + ("*" if status.get("source") == "override" else unmarked),
+            "Used": _usage_bar(
+                float(status.get("percent_used") or 0.0), limited=limit > 0, bar=layout.bar
+            ),
+            "Period": str(status.get("period", "")),
+            "Next reset": _reset_time(status.get("next_reset")),
+        }
+        table.add_row(*(cells[name] for name in shown))
+    notes = []
     if any(status.get("source") == "override" for status in statuses):
-        table.caption = "* set at runtime with `aigw quota set`"
+        notes.append("* set at runtime with `aigw quota set`")
+    if layout.hidden:
+        notes.append(f"{', '.join(layout.hidden)} hidden at this width (`--json` shows all)")
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     return table
+
+
+def _width_of(table: Table) -> int:
+    import io
+
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    measure = Console(file=io.StringIO(), width=100_000)
+    return Measurement.get(measure, measure.options, table).maximum
 
 
 def _count(value: object) -> str:
     return f"{int(value):,}" if isinstance(value, int | float) else "0"
 
 
-def _usage_bar(percent: float, *, limited: bool) -> Text:
+def _usage_bar(percent: float, *, limited: bool, bar: bool = True) -> Text:
     from rich.text import Text
 
     if not limited:
         return Text("-", style="dim")
-    filled = min(_BAR_WIDTH, round(percent * _BAR_WIDTH / 100))
     style = "red" if percent >= 100 else "yellow" if percent >= 80 else "green"
-    bar = Text("█" * filled, style=style)
-    bar.append("░" * (_BAR_WIDTH - filled), style="dim")
-    bar.append(f" {percent:.0f}%" if percent >= 10 else f" {percent:.1f}%")
-    return bar
+    shown = Text()
+    if bar:
+        filled = min(_BAR_WIDTH, round(percent * _BAR_WIDTH / 100))
+        shown.append("█" * filled, style=style)
+        shown.append("░" * (_BAR_WIDTH - filled) + " ", style="dim")
+    shown.append(f"{percent:.0f}%" if percent >= 10 else f"{percent:.1f}%", style=style)
+    return shown
+
+
+def parse_tokens(text: str) -> int:
+    """A TOKENS argument: a whole number from 0 to MAX_TOKENS, `_` or `,` between digits
+    allowed (`100_000`, `100,000`). ValueError with the reason otherwise."""
+    shown = text if len(text) <= 32 else text[:32] + "…"
+    if not _TOKENS.fullmatch(text):
+        raise ValueError(f"TOKENS must be a whole number of tokens, not {shown!r}")
+    tokens = int(text.replace("_", "").replace(",", ""))
+    if tokens < 0:
+        raise ValueError(f"TOKENS cannot be negative (got {shown}); 0 means unlimited")
+    if tokens > MAX_TOKENS:
+        raise ValueError(f"TOKENS is at most {MAX_TOKENS:,} (10^15), got {shown}")
+    return tokens
 
 
 def _reset_time(value: object) -> str:
@@ -115,26 +212,43 @@ def register(app: typer.Typer) -> None:
         name="quota", help="Per-tenant token quotas of the running daemon.", no_args_is_help=True
     )
 
-    @quota_app.command("set")
+    @quota_app.command("set", cls=SignedNumberCommand)
     def set_quota(
-        tenant: Annotated[str, typer.Argument(help="Tenant name.")],
-        tokens: Annotated[int, typer.Argument(min=0, help="Tokens per period; 0 = unlimited.")],
+        tenant: Annotated[str, typer.Argument(help="Tenant name.", show_default=False)],
+        tokens: Annotated[
+            str,
+            typer.Argument(
+                metavar="TOKENS",
+                show_default=False,
+                help=f"Tokens per period: 0 (unlimited) up to {MAX_TOKENS:,} (10^15); "
+                "100_000 and 100,000 are read as 100000.",
+            ),
+        ],
         period: Annotated[
             PeriodName | None,
-            typer.Option("--period", help="Period of this quota (default: the configured one)."),
+            typer.Option(
+                "--period",
+                metavar="PERIOD",
+                help=f"Quota period: {', '.join(PERIODS[:-1])} or {PERIODS[-1]} "
+                "(default: the tenant's current period).",
+            ),
         ] = None,
         admin_socket: str | None = AdminSocketOption,
         config: str | None = ConfigOption,
     ) -> None:
         """Set a tenant's token quota at runtime (persisted; wins over the config)."""
         _check_tenant(tenant)
+        try:
+            amount = parse_tokens(tokens)
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
         data = _call(
-            admin_socket, config, "POST", f"/quota/{tenant}", {"tokens": tokens, "period": period}
+            admin_socket, config, "POST", f"/quota/{tenant}", {"tokens": amount, "period": period}
         )
         statuses = _statuses(data)
         shown_period = statuses[0].get("period") if statuses else period
-        amount = f"{tokens:,} tokens per {shown_period} period" if tokens else "unlimited"
-        console.print(f"Quota of [bold]{tenant}[/bold] set to {amount}.", highlight=False)
+        shown = f"{amount:,} tokens per {shown_period} period" if amount else "unlimited"
+        console.print(f"Quota of [bold]{tenant}[/bold] set to {shown}.", highlight=False)
 
     @quota_app.command("show")
     def show_quota(
@@ -153,11 +267,11 @@ def register(app: typer.Typer) -> None:
         elif not statuses:
             console.print("No tenants with a quota or recorded usage yet.")
         else:
-            console.print(quota_table(statuses))
+            print_plain(quota_table(statuses, output_width(console)))
 
     @quota_app.command("reset")
     def reset_quota(
-        tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+        tenant: Annotated[str, typer.Argument(help="Tenant name.", show_default=False)],
         admin_socket: str | None = AdminSocketOption,
         config: str | None = ConfigOption,
     ) -> None:
