@@ -455,6 +455,7 @@ class TargetState:
             errors=self.errors,
             throttles=self.throttles,
             window_requests=requests,
+            window_errors=errors,
             error_rate=errors / requests if requests else 0.0,
             latency_p50=p50,
             latency_p95=p95,
@@ -869,6 +870,7 @@ class TargetStats:
     errors: int
     throttles: int  # 429 answers (not errors: they never open the circuit)
     window_requests: int  # requests (and probes) inside the health window
+    window_errors: int  # the errors among them
     error_rate: float  # errors / requests inside the health window, 0..1
     latency_p50: float | None  # seconds, over the last LATENCY_SAMPLES answers
     latency_p95: float | None

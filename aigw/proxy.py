@@ -936,7 +936,7 @@ async def _status_error(resp: UpstreamResponse, lease: Lease, provider: str) -> 
     passed.pop("Content-Type", None)
     err = UpstreamStatusError(status, body, headers=passed)
     # Upstream messages may quote (masked) provider keys: stats and logs never show them.
-    summary = redact(f"HTTP {status}: {err.message}")[:200]
+    summary = redact(f"HTTP {status}: {err.message[:1000]}")[:200]  # bounded work on the loop
     if status == 429:
         lease.throttled(retry_after_seconds(resp.headers), summary, err)
     elif status in (401, 403):

@@ -621,6 +621,7 @@ def test_snapshot_contents() -> None:
         "errors",
         "throttles",
         "window_requests",
+        "window_errors",
         "error_rate",
         "latency_p50",
         "latency_p95",

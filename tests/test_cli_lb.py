@@ -540,3 +540,29 @@ def test_a_daemon_that_goes_away_leaves_its_error_on_screen(live: LiveView) -> N
     # Nothing drawn after the error moves the cursor back over it or erases it.
     assert not re.search(r"\x1b\[\d*[AFJK]", text[error:]), repr(text[error:])
     assert "Traceback" not in text
+
+
+def test_a_target_paused_by_its_upstreams_429_says_so_and_for_how_long() -> None:
+    snapshot = {
+        "uptime": 10.0,
+        "models": [
+            {
+                "name": "gpt",
+                "strategy": "round_robin",
+                "targets": [
+                    {
+                        "id": "openai/gpt-4o",
+                        "health": "degraded",
+                        "circuit": "closed",
+                        "cooling_for": 19.2,
+                        "requests": 5,
+                        "errors": 0,
+                        "throttles": 1,
+                        "last_error": "HTTP 429: Rate limit reached",
+                    }
+                ],
+            }
+        ],
+    }
+    text = "\n".join(_render(lb.lb_table(snapshot, None, 2.0, 160)))
+    assert "429 20s" in text and "HTTP 429: Rate limit reached" in text

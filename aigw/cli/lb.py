@@ -86,12 +86,20 @@ def _rate(value: float | None) -> str:
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def _health_cell(row: _Row) -> str:
+def _health(row: _Row) -> str:
     return str(row.target.get("health", "?"))
 
 
+def _health_cell(row: _Row) -> str:
+    cooling = row.target.get("cooling_for")
+    if isinstance(cooling, int | float) and cooling > 0:
+        # The upstream answered 429 and asked for a pause: skipped until it ends.
+        return "429 " + format_uptime(cooling + 0.999)
+    return _health(row)
+
+
 def _target_cell(row: _Row) -> str:
-    symbol, _ = _HEALTH_LOOK.get(_health_cell(row), _UNKNOWN_LOOK)
+    symbol, _ = _HEALTH_LOOK.get(_health(row), _UNKNOWN_LOOK)
     return f"{symbol} {row.target.get('id', '?')}"
 
 
@@ -141,7 +149,8 @@ _COLUMNS: tuple[_Column, ...] = (
 COLUMNS_HELP = (
     "req, err and err% count client requests since the daemon started (probes never count);"
     " req/s is over the last refresh; window is errors/attempts in the health window that"
-    " decides health (active probes included); probe is when the next probe is due."
+    " decides health (active probes included); probe is when the next probe is due;"
+    " health '429 20s' is a pause the upstream asked for (its 429 and retry-after)."
 )
 
 
@@ -258,7 +267,7 @@ def _build_table(
             max_width=(max_widths or {}).get(column.header),
         )
     for row in rows:
-        health = _health_cell(row)
+        health = _health(row)
         _, colour = _HEALTH_LOOK.get(health, _UNKNOWN_LOOK)
         table.add_row(
             *(column.cell(row) for column in columns),
@@ -345,7 +354,7 @@ def _errors_below(rows: list[_Row]) -> tuple[tuple[str, str, str], ...]:
     for row in rows:
         message = row.target.get("last_error")
         if message:
-            seen.setdefault((str(row.target.get("id", "?")), str(message)), _health_cell(row))
+            seen.setdefault((str(row.target.get("id", "?")), str(message)), _health(row))
     return tuple((health, target, message) for (target, message), health in seen.items())
 
 
