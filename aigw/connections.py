@@ -18,7 +18,8 @@ files) is never spent on clients.
 
 Bad HTTP never reaches the proxy: a head that cannot be parsed is answered with OpenAI error
 JSON (400, or 431 for a header line over the limit) that never echoes its bytes, and logged in
-one line at most every PROBLEM_LOG_INTERVAL seconds. A body the handler did not read (a 413, a
+one line at most every PROBLEM_LOG_INTERVAL seconds; a body that stops parsing fails the read of
+the handler waiting for it (aiohttp leaves that handler waiting forever). A body the handler did not read (a 413, a
 401 before the body) is not read to its end either: the connection closes once the answer is
 sent, where aiohttp would read and discard for up to 10 s (gigabytes on a fast client).
 """
@@ -43,7 +44,8 @@ from aiohttp.http_exceptions import (
     InvalidURLError,
     LineTooLong,
 )
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from aigw.config import ServerConfig
 from aigw.errors import (
@@ -225,6 +227,19 @@ class ProxyConnection(RequestHandler):
             self._head_count = self._request_count
             self._head_since = self._loop.time()
         super().data_received(data)
+        if self._messages and self._current_request is not None:
+            self._fail_body_on_parse_error()
+
+    def _fail_body_on_parse_error(self) -> None:
+        """A body that stops parsing (a bad chunk size) comes out of aiohttp's parser as an
+        error message queued for later, while the handler reading that body is never told and
+        waits forever: tell it (the proxy then answers; the connection closes after)."""
+        message = self._messages[-1][0]
+        request = self._current_request
+        if isinstance(message, RawRequestMessage) or request is None:
+            return
+        err = http_problem(message.status, message.exc)
+        request._cancel(RequestPayloadError(err.message))
 
     def _process_keepalive(self) -> None:
         """aiohttp's keep-alive timer, which this class keeps ticking at least every

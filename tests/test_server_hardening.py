@@ -420,6 +420,26 @@ async def test_malformed_requests_are_logged_in_one_line_without_traceback(
     assert all(SECRET.decode() not in r.getMessage() for r in caplog.records)
 
 
+async def test_a_chunked_body_that_stops_parsing_is_answered_not_left_hanging(
+    start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start_gateway(mock_config(sock_dir))
+    reader, writer = await connect(gw)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    await writer.drain()
+    while gw.gateway.requests_in_flight() == 0:  # noqa: ASYNC110 - the proxy reads the body
+        await asyncio.sleep(0.01)
+    writer.write(b"zz\r\n" + SECRET + b"\r\n0\r\n\r\n")  # not a chunk size
+    answer = await asyncio.wait_for(reader.read(), 10)  # one answer, then closed
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert int(head.split(b" ")[1]) >= 400
+    assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+    assert SECRET not in answer
+
+
 def test_throttled_log_counts_what_it_suppressed(caplog: pytest.LogCaptureFixture) -> None:
     from aigw.connections import ThrottledLog
 
