@@ -16,12 +16,13 @@ new one is answered 503 and closed. Those 503s may use a small overflow above th
 a new connection is closed at once, so the reserve (admin socket, upstream pools, state store,
 files) is never spent on clients.
 
-Bad HTTP never reaches the proxy: a head that cannot be parsed is answered with OpenAI error
-JSON (400, or 431 for a header line over the limit) that never echoes its bytes, and logged in
-one line at most every PROBLEM_LOG_INTERVAL seconds; a body that stops parsing fails the read of
-the handler waiting for it (aiohttp leaves that handler waiting forever). A body the handler did not read (a 413, a
-401 before the body) is not read to its end either: the connection closes once the answer is
-sent, where aiohttp would read and discard for up to 10 s (gigabytes on a fast client).
+A head that cannot be parsed never reaches the proxy: it is answered with OpenAI error JSON
+(400, or 431 for a header line over the limit) that never echoes its bytes, and logged in one
+line at most every PROBLEM_LOG_INTERVAL seconds; a body that stops parsing fails the read of
+the handler waiting for it (aiohttp leaves that handler waiting forever). A body the handler did
+not read (a 413, a 401 before the body) is not read to its end either: the connection closes
+once the answer is sent, where aiohttp would read and discard for up to 10 s (gigabytes on a
+fast client).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http import RawRequestMessage
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -44,7 +46,6 @@ from aiohttp.http_exceptions import (
     InvalidURLError,
     LineTooLong,
 )
-from aiohttp.http import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from aigw.config import ServerConfig
