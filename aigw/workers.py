@@ -377,16 +377,13 @@ class Supervisor:
                     # It died (or hangs) mid-reload: the others still get theirs.
                     lost.append(f"{worker.index} (pid {worker.pid})")
             if lost:
-                return _reply(
-                    {
-                        "error": {
-                            "message": f"reload failed: worker {', '.join(lost)} did not answer "
-                            "(it exited or hangs; a worker that exits is restarted with the "
-                            "config it started with); the other workers reloaded"
-                        }
-                    },
-                    502,
+                reloaded = sum(1 for code, _ in answers if code == 200)
+                message = (
+                    f"reload failed: worker {', '.join(lost)} did not answer (it exited or "
+                    "hangs; a worker that exits is restarted with the config it started with); "
+                    f"{reloaded} of {len(answers) + len(lost)} workers reloaded"
                 )
+                return _reply({"error": {"message": message}}, 502)
             failed = [a for a in answers if a[0] != 200]
             code, raw = (failed or answers or [(503, b'{"error": {"message": "no worker"}}')])[0]
             if code == 200:

@@ -115,6 +115,7 @@ def test_a_worker_dying_mid_reload_is_reported_as_one_json_error(
     message = str(failed.value)
     assert "non-JSON" not in message
     assert f"worker 0 (pid {pids[0]}) did not answer" in message
+    assert message.endswith("1 of 2 workers reloaded")
     assert "\n" not in message
     assert marker.exists()  # it really died building the new hook
 
