@@ -146,6 +146,30 @@ class ServerConfig:
     access_log: bool = field(
         default=False, metadata=_doc("Log one line per request (never bodies or keys).")
     )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Longest a client may take to send a request's headers, from their first byte "
+            "(from connecting, for a connection's first request); the connection is closed after.",
+            unit="duration",
+            min=0.001,
+        ),
+    )
+    keepalive_timeout: float = field(
+        default=75.0,
+        metadata=_doc(
+            "An idle keep-alive connection is closed after this long.", unit="duration", min=0.001
+        ),
+    )
+    max_connections: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Most client connections at once; default: what the open-file limit allows after a "
+            "reserve for upstreams and the admin socket. Beyond it the connections idle longest "
+            "are closed, or the new one is answered 503.",
+            min=1,
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
     GatewayError                     every error a client can see; status + OpenAI type/code
     ├── InvalidRequestError          400 invalid_request_error (param names the field)
-    │   └── ContentFilteredError     400 code content_filtered
+    │   ├── ContentFilteredError     400 code content_filtered
+    │   └── MalformedRequestError    400 code bad_request: HTTP that cannot be parsed (duplicate
+    │       │                        Content-Length, obs-fold…); its bytes are never echoed
+    │       └── HeadersTooLargeError 431 code headers_too_large: a header line over the limit
     ├── AuthenticationError          401 invalid_api_key
     ├── ModelNotFoundError           404 model_not_found
     ├── NotFoundError                404 unknown route / admin object
@@ -19,8 +22,10 @@
     │                                nothing was sent (the proxy tries the next target)
     ├── NoHealthyTargetError         503 no_healthy_target (+ retry-after)
     ├── ServiceUnavailableError      503 shutting down / state store down
-    │   └── StateUnavailableError    503 code state_unavailable: shared store unreachable
-    │                                (state.on_failure: fail_closed) (+ retry-after)
+    │   ├── StateUnavailableError    503 code state_unavailable: shared store unreachable
+    │   │                            (state.on_failure: fail_closed) (+ retry-after)
+    │   └── ConnectionLimitError     503 code too_many_connections: server.max_connections
+    │                                reached and every connection busy (+ retry-after)
     └── UpstreamTimeoutError         504 upstream timeout
 
 Handlers never build error bodies themselves: they raise, and the proxy calls `error_body()`.
@@ -74,6 +79,18 @@ class InvalidRequestError(GatewayError):
 
 class ContentFilteredError(InvalidRequestError):
     code = "content_filtered"
+
+
+class MalformedRequestError(InvalidRequestError):
+    """The bytes are not an HTTP request we can parse. The message names the problem, never the
+    bytes: a header that failed to parse may be someone's Authorization."""
+
+    code = "bad_request"
+
+
+class HeadersTooLargeError(MalformedRequestError):
+    status = 431
+    code = "headers_too_large"
 
 
 class AuthenticationError(GatewayError):
@@ -230,6 +247,16 @@ class StateUnavailableError(ServiceUnavailableError):
     `fail_closed`: refuse rather than serve without shared limits."""
 
     code = "state_unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, headers=retry_after_headers(retry_after))
+        self.retry_after = retry_after
+
+
+class ConnectionLimitError(ServiceUnavailableError):
+    """`server.max_connections` is reached and no connection is idle enough to be closed."""
+
+    code = "too_many_connections"
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message, headers=retry_after_headers(retry_after))

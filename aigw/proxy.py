@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Map
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from aigw import jsonutil
 from aigw.cache import (
@@ -37,12 +38,14 @@ from aigw.errors import (
     ContentFilteredError,
     GatewayError,
     InvalidRequestError,
+    MalformedRequestError,
     ModelNotFoundError,
     NoHealthyTargetError,
     NotFoundError,
     QuotaExceededError,
     RateLimitError,
     RequestTooLargeError,
+    ServiceUnavailableError,
     UpstreamAuthError,
     UpstreamBusyError,
     UpstreamError,
@@ -139,9 +142,6 @@ class Proxy:
         #: one line per target and 10 s for requests that end in 5xx: a dead upstream under
         #: load must not write thousands of lines a second
         self.upstream_failures = RateLimitedLog(logging.getLogger("aigw.upstream"))
-        #: the deadline of every stream being delivered now (`cut_streams` ends them)
-        self.streams: set[asyncio.Timeout] = set()
-        self._cut_error: GatewayError | None = None
 
         # Exact paths → (method, handler): one dict lookup per request instead of aiohttp's
         # router, middleware chain and Application (bench/README.md, "Low-level server").
@@ -299,6 +299,10 @@ class Proxy:
         except GatewayError as err:
             return await self._fail(request, ctx, rt, charge, headers, err)
         except asyncio.CancelledError:
+            if gw.drain_deadline.is_set() and not charge.counted:
+                # Cut by the drain at shutdown before an answer started: say so (the drain
+                # closes the connection right after).
+                return await self._fail(request, ctx, rt, charge, headers, _shutting_down())
             # The client went away before an answer started: give back what was reserved and
             # count the request (a stream abandoned midway was already counted).
             await self._settle(ctx, charge, None)
@@ -679,10 +683,8 @@ class Proxy:
             covered = charge.estimate - charge.prompt_estimate + tap.preamble
         failure: GatewayError | None = None
         gone: BaseException | None = None  # the client went away (or cancelled the request)
-        cut = asyncio.timeout_at(when)
-        self.streams.add(cut)
         try:
-            async with cut:
+            async with asyncio.timeout_at(when):
                 await out.prepare(request)
                 data = first
                 # [DONE] ends it: the client has everything (the openai SDK closes at once),
@@ -724,17 +726,25 @@ class Proxy:
             if failure is None and not tap.done and not tap.finished:
                 failure = UpstreamError("The upstream closed the stream before it finished")
         except TimeoutError:
-            failure = self._cut_reason()
+            failure = UpstreamTimeoutError(
+                "The request deadline (server.request_timeout) passed; the gateway cut the stream"
+            )
         except GatewayError as err:
             failure = err
-        except (ConnectionError, asyncio.CancelledError) as exc:
+        except asyncio.CancelledError as exc:
+            if self.gw.drain_deadline.is_set():
+                # Cancelled by the drain at shutdown: end the stream with the reason and its
+                # proper end (the drain closes the connection after).
+                failure = _shutting_down()
+            else:
+                gone = exc
+        except ConnectionError as exc:
             gone = exc
         except Exception:  # our bug, not the target's: end the stream with an error event
             log.exception("stream %s failed", ctx.request_id)
             failure = GatewayError("The gateway failed while streaming this answer.")
             failure.client_fault = True  # keeps the target's record clean
         finally:
-            self.streams.discard(cut)
             if gone is not None or failure is not None:
                 await chunks.aclose()
                 resp.close()
@@ -751,7 +761,9 @@ class Proxy:
                 raise gone
             return out
         if failure is not None:
-            if failure.client_fault or isinstance(failure, UpstreamTimeoutError):
+            if failure.client_fault or isinstance(
+                failure, (UpstreamTimeoutError, ServiceUnavailableError)
+            ):
                 lease.neutral()  # our bug, our deadline or our shutdown: not the target's
             else:
                 lease.failure(failure.message)
@@ -778,23 +790,6 @@ class Proxy:
         if failure is None:
             await _drain(chunks, resp)
         return out
-
-    def cut_streams(self, reason: GatewayError) -> int:
-        """End every stream still running now, each with `reason` as its in-band error event
-        (the drain at shutdown calls this at its deadline). Returns how many were cut."""
-        self._cut_error = reason
-        now = asyncio.get_running_loop().time()
-        streams = list(self.streams)
-        for cut in streams:
-            cut.reschedule(now)
-        return len(streams)
-
-    def _cut_reason(self) -> GatewayError:
-        if self._cut_error is not None:
-            return self._cut_error
-        return UpstreamTimeoutError(
-            "The request deadline (server.request_timeout) passed; the gateway cut the stream"
-        )
 
     def _stream_done(
         self,
@@ -954,6 +949,12 @@ async def _status_error(resp: UpstreamResponse, lease: Lease, provider: str) -> 
     return err
 
 
+def _shutting_down() -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "The gateway is shutting down; this answer was cut at server.shutdown_timeout."
+    )
+
+
 def _target_failed(lease: Lease, err: GatewayError) -> GatewayError:
     """The target failed to deliver: charge it, and give the error to the failover loop."""
     lease.failure(err.message)
@@ -1064,6 +1065,8 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise RequestTooLargeError(f"Request body exceeds the limit of {limit} bytes.") from exc
+    except RequestPayloadError as exc:  # the message is fixed: never the client's bytes
+        raise MalformedRequestError("The request body is malformed or incomplete.") from exc
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:

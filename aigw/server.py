@@ -1,6 +1,11 @@
 """The gateway daemon's lifecycle: build everything from the config, serve the proxy on TCP and
 the admin app on a Unix socket, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
+The drain: stop accepting, close idle connections, let the requests in flight finish until
+`server.shutdown_timeout`, then set `Gateway.drain_deadline` and cancel what still runs (see
+`ProxyServer.drain`). Client connections themselves (timeouts, cap, bad HTTP) are
+`aigw.connections`.
+
 `Gateway` owns long-lived parts (state store, quota manager, rate limiter, cache, metrics) and a
 `Runtime`: the parts a config reload replaces (providers, balancers, hooks, auth). Requests hold
 on to the runtime they started with, so a reload never disturbs a request in flight.
@@ -28,7 +33,15 @@ from aiohttp import web
 from aigw import __version__
 from aigw.admission import Admission
 from aigw.balancer import Balancers, Clock
-from aigw.config import Config, HookSpec, ProviderConfig, load_config, public_url
+from aigw.config import (
+    Config,
+    HookSpec,
+    ProviderConfig,
+    format_duration,
+    load_config,
+    public_url,
+)
+from aigw.connections import CUT_GRACE, ProxyServer, plan_limits, raise_fd_limit
 from aigw.hooks import build_hooks
 from aigw.hooks.base import Hook, RequestContext
 from aigw.paths import default_admin_socket
@@ -111,13 +124,24 @@ class Gateway:
         self.admission: Admission = Admission(None, None)
         self.cache: ResponseCache | None = None
         self.metrics: Metrics | None = None
-        self.runtime: Runtime = self._build_runtime(config, None, None)
+        providers, hook_specs = self._build_parts(config, None)
+        self.runtime: Runtime = self._assemble(
+            config,
+            providers,
+            hook_specs,
+            Balancers(config.models, config.health, clock=self._clock, rng=self._rng),
+        )
         self.access_logging = config.server.access_log
         self._runners: list[web.BaseRunner] = []
+        self._proxy_server: ProxyServer | None = None
+        self._proxy_site: web.SockSite | None = None
+        #: set when the drain's deadline (server.shutdown_timeout) has passed: the requests
+        #: still running are about to be cancelled (a stream may end with an in-band error)
+        self.drain_deadline = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
         self._retired: list[tuple[list[Provider], list[Hook]]] = []  # replaced by a reload
-        self.listen_address = f"{config.server.host}:{config.server.port}"
+        self.listen_address = host_port(config.server.host, config.server.port)
         self.bound_port: int | None = None
 
     @property
@@ -147,9 +171,10 @@ class Gateway:
 
     # --- building ------------------------------------------------------------------------------
 
-    def _build_runtime(
-        self, config: Config, old: Runtime | None, old_balancers: Balancers | None
-    ) -> Runtime:
+    def _build_parts(
+        self, config: Config, old: Runtime | None
+    ) -> tuple[dict[str, Provider], list[tuple[HookSpec | None, Hook]]]:
+        """The providers and hooks of `config`, reusing `old`'s where their config is the same."""
         providers: dict[str, Provider] = {}
         for name, pconf in config.providers.items():
             reuse = old.providers.get(name) if old else None
@@ -161,12 +186,16 @@ class Gateway:
                 providers[name] = reuse
             else:
                 providers[name] = build_provider(pconf, max_body=config.server.max_upstream_body)
-        if old_balancers is not None:
-            balancers = old_balancers.reload(config.models, config.health)
-        else:
-            balancers = Balancers(config.models, config.health, clock=self._clock, rng=self._rng)
         kept = [(spec, hook) for spec, hook in old.hook_specs if spec is not None] if old else []
-        hook_specs = build_hooks(config.hooks, tuple(config.models), kept)
+        return providers, build_hooks(config.hooks, tuple(config.models), kept)
+
+    def _assemble(
+        self,
+        config: Config,
+        providers: dict[str, Provider],
+        hook_specs: list[tuple[HookSpec | None, Hook]],
+        balancers: Balancers,
+    ) -> Runtime:
         hooks = tuple(hook for _, hook in hook_specs)
         collect = bool(config.cache.enabled) or any(h.wants_stream_text for h in hooks)
         return Runtime(
@@ -218,41 +247,56 @@ class Gateway:
     async def start(self) -> None:
         """Bind everything or raise StartupError leaving nothing behind."""
         self._check_admin_socket()
+        try:
+            await self._start_parts()
+        except BaseException:
+            await self._release()  # the store, the providers and hooks, whatever was bound
+            raise
+
+    async def _start_parts(self) -> None:
         await self._open_long_lived()
         for provider in self.runtime.providers.values():
             await provider.start()
         server = self.config.server
-        runner = web.ServerRunner(
-            self.build_proxy_server(), shutdown_timeout=server.shutdown_timeout
-        )
+        proxy = self.build_proxy_server()
+        # The drain is ProxyServer.drain's; aiohttp's own shutdown finds nothing left to wait for.
+        runner = web.ServerRunner(proxy, shutdown_timeout=CUT_GRACE)
         await runner.setup()
+        self._runners.append(runner)
+        self._proxy_server = proxy
         try:
             sock = _bind_tcp(server.host, server.port, reuse_port=self.worker is not None)
         except OSError as exc:
-            await runner.cleanup()
-            await self._close_long_lived()
             raise listen_error(exc, server.host, server.port) from None
         self.bound_port = sock.getsockname()[1]
-        self.listen_address = f"{server.host}:{self.bound_port}"
-        await web.SockSite(runner, sock).start()
-        self._runners.append(runner)
+        self.listen_address = host_port(server.host, self.bound_port)
+        site = web.SockSite(runner, sock)
+        try:
+            await site.start()
+        except BaseException:
+            sock.close()
+            raise
+        self._proxy_site = site
         try:
             await self._start_admin()
         except OSError as exc:
-            for started in self._runners:
-                await started.cleanup()
-            self._runners.clear()
-            await self._close_long_lived()
             raise StartupError(
                 f"cannot create the admin socket {self.admin_socket}: {exc.strerror or exc}"
             ) from None
         self._tasks.append(asyncio.create_task(self._probe_loop(), name="aigw-probes"))
 
-    def build_proxy_server(self) -> web.Server:
+    def build_proxy_server(self) -> ProxyServer:
         """aiohttp's low-level server: no Application, router or middleware on the hot path
-        (the proxy routes by exact path itself)."""
-        max_body = self.config.server.max_body_size
+        (the proxy routes by exact path itself), with the limits of `aigw.connections`."""
+        config = self.config
+        max_body = config.server.max_body_size
         loop = asyncio.get_running_loop()
+        upstream = sum(p.max_connections for p in config.providers.values() if p.type != "mock")
+        limits, warning = plan_limits(
+            config.server, fd_limit=raise_fd_limit(), upstream_connections=upstream
+        )
+        if warning is not None:
+            log.warning("%s", warning)
 
         def make_request(
             message: Any, payload: Any, protocol: Any, writer: Any, task: Any
@@ -261,12 +305,7 @@ class Gateway:
                 message, payload, protocol, writer, task, loop, client_max_size=max_body
             )
 
-        return web.Server(
-            Proxy(self).handle,
-            request_factory=make_request,
-            handler_cancellation=True,
-            access_log=None,
-        )
+        return ProxyServer(Proxy(self).handle, limits=limits, request_factory=make_request)
 
     async def _start_admin(self) -> None:
         from aigw.admin import build_admin_app
@@ -286,26 +325,54 @@ class Gateway:
     def _check_admin_socket(self) -> None:
         claim_admin_socket(self.admin_socket)
 
+    def requests_in_flight(self) -> int:
+        proxy = self._proxy_server
+        return proxy.requests_in_flight() if proxy is not None else 0
+
     async def stop(self) -> None:
-        """Stop accepting, drain in-flight requests (up to shutdown_timeout), release all."""
+        """Stop accepting, drain in-flight requests until server.shutdown_timeout, cut the
+        rest (setting `drain_deadline` first), release all."""
         self.draining = True
+        await self._cancel_tasks()  # no probes or retirements during the drain
+        if self._proxy_site is not None:
+            await self._proxy_site.stop()  # stop accepting
+            self._proxy_site = None
+        if self._proxy_server is not None:
+            timeout = self.config.server.shutdown_timeout
+            cut = await self._proxy_server.drain(timeout, self.drain_deadline.set)
+            if cut:
+                log.warning(
+                    "cut %d request%s still running at the drain deadline (%s)",
+                    cut,
+                    "" if cut == 1 else "s",
+                    format_duration(timeout),
+                )
+        await self._release()
+        with contextlib.suppress(FileNotFoundError):
+            self.admin_socket.unlink()
+
+    async def _release(self) -> None:
+        """Close everything start() opened, in reverse: the sites (the admin socket last), the
+        providers and hooks (retired ones too), the long-lived parts."""
+        await self._cancel_tasks()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        self._proxy_site = None
+        self._proxy_server = None
+        for providers, hooks in self._retired:
+            await _close_all(providers, hooks)
+        self._retired.clear()
+        await _close_all(list(self.runtime.providers.values()), list(self.runtime.hooks))
+        await self._close_long_lived()
+
+    async def _cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        # The proxy first (drains requests), the admin socket last.
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-        with contextlib.suppress(FileNotFoundError):
-            self.admin_socket.unlink()
-        for providers, hooks in self._retired:
-            await _close_all(providers, hooks)
-        self._retired.clear()
-        await _close_all(list(self.runtime.providers.values()), list(self.runtime.hooks))
-        await self._close_long_lived()
 
     async def _close_long_lived(self) -> None:
         if self.quota is not None:
@@ -329,16 +396,18 @@ class Gateway:
             config = replace(config, server=replace(config.server, **self._server_overrides))
         old = self.runtime
         # Build and start everything before touching live state: `Balancers.reload()` applies
-        # the new weights and health settings to the surviving targets in place.
-        staged = self._build_runtime(config, old, None)
-        fresh = [p for n, p in staged.providers.items() if old.providers.get(n) is not p]
+        # the new weights and health settings to the surviving targets in place, so it comes
+        # last, once nothing can fail.
+        providers, hook_specs = self._build_parts(config, old)
+        fresh = [p for n, p in providers.items() if old.providers.get(n) is not p]
         try:
             for provider in fresh:
                 await provider.start()
         except BaseException:
-            await _close_all(fresh, [h for h in staged.hooks if h not in old.hooks])
+            await _close_all(fresh, [h for _, h in hook_specs if h not in old.hooks])
             raise
-        new = replace(staged, balancers=old.balancers.reload(config.models, config.health))
+        balancers = old.balancers.reload(config.models, config.health)
+        new = self._assemble(config, providers, hook_specs, balancers)
         self.runtime = new
         self.config = config
         self.access_logging = config.server.access_log
@@ -358,7 +427,8 @@ class Gateway:
             for name in ("state", "cache", "metrics")
             if getattr(config, name) != getattr(old.config, name)
         ]
-        for name in ("max_body_size", "shutdown_timeout"):
+        # shutdown_timeout is read when the drain starts; these are read when the server is built.
+        for name in ("max_body_size", "header_timeout", "keepalive_timeout", "max_connections"):
             if getattr(config.server, name) != getattr(old.config.server, name):
                 restart_only.append(f"server.{name}")
         if self.metrics is not None:
@@ -493,6 +563,11 @@ def _provider_config(provider: Provider) -> ProviderConfig | None:
     return getattr(provider, "config", None)
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port` as it goes in a URL: an IPv6 address in brackets (`[::1]:8080`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -517,7 +592,8 @@ def listen_error(exc: OSError, host: str, port: int) -> StartupError:
             "start this one on another port with --port N"
         )
     return StartupError(
-        f"cannot listen on {host}:{port}: {exc.strerror}; choose another with --host / --port"
+        f"cannot listen on {host_port(host, port)}: {exc.strerror}; "
+        "choose another with --host / --port"
     )
 
 
@@ -636,7 +712,19 @@ async def run(
     if ready is not None:
         ready(gateway)
     await stop.wait()
-    log.info("draining in-flight requests (up to %ss)", config.server.shutdown_timeout)
+    in_flight = gateway.requests_in_flight()
+    if in_flight:
+        timeout = gateway.config.server.shutdown_timeout
+        log.info(
+            "draining %d request%s in flight until %s (server.shutdown_timeout %s)%s",
+            in_flight,
+            "" if in_flight == 1 else "s",
+            time.strftime("%H:%M:%S", time.localtime(time.time() + timeout)),
+            format_duration(timeout),
+            "; press Ctrl+C again to exit at once" if worker is None else "",
+        )
+    else:
+        log.info("stopping: no requests in flight")
     await gateway.stop()
     log.info("stopped")
     return 0

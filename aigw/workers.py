@@ -39,9 +39,9 @@ from typing import Any
 from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, web
 
 from aigw import __version__
-from aigw.config import Config
+from aigw.config import Config, format_duration
 from aigw.paths import default_admin_socket
-from aigw.server import StartupError, claim_admin_socket, listen_error
+from aigw.server import StartupError, claim_admin_socket, host_port, listen_error
 
 log = logging.getLogger("aigw")
 
@@ -148,7 +148,7 @@ class Supervisor:
         # Bound but never listening: it holds the port and receives no connections.
         self._placeholder = sock
         self.port = sock.getsockname()[1]
-        self.listen_address = f"{server.host}:{self.port}"
+        self.listen_address = host_port(server.host, self.port)
 
     def _spec(self, worker: _Worker) -> WorkerSpec:
         overrides = {**self.server_overrides, "port": self.port, "admin_socket": str(worker.socket)}
@@ -366,10 +366,24 @@ class Supervisor:
 
         @routes.post("/reload")
         async def reload(request: web.Request) -> web.Response:
-            answers = []
+            answers: list[tuple[int, bytes]] = []
+            lost: list[str] = []
             for worker in self.workers:
-                if worker.running:
+                if not worker.running:
+                    continue
+                try:
                     answers.append(await self.ask(worker, "POST", "/reload", b"{}"))
+                except (ClientError, OSError, TimeoutError):
+                    # It died (or hangs) mid-reload: the others still get theirs.
+                    lost.append(f"{worker.index} (pid {worker.pid})")
+            if lost:
+                reloaded = sum(1 for code, _ in answers if code == 200)
+                message = (
+                    f"reload failed: worker {', '.join(lost)} did not answer (it exited or "
+                    "hangs; a worker that exits is restarted with the config it started with); "
+                    f"{reloaded} of {len(answers) + len(lost)} workers reloaded"
+                )
+                return _reply({"error": {"message": message}}, 502)
             failed = [a for a in answers if a[0] != 200]
             code, raw = (failed or answers or [(503, b'{"error": {"message": "no worker"}}')])[0]
             if code == 200:
@@ -495,7 +509,12 @@ async def supervise(
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     code = supervisor.failed.result() if supervisor.failed.done() else 0
     stopped.cancel()
-    log.info("stopping %d workers (each drains up to %ss)", workers, config.server.shutdown_timeout)
+    log.info(
+        "stopping %d workers (each drains its requests in flight for up to %s); "
+        "press Ctrl+C again to exit at once",
+        workers,
+        format_duration(config.server.shutdown_timeout),
+    )
     await supervisor.stop()
     log.info("stopped")
     return code

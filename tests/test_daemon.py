@@ -4,7 +4,9 @@ start-up failures, and no secret in anything it prints."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -397,3 +399,77 @@ def test_the_readme_tour_runs_a_second_daemon_beside_the_first(
                 assert proc.wait(15) == 0
                 assert proc.stdout is not None
                 proc.stdout.close()
+
+
+# --- stopping says what it does; IPv6 addresses in brackets --------------------------------------
+
+
+def test_ctrl_c_when_idle_says_stopping_and_stops(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory(MINIMAL)
+    host, port = d.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as idle:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(100).startswith(b"HTTP/1.1 200")  # an idle keep-alive connection
+        d.proc.send_signal(signal.SIGINT)
+        assert d.proc.wait(15) == 0
+    output = d.output()
+    assert "stopping: no requests in flight" in output
+    assert "draining" not in output
+
+
+async def test_ctrl_c_with_requests_in_flight_says_how_many_until_when_and_how_to_force(
+    upstream: Upstream, daemon_factory: Any
+) -> None:
+    upstream.behaviour.words = ["w"] * 30
+    upstream.behaviour.chunk_delay = 0.05  # a 1.5-second stream
+    d: Daemon = daemon_factory(config_for(upstream.url), env={"UP_KEY": "k"})
+    client = openai.AsyncOpenAI(base_url=d.v1, api_key="x", max_retries=0)
+    stream = await client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    chunks = aiter(stream)
+    first = await anext(chunks)
+    d.proc.send_signal(signal.SIGINT)
+    rest = [chunk async for chunk in chunks]  # the stream in flight still ends whole
+    text = "".join(c.choices[0].delta.content or "" for c in [first, *rest] if c.choices)
+    assert text == " ".join(["w"] * 30)
+    assert await asyncio.to_thread(d.proc.wait, 15) == 0
+    await client.close()
+    [line] = [x for x in d.output().splitlines() if "draining" in x]
+    assert re.search(
+        r"draining 1 request in flight until \d\d:\d\d:\d\d \(server.shutdown_timeout 10s\); "
+        r"press Ctrl\+C again to exit at once",
+        line,
+    ), line
+    assert "stopping: no requests in flight" not in d.output()
+
+
+def test_an_ipv6_listen_address_is_written_in_brackets(tmp_path: Path, sock_dir: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(MINIMAL)
+    sock = sock_dir / "admin.sock"
+    serve = ("serve", "--config", str(cfg), "--host", "::1", "--port", "0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aigw", *serve, "--admin-socket", str(sock)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        url = serving_url(proc)
+        assert re.fullmatch(r"http://\[::1\]:\d+/v1", url), url
+        port = int(url.rsplit(":", 1)[1].removesuffix("/v1"))
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        answer = client.chat.completions.create(
+            model="mock", messages=[{"role": "user", "content": "ping"}]
+        )
+        assert answer.choices[0].message.content == "You said: ping"
+        client.close()
+        status = run_cli("status", "--json", "--admin-socket", str(sock))
+        assert json.loads(status.stdout)["listen"] == f"http://[::1]:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
