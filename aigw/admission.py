@@ -27,7 +27,7 @@ from aigw.ratelimit import UNLIMITED, RateDecision, limit_error
 from aigw.ratelimit import headers as rate_headers
 
 if TYPE_CHECKING:
-    from aigw.hooks.base import Usage
+    from aigw.exchange import Usage
     from aigw.proxy import Charge
     from aigw.quota import QuotaManager
     from aigw.ratelimit import RateLimiter

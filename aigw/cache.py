@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aigw import jsonutil
-from aigw.hooks.base import Usage
+from aigw.exchange import Usage
 
 #: Request fields that never change the answer: end-user id (abuse tracking), delivery mode and
 #: its options, OpenAI's stored-completion switches, processing tier and cache-routing hints.

@@ -54,8 +54,8 @@ from aigw.errors import (
     error_event,
     retry_after_headers,
 )
+from aigw.exchange import RequestContext, ResponseInfo, Usage
 from aigw.headers import RETRY_HEADERS, UPSTREAM_REQUEST_ID, client_headers
-from aigw.hooks.base import RequestContext, ResponseInfo, Usage
 from aigw.logutil import RateLimitedLog
 from aigw.ratelimit import headers as rate_headers
 from aigw.redact import redact

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from aigw.config import MAX_QUOTA_TOKENS, PERIODS, QuotaConfig
 from aigw.errors import QuotaExceededError, ServiceUnavailableError, UnknownTenantError
-from aigw.hooks.base import Usage
+from aigw.exchange import Usage
 from aigw.state.base import Override, StateStore
 from aigw.tenants import (  # noqa: F401 - re-exported for callers of the quota API
     TENANT_RULE,

@@ -42,8 +42,9 @@ from aigw.config import (
     public_url,
 )
 from aigw.connections import CUT_GRACE, ProxyServer, plan_limits, raise_fd_limit
+from aigw.exchange import RequestContext
 from aigw.hooks import build_hooks
-from aigw.hooks.base import Hook, RequestContext
+from aigw.hooks.base import Hook
 from aigw.paths import default_admin_socket
 from aigw.private_socket import unsafe_directory
 from aigw.providers import Provider, build_provider

@@ -17,7 +17,7 @@ from typing import Any, Final
 from aigw import jsonutil
 from aigw.config import format_size
 from aigw.errors import UpstreamError
-from aigw.hooks.base import Usage
+from aigw.exchange import Usage
 
 #: The largest SSE event (the bytes up to a blank line) the gateway waits for the end of.
 MAX_EVENT: Final = 8 * 1024 * 1024

@@ -12,62 +12,12 @@ Hooks are plain classes; `options` come from the YAML (`{name: {option: value}}`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# The request's own nouns live in `aigw.exchange`; re-exported here, where hooks import them.
+from aigw.exchange import RequestContext, ResponseInfo, Usage
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-    @classmethod
-    def from_json(cls, data: object) -> Usage | None:
-        """Read an OpenAI `usage` object; None when absent or malformed."""
-        if not isinstance(data, dict):
-            return None
-        try:
-            prompt = int(data.get("prompt_tokens") or 0)
-            completion = int(data.get("completion_tokens") or 0)
-            total = int(data.get("total_tokens") or (prompt + completion))
-        except (TypeError, ValueError, OverflowError):
-            return None
-        if prompt < 0 or completion < 0 or total < 0:
-            return None  # a negative count would credit the tenant's quota
-        return cls(prompt, completion, total)
-
-
-@dataclass(slots=True)
-class RequestContext:
-    """One request as it travels through the gateway."""
-
-    request_id: str
-    tenant: str
-    endpoint: str  # "chat/completions" | "completions" | "embeddings"
-    body: dict[str, Any]
-    started: float  # monotonic seconds
-    model: str = ""  # the gateway model the client asked for
-    stream: bool = False
-    client_wants_usage: bool = False
-    provider: str | None = None  # provider that answered
-    target: str | None = None  # "provider/upstream-model" that answered
-    status: int = 0
-    usage: Usage | None = None
-    cache: str | None = None  # "hit" | "miss" | None when the cache is off
-    #: the answering upstream's own request id (to quote to the provider), when it sent one
-    upstream_request_id: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)  # the client's request headers
-    extra: dict[str, Any] = field(default_factory=dict)  # private space for hooks
-
-
-@dataclass(slots=True)
-class ResponseInfo:
-    status: int
-    body: bytes | None = None  # the whole answer, for non-streamed responses
-    text: str | None = None  # streamed answer text, only when a hook set `wants_stream_text`
-    usage: Usage | None = None
+__all__ = ["Hook", "RequestContext", "ResponseInfo", "Usage"]
 
 
 class Hook:

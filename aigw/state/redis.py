@@ -85,7 +85,7 @@ from aigw.tenants import InvalidTenantName, is_valid_tenant
 
 if TYPE_CHECKING:
     from aigw.config import RateLimitConfig
-    from aigw.hooks.base import Usage
+    from aigw.exchange import Usage
     from aigw.proxy import Charge
     from aigw.quota import QuotaManager
     from aigw.ratelimit import _Bucket
