@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aigw import jsonutil
+from aigw import jsonutil, sse
 from aigw.exchange import Usage
 
 #: Request fields that never change the answer: end-user id (abuse tracking), delivery mode and
@@ -291,13 +291,10 @@ class ResponseCache:
 
 # --- streams -------------------------------------------------------------------------------
 
-_DONE = b"data: [DONE]\n\n"
-
 
 def _event_payloads(events: Iterable[bytes]) -> Iterable[bytes]:
-    """The `data:` payload of each SSE event (multi-line data joined per the SSE spec).
-
-    An item may be a bare payload (`{...}`, `[DONE]`) or a whole event with field lines."""
+    """The data of each SSE event (`aigw.sse` reads them by the spec). An item may be a bare
+    payload (`{...}`, `[DONE]`) or a whole event with field lines."""
     for event in events:
         stripped = event.strip()
         if not stripped:
@@ -305,13 +302,9 @@ def _event_payloads(events: Iterable[bytes]) -> Iterable[bytes]:
         if not stripped.startswith((b"data:", b"event:", b":", b"id:", b"retry:")):
             yield stripped
             continue
-        data: list[bytes] = []
-        for line in stripped.splitlines():
-            if line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-        if data:
-            yield b"\n".join(data)
+        data = sse.data_of(stripped)
+        if data is not None:
+            yield data
 
 
 def assemble_stream(
@@ -509,7 +502,7 @@ class _ChoiceBuilder:
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    return sse.encode(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
 def replay_as_sse(body: bytes, endpoint: str, include_usage: bool) -> list[bytes]:
@@ -622,5 +615,5 @@ def replay_as_sse(body: bytes, endpoint: str, include_usage: bool) -> list[bytes
         )
     if include_usage and data.get("usage") is not None:
         out.append(_sse({**head, "choices": [], "usage": data["usage"]}))
-    out.append(_DONE)
+    out.append(sse.DONE)
     return out

@@ -41,6 +41,8 @@ import json
 import math
 from collections.abc import Mapping
 
+from aigw import sse
+
 
 class GatewayError(Exception):
     status: int = 500
@@ -292,7 +294,7 @@ def error_event(err: GatewayError) -> bytes:
     payload = {
         "error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
     }
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    return sse.encode(json.dumps(payload))
 
 
 def _is_openai_error(raw: bytes) -> bool:

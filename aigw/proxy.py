@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestPayloadError
 
-from aigw import jsonutil
+from aigw import jsonutil, sse
 from aigw.cache import (
     Alias,
     CacheDirectives,
@@ -1136,10 +1136,11 @@ async def _drain(chunks: AsyncGenerator[bytes, None], resp: UpstreamResponse) ->
 def _stream_text(events: list[bytes]) -> str:
     parts: list[str] = []
     for event in events:
-        if not event.startswith(b"data: {"):
+        payload = sse.data_of(event)
+        if payload is None or payload[:1] != b"{":
             continue
         try:
-            data = jsonutil.loads(event[6:])
+            data = jsonutil.loads(payload)
         except ValueError:
             continue
         for choice in data.get("choices") or ():

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from aigw import jsonutil
+from aigw import jsonutil, sse
 from aigw.config import format_size
 from aigw.errors import UpstreamError
 from aigw.exchange import Usage
 
 #: The largest SSE event (the bytes up to a blank line) the gateway waits for the end of.
-MAX_EVENT: Final = 8 * 1024 * 1024
+MAX_EVENT: Final = sse.MAX_EVENT
 #: The default of `StreamTap(max_kept=)`: `server.max_upstream_body`'s default.
 MAX_KEPT: Final = 64 * 1024 * 1024
 
-_SEP = b"\n\n"
+_SEP = sse.SEP
 _USAGE_KEY = b'"usage"'
 # When the client did not ask for usage, OpenAI sends no usage key at all; upstream we asked for
 # it, so every chunk carries `"usage": null`, which is cut out again (cheap bytes.replace).
@@ -34,7 +34,7 @@ _KEY_LEN = len(_USAGE_KEY)
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 # A choice's real finish reason (content chunks carry `"finish_reason":null`).
 _FINISH = (b'"finish_reason":"', b'"finish_reason": "')
-_DONE_EVENT = b"data: [DONE]"
+_DONE_EVENTS = (b"data: [DONE]", b"data:[DONE]")
 # The finish chunk and [DONE] are among a stream's last events (only usage comes between):
 # look for them in the end of each read, not through all of it.
 _TAIL = 8192
@@ -42,7 +42,7 @@ _TAIL = 8192
 
 class StreamTap:
     __slots__ = (
-        "_buf",
+        "_framer",
         "_spaced",
         "chunks",
         "done",
@@ -59,7 +59,7 @@ class StreamTap:
         self, *, strip_usage: bool, collect: bool = False, max_kept: int = MAX_KEPT
     ) -> None:
         # The unfinished event: "\r\n" already made "\n", except a "\r" at its very end.
-        self._buf = bytearray()
+        self._framer = sse.Framer(MAX_EVENT)
         self._spaced = False  # the upstream writes JSON with spaces (`"key": value`)
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
@@ -81,41 +81,12 @@ class StreamTap:
         """Take upstream bytes; return the whole events to forward now (maybe b"").
 
         Raises UpstreamError when an event grows past `MAX_EVENT` without ending."""
-        pending = self._buf
-        if pending:
-            # Only the new bytes are searched and normalized (a long event costs linear time),
-            # with a separator or a "\r\n" that straddles the two reads taken care of.
-            start = len(pending) - 1
-            if pending[-1] == 13:  # "\r"
-                del pending[-1]
-                chunk = b"\r" + chunk
-                start -= 1
-            if b"\r" in chunk:
-                chunk = chunk.replace(b"\r\n", b"\n")
-            pending += chunk
-            end = pending.rfind(_SEP, max(start, 0))
-            if end < 0:
-                if len(pending) > MAX_EVENT:
-                    raise _event_too_large()
-                return b""
-            buf = bytes(pending)
-            pending.clear()
-        else:
-            buf = chunk
-            if b"\r" in buf:
-                buf = buf.replace(b"\r\n", b"\n")
-            end = buf.rfind(_SEP)
-            if end < 0:
-                if len(buf) > MAX_EVENT:
-                    raise _event_too_large()
-                pending += buf
-                return b""
-        end += 2
-        complete = buf[:end]
-        if end < len(buf):
-            if len(buf) - end > MAX_EVENT:
-                raise _event_too_large()
-            pending += memoryview(buf)[end:]
+        try:
+            complete = self._framer.feed(chunk)
+        except sse.EventTooLarge:
+            raise _event_too_large() from None
+        if not complete:
+            return b""
         # Count event lines, not "data:" substrings: the text itself may say "metadata:", but a
         # raw newline never occurs inside an event's JSON.
         events = complete.count(b"\ndata:") + complete.startswith(b"data:")
@@ -134,7 +105,9 @@ class StreamTap:
             or (spaced and complete.find(_FINISH[1], tail) >= 0)
         ):
             self.finished = True
-        if not self.done and complete.find(_DONE_EVENT, tail) >= 0:
+        if not self.done and (
+            complete.find(_DONE_EVENTS[0], tail) >= 0 or complete.find(_DONE_EVENTS[1], tail) >= 0
+        ):
             self.done = True
         if self.strip_usage:  # cut every `"usage": null` first: one C pass each
             complete = complete.replace(_NULL_USAGE[0], b"")
@@ -163,11 +136,8 @@ class StreamTap:
 
     def flush(self) -> bytes:
         """Whatever is left at the end of the stream (an unterminated last event)."""
-        rest = bytes(self._buf)
-        self._buf.clear()
-        if rest.strip():
-            return self.feed(rest + _SEP)
-        return b""
+        rest = self._framer.flush()
+        return self.feed(rest) if rest else b""
 
     def _pick_usage(self, complete: bytes) -> bytes:
         """Take the usage out of the events that carry a real usage object (usually one, the
@@ -199,7 +169,7 @@ class StreamTap:
         if not data.get("choices"):
             return b""  # the usage-only chunk the client did not ask for
         data.pop("usage", None)
-        return b"data: " + jsonutil.dumps(data) + _SEP
+        return sse.encode(jsonutil.dumps(data))
 
 
 def _event_too_large() -> UpstreamError:
@@ -221,17 +191,14 @@ def _role_only(complete: bytes) -> int:
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return None
-            try:
-                data = jsonutil.loads(payload)
-            except ValueError:
-                return None
-            return data if isinstance(data, dict) else None
-    return None
+    payload = sse.data_of(event)
+    if payload is None or payload == b"[DONE]":
+        return None
+    try:
+        data = jsonutil.loads(payload)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def usage_from_body(body: bytes) -> Usage | None:

@@ -392,3 +392,26 @@ async def test_audit_before_the_filter_still_logs_one_line_per_request(
     (line,) = read_lines(path)
     assert line["request_id"] == headers["x-request-id"]
     assert line["status"] == 400 and "deny[0]" in line["error"]
+
+
+async def test_the_answer_text_of_a_compact_sse_upstream_is_in_the_audit_log(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path, tmp_path: Path
+) -> None:
+    """An upstream that writes `data:{...}` (no space) and CRLF line ends: the client's stream,
+    the audit answer text and the stream's completeness are what a spaced upstream gives."""
+    path = tmp_path / "audit.jsonl"
+    hooks = (audit_spec(path, redact_pii=False, log_bodies=True),)
+    gw = await start_gateway(make_config({"up": upstream.url}, sock=sock_dir, hooks=hooks))
+    upstream.behaviour.compact_sse = True
+    upstream.behaviour.words = ["plain", "words", "here"]
+    client = openai.AsyncOpenAI(base_url=gw.v1, api_key="unused", max_retries=0, timeout=10)
+    stream = await client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert "".join(text) == "plain words here"
+    await client.close()
+    await gw.gateway.stop()
+    [line] = read_lines(path)
+    assert (line["status"], line["answer"]) == (200, "plain words here")
+    assert line["total_tokens"] == 7 + 3  # the upstream's usage, found without the space

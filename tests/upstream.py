@@ -37,6 +37,7 @@ class Behaviour:
     ignore_max_tokens: bool = False  # answer with every word whatever max_tokens says
     hold_after_done: float = 0.0  # stream: wait this long after [DONE] before ending the body
     endless: bool = False  # stream: never stop sending words (with chunk_delay between them)
+    compact_sse: bool = False  # stream: `data:{...}` without the space, CRLF line ends
 
 
 class Upstream:
@@ -180,6 +181,8 @@ class Upstream:
             }
             if include_usage and with_usage:
                 data["usage"] = usage_value
+            if b.compact_sse:
+                return b"data:" + json.dumps(data, separators=(",", ":")).encode() + b"\r\n\r\n"
             return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
         def running_usage(completion: int) -> dict[str, int]:
@@ -230,7 +233,7 @@ class Upstream:
             if include_usage:
                 await resp.write(event([], usage))
             if not b.omit_done:
-                await resp.write(b"data: [DONE]\n\n")
+                await resp.write(b"data:[DONE]\r\n\r\n" if b.compact_sse else b"data: [DONE]\n\n")
             if b.hold_after_done:
                 await asyncio.sleep(b.hold_after_done)
             await resp.write_eof()
