@@ -11,10 +11,20 @@ BackendName = Literal["memory", "sqlite", "redis"]
 PeriodName = Literal["hourly", "daily", "weekly", "monthly", "never"]
 ProviderType = Literal["openai", "mock"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
+#: What a provider can speak natively (`providers.NAME.apis`), one name per upstream API.
+ApiName = Literal[
+    "chat", "completions", "embeddings", "responses", "messages", "images", "audio", "moderations"
+]
 
 STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 PERIODS: tuple[str, ...] = get_args(PeriodName)
 PROVIDER_TYPES: tuple[str, ...] = get_args(ProviderType)
 LOOPS: tuple[str, ...] = get_args(LoopName)
+APIS: tuple[str, ...] = get_args(ApiName)
+#: What each provider type speaks when its `apis` is not set.
+DEFAULT_APIS: dict[str, tuple[str, ...]] = {
+    "openai": ("chat", "completions", "embeddings"),
+    "mock": APIS,
+}
 BUILTIN_HOOKS: tuple[str, ...] = ("validation", "content_filter", "audit")

@@ -26,10 +26,16 @@ import yaml
 # --- units -------------------------------------------------------------------------------
 # Re-exported: the config module is where people look for the names of choices.
 from aigw.choices import (
+    APIS as APIS,
+)
+from aigw.choices import (
     BACKENDS as BACKENDS,
 )
 from aigw.choices import (
     BUILTIN_HOOKS as BUILTIN_HOOKS,
+)
+from aigw.choices import (
+    DEFAULT_APIS as DEFAULT_APIS,
 )
 from aigw.choices import (
     PERIODS as PERIODS,
@@ -267,6 +273,15 @@ class ProviderConfig:
         repr=False,  # values may carry credentials from ${ENV}
         metadata=_doc("Extra headers sent upstream (values may use `${ENV}`)."),
     )
+    apis: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "The APIs this upstream speaks natively; default by type (openai: chat, "
+            "completions, embeddings; mock: all). Requests in another dialect are translated "
+            "through chat; a target that can serve neither is skipped.",
+            choices=APIS,
+        ),
+    )
     forward_headers: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
@@ -294,6 +309,10 @@ class ProviderConfig:
         default_factory=MockOptions,
         metadata=_doc("Options of the built-in mock provider (type: mock)."),
     )
+
+    def speaks(self) -> frozenset[str]:
+        """The APIs this provider answers natively (`apis`, else its type's default)."""
+        return frozenset(self.apis or DEFAULT_APIS.get(self.type, ()))
 
 
 @dataclass(frozen=True)
