@@ -15,18 +15,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from aigw.errors import AdminError, DaemonNotRunning
 from aigw.private_socket import peer_uid, trusted_peer
 
 #: An answer larger than this is not the admin API's: refuse it instead of filling memory.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-
-
-class AdminError(Exception):
-    """The daemon answered with an error; the message is one line for the user."""
-
-
-class DaemonNotRunning(AdminError):
-    pass
 
 
 class _BadResponse(Exception):

@@ -1,38 +1,51 @@
 """The one exception tree of aigw, and the one place that turns an error into OpenAI error JSON.
 
-    GatewayError                     every error a client can see; status + OpenAI type/code
-    ├── InvalidRequestError          400 invalid_request_error (param names the field)
-    │   ├── ContentFilteredError     400 code content_filtered
-    │   └── MalformedRequestError    400 code bad_request: HTTP that cannot be parsed (duplicate
-    │       │                        Content-Length, obs-fold…); its bytes are never echoed
-    │       └── HeadersTooLargeError 431 code headers_too_large: a header line over the limit
-    ├── AuthenticationError          401 invalid_api_key
-    ├── ModelNotFoundError           404 model_not_found
-    ├── NotFoundError                404 unknown route / admin object
-    │   └── UnknownTenantError       404 code tenant_not_found: an admin call names a tenant
-    │                                nobody knows (no key, quota, override or usage)
-    ├── RequestTooLargeError         413 request_too_large
-    ├── RateLimitError               429 rate_limit_exceeded (+ retry-after)
-    ├── QuotaExceededError           429 insufficient_quota (+ x-should-retry: false)
-    ├── UpstreamStatusError          an upstream's own 4xx/5xx answer, body passed through
-    ├── UpstreamError                502 upstream unreachable / bad response
-    │   ├── UpstreamAuthError        502 code upstream_auth_error: the upstream refused the
-    │   │                            gateway's own credentials (401/403), secrets redacted
-    │   └── UpstreamBusyError        503 code upstream_busy: our pool to the target is full,
-    │                                nothing was sent (the proxy tries the next target)
-    ├── NoHealthyTargetError         503 no_healthy_target (+ retry-after)
-    ├── ServiceUnavailableError      503 shutting down / state store down
-    │   ├── StateUnavailableError    503 code state_unavailable: shared store unreachable
-    │   │                            (state.on_failure: fail_closed) (+ retry-after)
-    │   └── ConnectionLimitError     503 code too_many_connections: server.max_connections
-    │                                reached and every connection busy (+ retry-after)
-    └── UpstreamTimeoutError         504 upstream timeout
+    AigwError                        everything aigw raises on purpose
+    ├── GatewayError                 every error a client can see; status + OpenAI type/code
+    │   ├── InvalidRequestError      400 invalid_request_error (param names the field)
+    │   │   ├── ContentFilteredError 400 code content_filtered
+    │   │   ├── InvalidTenantName    400 param tenant (also a ValueError for plain callers)
+    │   │   └── MalformedRequestError 400 code bad_request: HTTP that cannot be parsed
+    │   │       │                    (duplicate Content-Length, obs-fold…); bytes never echoed
+    │   │       └── HeadersTooLargeError 431 code headers_too_large
+    │   ├── AuthenticationError      401 invalid_api_key
+    │   ├── ModelNotFoundError       404 model_not_found
+    │   ├── NotFoundError            404 unknown route / admin object
+    │   │   └── UnknownTenantError   404 code tenant_not_found: an admin call names a tenant
+    │   │                            nobody knows (no key, quota, override or usage)
+    │   ├── MethodNotAllowedError    405 (+ Allow)
+    │   ├── RequestTooLargeError     413 request_too_large
+    │   ├── ExpectationFailedError   417 (an `Expect` other than 100-continue)
+    │   ├── RateLimitError           429 rate_limit_exceeded (+ retry-after)
+    │   ├── QuotaExceededError       429 insufficient_quota (+ x-should-retry: false, or
+    │   │                            retry-after when only requests in flight hold the rest)
+    │   ├── UpstreamStatusError      an upstream's own 4xx/5xx answer, body passed through
+    │   ├── GatewayBugError          500: our own bug (or a user hook's); never the target's
+    │   ├── UpstreamError            502 upstream unreachable / bad response
+    │   │   ├── UpstreamAuthError    502 code upstream_auth_error: the upstream refused the
+    │   │   │                        gateway's own credentials (401/403), secrets redacted
+    │   │   └── UpstreamBusyError    503 code upstream_busy: our pool to the target is full,
+    │   │                            nothing was sent (the proxy tries the next target)
+    │   ├── NoHealthyTargetError     503 no_healthy_target (+ retry-after)
+    │   ├── ServiceUnavailableError  503 shutting down / state store down
+    │   │   ├── StateUnavailableError 503 code state_unavailable: shared store unreachable
+    │   │   │                        (state.on_failure: fail_closed) (+ retry-after)
+    │   │   └── ConnectionLimitError 503 code too_many_connections: server.max_connections
+    │   │                            reached and every connection busy (+ retry-after)
+    │   └── UpstreamTimeoutError     504 upstream timeout
+    ├── ConfigError                  a config file with problems (`ConfigProblem`s; a
+    │                                `ConfigWarning` is one that does not stop it loading)
+    ├── StartupError                 the daemon cannot start: exit code 3 (port in use, a live
+    │   │                            daemon on the admin socket, an unsafe socket directory…)
+    │   └── StateStoreError          the state store cannot be opened (read-only, not a
+    │                                database, its directory cannot be made)
+    └── AdminError                   the CLI's call to the daemon failed; one line for the user
+        └── DaemonNotRunning         nothing answers on the admin socket
 
-Handlers never build error bodies themselves: they raise, and the proxy calls `error_body()`.
-Two errors are separate, being about files rather than HTTP requests: `ConfigError` (a config
-file; it carries `ConfigProblem`s, and a `ConfigWarning` is a problem that does not stop the
-config from loading, `Config.warnings`) and `StateStoreError` (the state store cannot be opened
-at start: the daemon exits 3).
+Statuses are class attributes, never patched onto an instance (`UpstreamStatusError` takes the
+upstream's own in its constructor). Handlers never build error bodies themselves: they raise,
+and the proxy renders `error_body()` (or, for another dialect, that dialect's shape).
+Standard library only: the CLI's admin client imports this module too.
 """
 
 from __future__ import annotations
@@ -44,7 +57,11 @@ from collections.abc import Mapping
 from aigw import sse
 
 
-class GatewayError(Exception):
+class AigwError(Exception):
+    """The root of every error aigw raises on purpose."""
+
+
+class GatewayError(AigwError):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
@@ -93,6 +110,35 @@ class MalformedRequestError(InvalidRequestError):
 class HeadersTooLargeError(MalformedRequestError):
     status = 431
     code = "headers_too_large"
+
+
+class InvalidTenantName(InvalidRequestError, ValueError):
+    """A tenant name outside `[A-Za-z0-9._-]{1,64}`. A 400 for HTTP, a ValueError elsewhere."""
+
+    def __init__(self, name: str) -> None:
+        shown = name if len(name) <= 64 else name[:64] + "…"
+        super().__init__(f"Invalid tenant name {shown!r}: use {TENANT_RULE}.", param="tenant")
+        self.name = name
+
+
+#: What a tenant name may be (`aigw.tenants` checks it).
+TENANT_RULE = "1-64 characters from A-Z, a-z, 0-9, '.', '_', '-'"
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class ExpectationFailedError(InvalidRequestError):
+    status = 417
+    code = "expectation_failed"
+
+
+class GatewayBugError(GatewayError):
+    """The gateway (or a user hook) failed: a 500 that says nothing about the target's health."""
+
+    client_fault = True  # keeps the target's record clean
 
 
 class AuthenticationError(GatewayError):
@@ -330,7 +376,7 @@ def _str_or_none(v: object) -> str | None:
     return None if v is None else str(v)
 
 
-class ConfigError(Exception):
+class ConfigError(AigwError):
     """One or more problems in a config file; each has file, line, dotted key path and a hint."""
 
     def __init__(
@@ -378,7 +424,20 @@ class ConfigWarning(ConfigProblem):
     label = "warning: "
 
 
-class StateStoreError(Exception):
+class StartupError(AigwError):
+    """The daemon cannot start (port in use, live daemon on the socket…): exit code 3."""
+
+
+class StateStoreError(StartupError):
     """The state store cannot be opened (the SQLite file is read-only, not a database, or its
     directory cannot be created): the daemon does not start. The message names the file and
     says what to check."""
+
+
+class AdminError(AigwError):
+    """The CLI's call to the daemon's admin socket failed; the message is one line for the
+    user."""
+
+
+class DaemonNotRunning(AdminError):
+    """Nothing answers on the admin socket."""

@@ -36,9 +36,12 @@ from aigw.config import AuthKey
 from aigw.errors import (
     AuthenticationError,
     ContentFilteredError,
+    ExpectationFailedError,
+    GatewayBugError,
     GatewayError,
     InvalidRequestError,
     MalformedRequestError,
+    MethodNotAllowedError,
     ModelNotFoundError,
     NoHealthyTargetError,
     NotFoundError,
@@ -314,7 +317,7 @@ class Proxy:
             # A bug (ours or a user hook's) must still end as OpenAI error JSON with every
             # charge settled, never as aiohttp's plain-text 500 with a reservation held.
             log.exception("request %s failed", rid)
-            internal = GatewayError("The gateway failed to handle this request.")
+            internal = GatewayBugError("The gateway failed to handle this request.")
             return await self._fail(request, ctx, rt, charge, headers, internal)
         finally:
             if metrics is not None:
@@ -742,8 +745,7 @@ class Proxy:
             gone = exc
         except Exception:  # our bug, not the target's: end the stream with an error event
             log.exception("stream %s failed", ctx.request_id)
-            failure = GatewayError("The gateway failed while streaming this answer.")
-            failure.client_fault = True  # keeps the target's record clean
+            failure = GatewayBugError("The gateway failed while streaming this answer.")
         finally:
             if gone is not None or failure is not None:
                 await chunks.aclose()
@@ -1171,9 +1173,10 @@ def _error(err: GatewayError, rid: str) -> web.Response:
 
 
 def _not_allowed(method: str, path: str, allowed: str) -> web.Response:
-    err = InvalidRequestError(f"Method {method} is not allowed on {path}")
-    err.status = 405
-    err.headers = {"Allow": "GET, HEAD" if allowed == "GET" else allowed}
+    err = MethodNotAllowedError(
+        f"Method {method} is not allowed on {path}",
+        headers={"Allow": "GET, HEAD" if allowed == "GET" else allowed},
+    )
     return _error(err, _request_id())
 
 
@@ -1187,8 +1190,7 @@ async def _expect(request: web.BaseRequest) -> web.Response | None:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the interim answer is not part of the response
         return None
-    err = InvalidRequestError(f"Unsupported Expect header {expect[:64]!r}: only 100-continue.")
-    err.status = 417
+    err = ExpectationFailedError(f"Unsupported Expect header {expect[:64]!r}: only 100-continue.")
     return _error(err, _request_id())
 
 

@@ -42,6 +42,7 @@ from aigw.config import (
     public_url,
 )
 from aigw.connections import CUT_GRACE, ProxyServer, plan_limits, raise_fd_limit
+from aigw.errors import StartupError
 from aigw.exchange import RequestContext
 from aigw.hooks import build_hooks
 from aigw.hooks.base import Hook
@@ -59,10 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aigw")
 access = logging.getLogger("aigw.access")
-
-
-class StartupError(Exception):
-    """The daemon cannot start (port in use, live daemon on the socket…): exit code 3."""
 
 
 _GENERATIONS = itertools.count(1)

@@ -6,19 +6,11 @@ from __future__ import annotations
 
 import re
 
-from aigw.errors import InvalidRequestError
+from aigw.errors import TENANT_RULE, InvalidTenantName
+
+__all__ = ["TENANT_RULE", "InvalidTenantName", "is_valid_tenant", "validate_tenant"]
 
 _TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-TENANT_RULE = "1-64 characters from A-Z, a-z, 0-9, '.', '_', '-'"
-
-
-class InvalidTenantName(InvalidRequestError, ValueError):
-    """A tenant name outside `[A-Za-z0-9._-]{1,64}`. A 400 for HTTP, a ValueError elsewhere."""
-
-    def __init__(self, name: str) -> None:
-        shown = name if len(name) <= 64 else name[:64] + "…"
-        super().__init__(f"Invalid tenant name {shown!r}: use {TENANT_RULE}.", param="tenant")
-        self.name = name
 
 
 def is_valid_tenant(name: str) -> bool:

@@ -40,8 +40,9 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, we
 
 from aigw import __version__
 from aigw.config import Config, format_duration
+from aigw.errors import StartupError
 from aigw.paths import default_admin_socket
-from aigw.server import StartupError, claim_admin_socket, host_port, listen_error
+from aigw.server import claim_admin_socket, host_port, listen_error
 
 log = logging.getLogger("aigw")
 

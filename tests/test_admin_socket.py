@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from typer.testing import CliRunner, Result
 
-from aigw.admin_client import AdminClient, AdminError
+from aigw.admin_client import AdminClient
 from aigw.cli import build_app
 from aigw.config import (
     MAX_QUOTA_TOKENS,
@@ -39,8 +39,9 @@ from aigw.config import (
     StateConfig,
     TargetConfig,
 )
+from aigw.errors import AdminError, StartupError
 from aigw.hooks.base import Usage
-from aigw.server import Gateway, StartupError
+from aigw.server import Gateway
 from tests.conftest import cli_env
 
 NOBODY = 65534

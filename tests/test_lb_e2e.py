@@ -25,8 +25,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from aigw.admin_client import AdminClient, AdminError
+from aigw.admin_client import AdminClient
 from aigw.config import load_config
+from aigw.errors import AdminError
 from aigw.hooks.base import Hook
 from tests.conftest import Daemon, RunningGateway, cli_env, read_available
 from tests.upstream import WORDS, Upstream

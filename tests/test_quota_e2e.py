@@ -23,8 +23,9 @@ import aiohttp
 import openai
 import pytest
 
-from aigw.admin_client import AdminClient, AdminError
+from aigw.admin_client import AdminClient
 from aigw.config import QuotaConfig, StateConfig
+from aigw.errors import AdminError
 from aigw.hooks.base import Usage
 from aigw.quota import QuotaManager, QuotaStatus
 from aigw.state import open_store

@@ -33,8 +33,9 @@ from aigw.config import (
     StateConfig,
     TargetConfig,
 )
+from aigw.errors import StartupError
 from aigw.hooks.base import Hook
-from aigw.server import Gateway, StartupError
+from aigw.server import Gateway
 from tests.clock import FakeClock
 from tests.conftest import cli_env, make_config
 from tests.upstream import Upstream

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from aigw.admin_client import AdminClient, AdminError
+from aigw.admin_client import AdminClient
+from aigw.errors import AdminError
 from aigw.hooks.base import Hook
 from tests.conftest import cli_env
 

@@ -466,7 +466,7 @@ def _live(
 
     from rich.live import Live
 
-    from aigw.admin_client import AdminError
+    from aigw.errors import AdminError
 
     keys = _Keys.of_stdin()
     hint = QUIT_HINT if keys is not None else "Ctrl+C quits"
@@ -535,7 +535,8 @@ def stats(
     admin_socket: str | None = AdminSocketOption,
     config: str | None = ConfigOption,
 ) -> None:
-    from aigw.admin_client import AdminClient, AdminError
+    from aigw.admin_client import AdminClient
+    from aigw.errors import AdminError
 
     def fetch() -> dict[str, Any]:
         data = client.get_json("/lb/stats")

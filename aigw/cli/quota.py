@@ -190,7 +190,8 @@ def _call(
     path: str,
     body: dict[str, Any] | None = None,
 ) -> Any:
-    from aigw.admin_client import AdminClient, AdminError
+    from aigw.admin_client import AdminClient
+    from aigw.errors import AdminError
 
     try:
         client = AdminClient.discover(admin_socket, config)

@@ -106,8 +106,8 @@ def serve(
             f"(this config uses {cfg.state.backend})",
             EXIT_STARTUP,
         )
-    from aigw.errors import StateStoreError
-    from aigw.server import StartupError, run
+    from aigw.errors import StartupError
+    from aigw.server import run
 
     if workers > 1:
         from aigw.workers import supervise
@@ -122,7 +122,7 @@ def serve(
     gc.enable()  # main() turned it off for start-up; the daemon runs for long
     try:
         code = run_loop(main, loop)
-    except (StartupError, StateStoreError) as exc:
+    except StartupError as exc:  # StateStoreError included
         fail(str(exc), EXIT_STARTUP)
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
         code = 0
@@ -150,7 +150,8 @@ def status(
     as_json: bool = JsonOption,
 ) -> None:
     """Show the running daemon: pid, version, uptime, config, listen address (and workers)."""
-    from aigw.admin_client import AdminClient, AdminError
+    from aigw.admin_client import AdminClient
+    from aigw.errors import AdminError
 
     try:
         data = AdminClient.discover(admin_socket, config).get_json("/status")
@@ -195,7 +196,8 @@ def reload(
 ) -> None:
     """Tell the running daemon to re-read its config file (as SIGHUP does); the running config
     stays when the file does not load."""
-    from aigw.admin_client import AdminClient, AdminError
+    from aigw.admin_client import AdminClient
+    from aigw.errors import AdminError
 
     try:
         data = AdminClient.discover(admin_socket, config).post_json("/reload")
