@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import HttpVersion11, web
@@ -32,7 +31,6 @@ from aigw.cache import (
     parse_cache_control,
     replay_as_sse,
 )
-from aigw.config import AuthKey
 from aigw.errors import (
     AuthenticationError,
     ContentFilteredError,
@@ -63,7 +61,6 @@ from aigw.logutil import RateLimitedLog
 from aigw.ratelimit import headers as rate_headers
 from aigw.redact import redact
 from aigw.streaming import StreamTap, usage_from_body
-from aigw.tenants import is_valid_tenant
 
 if TYPE_CHECKING:
     from aigw.balancer import Lease, TargetState
@@ -97,44 +94,6 @@ _SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-
-
-class Authenticator:
-    """Bearer key → tenant. Keys are held only as SHA-256 digests.
-
-    Comparison is constant-time in the sense that matters: the presented key is hashed before
-    the lookup, so lookup timing depends only on the digest of the caller's own input and never
-    on how many characters of a real key they guessed."""
-
-    __slots__ = ("_by_digest",)
-
-    def __init__(self, keys: Collection[AuthKey]) -> None:
-        self._by_digest = {k.digest(): k.tenant for k in keys}
-
-    @property
-    def laptop_mode(self) -> bool:
-        return not self._by_digest
-
-    def tenant(self, headers: Mapping[str, str]) -> str:
-        if not self._by_digest:
-            tenant = headers.get("X-Aigw-Tenant") or "default"
-            if not is_valid_tenant(tenant):
-                raise InvalidRequestError(
-                    "X-Aigw-Tenant must be 1-64 characters of letters, digits, '.', '_' or '-'",
-                    param="X-Aigw-Tenant",
-                )
-            return tenant
-        auth = headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise AuthenticationError(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
-            )
-        found = self._by_digest.get(hashlib.sha256(token.encode()).digest())
-        if found is None:
-            raise AuthenticationError("Incorrect API key provided.")
-        return found
 
 
 class Proxy:

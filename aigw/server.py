@@ -32,6 +32,7 @@ from aiohttp import web
 
 from aigw import __version__
 from aigw.admission import Admission
+from aigw.auth import Authenticator
 from aigw.balancer import Balancers, Clock
 from aigw.config import (
     Config,
@@ -49,7 +50,7 @@ from aigw.hooks.base import Hook
 from aigw.paths import default_admin_socket
 from aigw.private_socket import unsafe_directory
 from aigw.providers import Provider, build_provider
-from aigw.proxy import Authenticator, Proxy
+from aigw.proxy import Proxy
 
 if TYPE_CHECKING:
     from aigw.cache import ResponseCache

@@ -58,7 +58,7 @@ from aigw.config import (  # noqa: E402
 from aigw.hooks.base import RequestContext, Usage  # noqa: E402
 from aigw.hooks.validation import ValidationHook  # noqa: E402
 from aigw.metrics import Metrics  # noqa: E402
-from aigw.proxy import Authenticator  # noqa: E402
+from aigw.auth import Authenticator  # noqa: E402
 from aigw.quota import QuotaManager  # noqa: E402
 from aigw.ratelimit import RateLimiter  # noqa: E402
 from aigw.ratelimit import headers as rate_headers  # noqa: E402

@@ -331,3 +331,24 @@ async def test_client_disconnect_closes_upstream(
         resp.close()  # drop the connection mid-stream
     await asyncio.wait_for(upstream.disconnected.wait(), timeout=1.0)
     assert upstream.chunks_sent < 2000
+
+
+async def test_a_tenant_key_is_taken_from_x_api_key_as_from_authorization(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    from aigw.config import AuthConfig, AuthKey, Secret
+
+    keys = (AuthKey(tenant="team-a", key=Secret("sk-team-a")),)
+    gw = await start_gateway(
+        make_config({"up": upstream.url}, sock=sock_dir, auth=AuthConfig(keys))
+    )
+    body = {"model": "gpt-test", "messages": MESSAGES}
+    async with aiohttp.ClientSession() as session:
+        for headers, status in (
+            ({"x-api-key": "sk-team-a"}, 200),  # Anthropic's SDKs send the key this way
+            ({"Authorization": "Bearer sk-team-a"}, 200),
+            ({"x-api-key": "sk-wrong"}, 401),
+            ({}, 401),
+        ):
+            async with session.post(gw.v1 + "/chat/completions", json=body, headers=headers) as r:
+                assert r.status == status, headers
