@@ -19,15 +19,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from aigw.config import MAX_QUOTA_TOKENS
+from aigw.config import MAX_QUOTA_TOKENS, Config
 from aigw.errors import ConfigError, GatewayError, ServiceUnavailableError
+from aigw.limits import Limits
+from aigw.limits.quota import QuotaManager
+from aigw.runtime import Runtime
 
-if TYPE_CHECKING:
-    from aigw.server import Gateway
+
+class AdminTarget(Protocol):
+    """What the admin app serves from (`aigw.server.Gateway` is one)."""
+
+    config: Config
+    runtime: Runtime
+    limits: Limits | None
+    started: float
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def reload(self, path: str | None = None) -> Config: ...
+
 
 log = logging.getLogger("aigw")
 
@@ -45,7 +59,7 @@ def _problem(message: str, status: int = 400) -> web.Response:
     return _reply({"error": {"message": message}}, status)
 
 
-def build_admin_app(gateway: Gateway) -> web.Application:
+def build_admin_app(gateway: AdminTarget) -> web.Application:
     routes = web.RouteTableDef()
 
     @routes.get("/status")
@@ -158,7 +172,7 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     return response
 
 
-def _quota(gateway: Gateway) -> Any:
-    if gateway.quota is None:
+def _quota(gateway: AdminTarget) -> QuotaManager:
+    if gateway.limits is None:
         raise ServiceUnavailableError("quota manager not running")
-    return gateway.quota
+    return gateway.limits.quota

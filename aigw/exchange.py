@@ -71,6 +71,9 @@ class RequestContext:
     #: the answering upstream's own request id (to quote to the provider), when it sent one
     upstream_request_id: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # the client's request headers
+    #: the gateway's own headers for the answer (request id, rate limits, provider, cache);
+    #: the upstream's are merged under them when the answer goes out
+    response_headers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # private space for hooks
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import random
@@ -24,20 +23,16 @@ import signal
 import socket
 import stat
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from aigw import __version__
-from aigw.admission import Admission
-from aigw.auth import Authenticator
 from aigw.balancer import Balancers, Clock
 from aigw.config import (
     Config,
-    HookSpec,
-    ProviderConfig,
     format_duration,
     load_config,
     public_url,
@@ -45,46 +40,22 @@ from aigw.config import (
 from aigw.connections import CUT_GRACE, ProxyServer, plan_limits, raise_fd_limit
 from aigw.errors import StartupError
 from aigw.exchange import RequestContext
-from aigw.hooks import build_hooks
 from aigw.hooks.base import Hook
+from aigw.limits import Limits, build_limits
+from aigw.logutil import RateLimitedLog
 from aigw.paths import default_admin_socket
 from aigw.private_socket import unsafe_directory
-from aigw.providers import Provider, build_provider
+from aigw.providers import Provider
 from aigw.proxy import Proxy
+from aigw.runtime import Runtime, assemble, build_parts, close_all
 
 if TYPE_CHECKING:
     from aigw.cache import ResponseCache
     from aigw.metrics import Metrics
-    from aigw.quota import QuotaManager
-    from aigw.ratelimit import RateLimiter
     from aigw.state.base import StateStore
 
 log = logging.getLogger("aigw")
 access = logging.getLogger("aigw.access")
-
-
-_GENERATIONS = itertools.count(1)
-
-
-@dataclass(eq=False)
-class Runtime:
-    """What a config reload replaces as one unit."""
-
-    config: Config
-    providers: dict[str, Provider]
-    balancers: Balancers
-    hooks: tuple[Hook, ...]
-    #: the hooks that have an after_response, in its order: observers last
-    after_hooks: tuple[Hook, ...]
-    hook_specs: list[tuple[HookSpec | None, Hook]]  # what each hook was built from (reuse)
-    auth: Authenticator
-    hooks_rewrite: bool  # some hook may change the request body
-    wants_stream_text: bool  # some hook needs the text of streamed answers
-    collect_stream: bool  # keep streamed events (cache, hooks that need the text)
-    #: every hook is deterministic: cached answers may be found by the request's exact bytes
-    cache_by_bytes: bool
-    #: tells runtimes apart: what one learnt about request bytes does not hold for the next
-    generation: int = field(default_factory=lambda: next(_GENERATIONS))
 
 
 class Gateway:
@@ -116,15 +87,12 @@ class Gateway:
         self.started_wall = time.time()
         self.draining = False
         self.store: StateStore | None = None
-        self._quota: QuotaManager | None = None
-        self._ratelimiter: RateLimiter | None = None
-        #: what the proxy admits and settles requests with: rebuilt whenever the quota manager
-        #: or the rate limiter is replaced, so the hot path reads one attribute
-        self.admission: Admission = Admission(None, None)
+        #: rate limits, quotas and the admission the proxy calls (built with the store)
+        self.limits: Limits | None = None
         self.cache: ResponseCache | None = None
         self.metrics: Metrics | None = None
-        providers, hook_specs = self._build_parts(config, None)
-        self.runtime: Runtime = self._assemble(
+        providers, hook_specs = build_parts(config, None)
+        self.runtime: Runtime = assemble(
             config,
             providers,
             hook_specs,
@@ -137,100 +105,23 @@ class Gateway:
         #: set when the drain's deadline (server.shutdown_timeout) has passed: the requests
         #: still running are about to be cancelled (a stream may end with an in-band error)
         self.drain_deadline = asyncio.Event()
+        #: one line per target and 10 s for requests that end in an upstream failure: a dead
+        #: upstream under load must not write thousands of lines a second
+        self.upstream_failures = RateLimitedLog(logging.getLogger("aigw.upstream"))
         self._tasks: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
         self._retired: list[tuple[list[Provider], list[Hook]]] = []  # replaced by a reload
         self.listen_address = host_port(config.server.host, config.server.port)
         self.bound_port: int | None = None
 
-    @property
-    def quota(self) -> QuotaManager | None:
-        return self._quota
-
-    @quota.setter
-    def quota(self, quota: QuotaManager | None) -> None:
-        self._quota = quota
-        self._build_admission()
-
-    @property
-    def ratelimiter(self) -> RateLimiter | None:
-        return self._ratelimiter
-
-    @ratelimiter.setter
-    def ratelimiter(self, limiter: RateLimiter | None) -> None:
-        self._ratelimiter = limiter
-        self._build_admission()
-
-    def _build_admission(self) -> None:
-        limiter, quota = self._ratelimiter, self._quota
-        if self.store is None:
-            self.admission = Admission(limiter, quota)
-        else:
-            self.admission = self.store.admission(limiter, quota)
-
     # --- building ------------------------------------------------------------------------------
-
-    def _build_parts(
-        self, config: Config, old: Runtime | None
-    ) -> tuple[dict[str, Provider], list[tuple[HookSpec | None, Hook]]]:
-        """The providers and hooks of `config`, reusing `old`'s where their config is the same."""
-        providers: dict[str, Provider] = {}
-        for name, pconf in config.providers.items():
-            reuse = old.providers.get(name) if old else None
-            if (
-                reuse is not None
-                and _provider_config(reuse) == pconf
-                and reuse.max_body == config.server.max_upstream_body
-            ):
-                providers[name] = reuse
-            else:
-                providers[name] = build_provider(pconf, max_body=config.server.max_upstream_body)
-        kept = [(spec, hook) for spec, hook in old.hook_specs if spec is not None] if old else []
-        return providers, build_hooks(config.hooks, tuple(config.models), kept)
-
-    def _assemble(
-        self,
-        config: Config,
-        providers: dict[str, Provider],
-        hook_specs: list[tuple[HookSpec | None, Hook]],
-        balancers: Balancers,
-    ) -> Runtime:
-        hooks = tuple(hook for _, hook in hook_specs)
-        collect = bool(config.cache.enabled) or any(h.wants_stream_text for h in hooks)
-        return Runtime(
-            config=config,
-            providers=providers,
-            balancers=balancers,
-            hooks=hooks,
-            after_hooks=tuple(
-                sorted(  # stable: config order within each kind
-                    (h for h in hooks if type(h).after_response is not Hook.after_response),
-                    key=lambda h: h.observes_only,
-                )
-            ),
-            hook_specs=hook_specs,
-            auth=Authenticator(config.auth.keys),
-            hooks_rewrite=any(h.modifies_request for h in hooks),
-            wants_stream_text=any(h.wants_stream_text for h in hooks),
-            collect_stream=collect,
-            cache_by_bytes=all(_deterministic(h) for h in hooks),
-        )
 
     async def _open_long_lived(self) -> None:
         config = self.config
-        from aigw.quota import QuotaManager
-        from aigw.ratelimit import RateLimiter
         from aigw.state import open_store
 
         self.store = await open_store(config.state)
-        # A shared store drops the reservations of a crashed instance after this long: the
-        # longest a request may take, plus slack for the settle after it.
-        ttl = config.server.request_timeout + 60.0
-        self.quota = QuotaManager(self.store, config.quota, reservation_ttl=ttl)
-        await self.quota.start()
-        self.ratelimiter = self.store.rate_limiter(config.rate_limit) or RateLimiter(
-            config.rate_limit
-        )
+        self.limits = build_limits(self.store, config)
         if config.cache.enabled:
             from aigw.cache import ResponseCache
 
@@ -360,9 +251,9 @@ class Gateway:
         self._proxy_site = None
         self._proxy_server = None
         for providers, hooks in self._retired:
-            await _close_all(providers, hooks)
+            await close_all(providers, hooks)
         self._retired.clear()
-        await _close_all(list(self.runtime.providers.values()), list(self.runtime.hooks))
+        await close_all(list(self.runtime.providers.values()), list(self.runtime.hooks))
         await self._close_long_lived()
 
     async def _cancel_tasks(self) -> None:
@@ -374,9 +265,9 @@ class Gateway:
         self._tasks.clear()
 
     async def _close_long_lived(self) -> None:
-        if self.quota is not None:
-            await self.quota.close()
-            self.quota = None
+        if self.limits is not None:
+            await self.limits.close()
+            self.limits = None
         if self.store is not None:
             await self.store.close()
             self.store = None
@@ -397,23 +288,21 @@ class Gateway:
         # Build and start everything before touching live state: `Balancers.reload()` applies
         # the new weights and health settings to the surviving targets in place, so it comes
         # last, once nothing can fail.
-        providers, hook_specs = self._build_parts(config, old)
+        providers, hook_specs = build_parts(config, old)
         fresh = [p for n, p in providers.items() if old.providers.get(n) is not p]
         try:
             for provider in fresh:
                 await provider.start()
         except BaseException:
-            await _close_all(fresh, [h for _, h in hook_specs if h not in old.hooks])
+            await close_all(fresh, [h for _, h in hook_specs if h not in old.hooks])
             raise
         balancers = old.balancers.reload(config.models, config.health)
-        new = self._assemble(config, providers, hook_specs, balancers)
+        new = assemble(config, providers, hook_specs, balancers)
         self.runtime = new
         self.config = config
         self.access_logging = config.server.access_log
-        if self.ratelimiter is not None:
-            self.ratelimiter.reload(config.rate_limit)
-        if self.quota is not None:
-            self.quota.reload(config.quota)
+        if self.limits is not None:
+            self.limits.reload(config)
         retired = [p for n, p in old.providers.items() if new.providers.get(n) is not p]
         hooks = [h for h in old.hooks if h not in new.hooks]
         if retired or hooks:
@@ -460,7 +349,7 @@ class Gateway:
         # a request may take (or at stop, whichever comes first).
         await asyncio.sleep(self.config.server.request_timeout)
         self._retired.remove((providers, hooks))
-        await _close_all(providers, hooks)
+        await close_all(providers, hooks)
 
     # --- background --------------------------------------------------------------------------
 
@@ -534,32 +423,6 @@ class Gateway:
             usage.total_tokens if usage else "-",
             (time.monotonic() - ctx.started) * 1000,
         )
-
-
-def _deterministic(hook: Hook) -> bool:
-    """Whether `hook`'s before_request may be skipped for bytes it passed before: it has none
-    of its own, or it says `deterministic` and so does the class that defines before_request (a
-    subclass that overrides a built-in's before_request does not inherit the built-in's promise)."""
-    for cls in type(hook).__mro__:
-        if "before_request" in vars(cls):
-            if cls is Hook:
-                return True
-            return hook.deterministic and bool(vars(cls).get("deterministic", False))
-    return True
-
-
-async def _close_all(providers: list[Provider], hooks: list[Hook]) -> None:
-    for hook in hooks:
-        try:
-            await hook.close()
-        except Exception:  # one broken hook must not keep the others open
-            log.exception("closing hook %s failed", type(hook).__name__)
-    for provider in providers:
-        await provider.close()
-
-
-def _provider_config(provider: Provider) -> ProviderConfig | None:
-    return getattr(provider, "config", None)
 
 
 def host_port(host: str, port: int) -> str:

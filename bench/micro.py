@@ -43,6 +43,7 @@ sys.path.insert(1, str(BENCH_DIR.parent))
 
 import run as harness  # noqa: E402  (bench/run.py: the bodies and answers of the wrk bench)
 
+from aigw.auth import Authenticator  # noqa: E402
 from aigw.balancer import STRATEGY_CLASSES, Balancers  # noqa: E402
 from aigw.cache import CachedResponse, ResponseCache, cache_key, parse_cache_control  # noqa: E402
 from aigw.config import (  # noqa: E402
@@ -57,11 +58,10 @@ from aigw.config import (  # noqa: E402
 )
 from aigw.hooks.base import RequestContext, Usage  # noqa: E402
 from aigw.hooks.validation import ValidationHook  # noqa: E402
+from aigw.limits.quota import QuotaManager  # noqa: E402
+from aigw.limits.ratelimit import RateLimiter  # noqa: E402
+from aigw.limits.ratelimit import headers as rate_headers  # noqa: E402
 from aigw.metrics import Metrics  # noqa: E402
-from aigw.auth import Authenticator  # noqa: E402
-from aigw.quota import QuotaManager  # noqa: E402
-from aigw.ratelimit import RateLimiter  # noqa: E402
-from aigw.ratelimit import headers as rate_headers  # noqa: E402
 from aigw.state import open_store  # noqa: E402
 from aigw.streaming import StreamTap, usage_from_body  # noqa: E402
 

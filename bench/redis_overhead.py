@@ -3,8 +3,8 @@
     python bench/redis_overhead.py [--requests 5000] [--duration 10] [--quick] [--without-hiredis]
 
 Part 1, in process: the state work the proxy does for one request through the gateway's
-admission (`aigw.admission`) — request bucket, token bucket and quota reserve, then quota commit
-and token settle — done N times in a row, once over the sqlite store (+ in-memory limiter, the
+admission (`aigw.limits`) — request bucket, token bucket and quota reserve, then quota commit and
+token settle — done N times in a row, once over the sqlite store (+ in-memory limiter, the
 default) and once over the redis store (+ shared limiter), then again with 16 requests at a
 time. Reported: wall µs per request, gateway CPU µs per request, redis-server CPU µs per request
 (from /proc) and Redis round trips per request (scripts the server ran, INFO commandstats).
@@ -116,19 +116,20 @@ def scripts_run(port: int) -> int:
 
 
 async def state_work(backend: str, url: str, redis_pid: int, tmp: Path, n: int) -> dict[str, Any]:
-    from aigw.config import QuotaConfig, RateLimitConfig, StateConfig
-    from aigw.hooks.base import Usage
-    from aigw.proxy import Charge
-    from aigw.quota import QuotaManager
-    from aigw.ratelimit import RateLimiter
+    from aigw.config import Config, QuotaConfig, RateLimitConfig, StateConfig
+    from aigw.exchange import Usage
+    from aigw.limits import Charge, build_limits
     from aigw.state import open_store
 
     state = StateConfig(backend=backend, url=url, path=str(tmp / f"{backend}.db"))
     store = await open_store(state)
-    limits = RateLimitConfig(requests_per_second=1e6, burst=10**6, tokens_per_minute=10**9)
-    limiter = store.rate_limiter(limits) or RateLimiter(limits)
-    quota = QuotaManager(store, QuotaConfig(default=10**15))
-    admission = store.admission(limiter, quota)
+    config = Config(
+        state=state,
+        rate_limit=RateLimitConfig(requests_per_second=1e6, burst=10**6, tokens_per_minute=10**9),
+        quota=QuotaConfig(default=10**15),
+    )
+    built = build_limits(store, config)
+    quota, admission = built.quota, built.admission
     usage = Usage(12, 30, 42)
     port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
 

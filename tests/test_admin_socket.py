@@ -187,7 +187,7 @@ async def test_quota_reset_of_an_unknown_tenant_is_a_one_line_error(
     assert "nobody" not in {s["tenant"] for s in json.loads(shown.stdout)["tenants"]}
 
     # Known: a key in auth.keys, a quota in the config, an override, or recorded usage.
-    quota = running.gateway.quota
+    quota = running.gateway.limits.quota
     await quota.set_limit("overridden", 50)
     reservation = await quota.reserve("used", 10)
     await quota.commit(reservation, Usage(3, 2, 5))

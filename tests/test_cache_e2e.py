@@ -26,7 +26,7 @@ from aigw.config import (
 )
 from aigw.hooks.base import Hook, RequestContext
 from aigw.hooks.content_filter import ContentFilterHook
-from aigw.ratelimit import RateLimiter
+from aigw.limits import build_limits
 from tests.clock import FakeClock
 from tests.conftest import RunningGateway, make_config
 from tests.upstream import WORDS, Upstream
@@ -431,7 +431,7 @@ async def test_hits_count_zero_quota_tokens_but_count_against_the_request_rate(
         rate_limit=limits,
         quota=QuotaConfig(default=1_000_000),
     )
-    gw.gateway.ratelimiter = RateLimiter(limits, clock=clock)
+    gw.gateway.limits = build_limits(gw.gateway.store, gw.gateway.config, clock=clock)
     assert (await post(gw, chat())).cache == "miss"
     hit = await post(gw, chat())
     assert hit.cache == "hit"
@@ -442,7 +442,7 @@ async def test_hits_count_zero_quota_tokens_but_count_against_the_request_rate(
     assert limited.status == 429
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
     assert len(upstream.requests) == 1
-    quota = gw.gateway.quota
+    quota = gw.gateway.limits.quota
     assert quota is not None
     (status,) = await quota.status("default")
     assert (status.input_tokens, status.output_tokens, status.total_tokens) == (
@@ -619,7 +619,7 @@ async def test_a_tenant_out_of_quota_is_refused_even_a_cached_answer(
     gw = await start(start_gateway, upstream, sock_dir, quota=QuotaConfig(default=1_000_000))
     assert (await post(gw, chat("cached"))).cache == "miss"
     assert (await post(gw, chat("cached"))).cache == "hit"
-    quota = gw.gateway.quota
+    quota = gw.gateway.limits.quota
     assert quota is not None
     (before,) = await quota.status("default")
     spaced = json.dumps(chat("cached"), indent=1).encode()  # the canonical path

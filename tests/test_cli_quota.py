@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from aigw.cli.quota import quota_table, register
 from aigw.config import QuotaConfig
 from aigw.hooks.base import Usage
-from aigw.quota import QuotaManager
+from aigw.limits.quota import QuotaManager
 from aigw.state.memory import MemoryStore
 
 NOW = datetime.fromisoformat("2024-03-10T12:00:00+00:00").timestamp()

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from aigw.config import AuthConfig, AuthKey, QuotaConfig, RateLimitConfig, RateLimitRule, Secret
-from aigw.ratelimit import RateLimiter
+from aigw.limits import build_limits
 from tests.clock import FakeClock as Clock
 from tests.conftest import make_config
 from tests.upstream import WORDS, Upstream
@@ -43,7 +43,7 @@ async def start(
 ) -> Any:
     config = make_config({"up": upstream.url}, sock=sock_dir, **sections)
     gw = await start_gateway(config)
-    gw.gateway.ratelimiter = RateLimiter(config.rate_limit, clock=clock)
+    gw.gateway.limits = build_limits(gw.gateway.store, config, clock=clock)
     return gw
 
 
@@ -240,7 +240,7 @@ async def test_tenants_are_isolated_with_auth_keys(
         clock.advance(1.0)
         assert (await post(s, gw, headers=bearer("team-a"))).status == 200
     # Quota usage is per tenant as well.
-    quota = gw.gateway.quota
+    quota = gw.gateway.limits.quota
     by_tenant = {s.tenant: s.total_tokens for s in await quota.status()}
     assert by_tenant == {"team-a": 3 * USED, "team-b": 2 * USED, "vip": USED}
 
@@ -286,8 +286,9 @@ async def test_idle_tenants_buckets_are_evicted(
     clock = Clock()
     config = make_config({"up": upstream.url}, sock=sock_dir, rate_limit=rate)
     gw = await start_gateway(config)
-    limiter = RateLimiter(config.rate_limit, clock=clock, max_idle=60.0)
-    gw.gateway.ratelimiter = limiter
+    gw.gateway.limits = build_limits(gw.gateway.store, config, clock=clock)
+    limiter = gw.gateway.limits.rate
+    assert limiter.max_idle == 60.0
     async with aiohttp.ClientSession() as s:
         for i in range(30):
             assert (await post(s, gw, headers={"X-Aigw-Tenant": f"tenant-{i}"})).status == 200

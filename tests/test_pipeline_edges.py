@@ -72,7 +72,7 @@ async def post(
 
 
 async def quota_used(gw: Any, tenant: str = "default") -> tuple[int, int]:
-    [status] = await gw.gateway.quota.status(tenant)
+    [status] = await gw.gateway.limits.quota.status(tenant)
     return status.total_tokens, status.reserved
 
 

@@ -18,7 +18,7 @@ import pytest
 from aigw.config import QuotaConfig, StateConfig
 from aigw.errors import GatewayError, QuotaExceededError
 from aigw.hooks.base import Usage
-from aigw.quota import (
+from aigw.limits.quota import (
     InvalidTenantName,
     QuotaManager,
     period_window,
@@ -139,7 +139,7 @@ async def test_runtime_override_wins_over_default(make_manager: Factory) -> None
     assert (status.limit, status.source, status.total_tokens) == (500, "override", 450)
     await qm.set_limit("team-a", 0)  # 0 = unlimited at runtime too
     await qm.reserve("team-a", 10**9)
-    await qm.clear_limit("team-a")
+    await qm.store.set_override("team-a", None)  # the override goes: the config is back
     with pytest.raises(QuotaExceededError):
         await qm.reserve("team-a", 1)  # back to the default of 100, already 450 used
 

@@ -27,7 +27,8 @@ from aigw.admin_client import AdminClient
 from aigw.config import QuotaConfig, StateConfig
 from aigw.errors import AdminError
 from aigw.hooks.base import Usage
-from aigw.quota import QuotaManager, QuotaStatus
+from aigw.limits import build_limits
+from aigw.limits.quota import QuotaManager, QuotaStatus
 from aigw.state import open_store
 from tests.clock import FakeClock as Clock
 from tests.conftest import Daemon, cli_env, make_config
@@ -42,7 +43,7 @@ BODY_100 = {"model": "gpt-test", "messages": MESSAGES, "max_tokens": 100}
 
 
 def quota_of(gw: Any) -> QuotaManager:
-    quota = gw.gateway.quota
+    quota = gw.gateway.limits.quota
     assert quota is not None
     return quota  # type: ignore[no-any-return]
 
@@ -201,7 +202,7 @@ async def test_next_reset_after_a_request_in_a_non_utc_zone(
     quota = QuotaConfig(default=100_000, period=period, timezone="America/New_York")
     gw = await start_gateway(make_config({"up": upstream.url}, sock=sock_dir, quota=quota))
     clock = Clock(ts(now))
-    gw.gateway.quota = QuotaManager(gw.gateway.store, quota, clock=clock)
+    gw.gateway.limits = build_limits(gw.gateway.store, gw.gateway.config, wall_clock=clock)
     async with (
         aiohttp.ClientSession() as session,
         session.post(

@@ -46,7 +46,7 @@ async def test_a_stream_without_max_tokens_is_cut_when_the_quota_is_spent(
     assert "ran out of token quota" in str(info.value)
     assert limit - 16 - 16 < seen < limit
     await client.close()
-    quota = gw.gateway.quota
+    quota = gw.gateway.limits.quota
     [status] = await quota.status("default")
     assert status.reserved == 0
     # What was delivered is recorded, and it stays within the quota.
@@ -83,7 +83,7 @@ async def test_a_long_stream_is_not_cut_while_the_quota_lasts(
     assert "".join(text) == " ".join(["w"] * 1500)
     assert usage is not None and usage.completion_tokens == 1500
     await client.close()
-    [status] = await gw.gateway.quota.status("default")
+    [status] = await gw.gateway.limits.quota.status("default")
     assert (status.reserved, status.output_tokens) == (0, 1500)
 
 
@@ -103,7 +103,7 @@ async def test_a_whole_answer_past_max_tokens_is_recorded_in_full_and_counted_as
     answer = await client.chat.completions.create(model="gpt-test", messages=MESSAGES, max_tokens=5)
     assert answer.usage is not None and answer.usage.completion_tokens == 100
     await client.close()
-    quota = gw.gateway.quota
+    quota = gw.gateway.limits.quota
     [status] = await quota.status("default")
     assert status.total_tokens == answer.usage.total_tokens  # in full, not the reservation
     held = quota.estimate_tokens("chat/completions", {"messages": MESSAGES, "max_tokens": 5})

@@ -9,7 +9,7 @@ import pytest
 
 from aigw.config import RateLimitConfig, RateLimitRule
 from aigw.errors import RateLimitError
-from aigw.ratelimit import (
+from aigw.limits.ratelimit import (
     UNLIMITED,
     RateLimiter,
     format_duration,

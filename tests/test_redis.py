@@ -19,9 +19,10 @@ import redis
 from aigw.config import QuotaConfig, RateLimitConfig, RateLimitRule, StateConfig
 from aigw.errors import StateUnavailableError
 from aigw.hooks.base import Usage
-from aigw.quota import QuotaManager
+from aigw.limits.quota import QuotaManager
+from aigw.limits.shared import SharedRateLimiter
 from aigw.state.base import Override, UsageCounters
-from aigw.state.redis import RedisRateLimiter, RedisStore, redacted_url
+from aigw.state.redis import RedisStore, redacted_url
 from aigw.workers import merge_lb_stats
 from tests.clock import FakeClock
 from tests.conftest import _short_tmp, make_config
@@ -107,7 +108,7 @@ async def test_override_on_one_instance_applies_to_the_next_request_on_another(
     assert reservation.tokens == 5_000
     [status] = await qb.status("team-a")
     assert (status.limit, status.source) == (10_000, "override")
-    await qa.clear_limit("team-a")
+    await qa.store.set_override("team-a", None)  # the override goes: the config is back
     with pytest.raises(Exception, match="quota"):
         await qb.reserve("team-a", 60)
     # An override with another period moves the usage key too.
@@ -157,7 +158,7 @@ async def test_keys_are_namespaced_and_expire(redis_url: str, make_store: StoreF
     await qm.commit(await qm.reserve("team-a", 100), None)  # a reservation that stays
     never = QuotaManager(store, QuotaConfig(default=1000, period="never"), clock=clock)
     await never.commit(await never.reserve("forever", 10), Usage(1, 1, 2))
-    limiter = RedisRateLimiter(
+    limiter = SharedRateLimiter(
         RateLimitConfig(requests_per_second=10, burst=20, tokens_per_minute=600), store
     )
     await limiter.take_request("team-a")
@@ -188,8 +189,8 @@ async def test_shared_request_bucket_across_instances(
 ) -> None:
     clock = FakeClock(NOW)
     config = RateLimitConfig(requests_per_second=10, burst=20)
-    a = RedisRateLimiter(config, await make_store(redis_url, clock=clock))
-    b = RedisRateLimiter(config, await make_store(redis_url, clock=clock))
+    a = SharedRateLimiter(config, await make_store(redis_url, clock=clock))
+    b = SharedRateLimiter(config, await make_store(redis_url, clock=clock))
     decisions = [await (a if i % 2 else b).take_request("t") for i in range(20)]
     assert all(d.allowed for d in decisions)
     assert [d.remaining for d in decisions[:3]] == [19, 18, 17]
@@ -200,7 +201,7 @@ async def test_shared_request_bucket_across_instances(
     assert (await b.take_request("t")).allowed
     assert not (await a.take_request("t")).allowed
     assert (await a.take_request("other")).allowed  # per tenant
-    unlimited = RedisRateLimiter(RateLimitConfig(), a._store)
+    unlimited = SharedRateLimiter(RateLimitConfig(), a.store)
     assert (await unlimited.take_request("t")).limit == 0
 
 
@@ -211,8 +212,8 @@ async def test_shared_token_bucket_settles_real_usage(
     config = RateLimitConfig(
         tokens_per_minute=600, tenants={"vip": RateLimitRule(tokens_per_minute=0)}
     )
-    a = RedisRateLimiter(config, await make_store(redis_url, clock=clock))
-    b = RedisRateLimiter(config, await make_store(redis_url, clock=clock))
+    a = SharedRateLimiter(config, await make_store(redis_url, clock=clock))
+    b = SharedRateLimiter(config, await make_store(redis_url, clock=clock))
     first = await a.take_tokens("t", 500)
     assert (first.allowed, first.remaining) == (True, 100)
     assert not (await b.take_tokens("t", 200)).allowed
@@ -235,7 +236,7 @@ async def test_fail_open_serves_counts_locally_and_reconciles(
     caplog.set_level(logging.INFO, logger="aigw.state")
     baseline = len(asyncio.all_tasks())
     store = await make_store(redis_server.url)
-    limiter = RedisRateLimiter(RateLimitConfig(requests_per_second=1000, burst=1000), store)
+    limiter = SharedRateLimiter(RateLimitConfig(requests_per_second=1000, burst=1000), store)
     qm = QuotaManager(store, QuotaConfig(default=1000), clock=FakeClock(NOW))
     await qm.commit(await qm.reserve("t", 100), Usage(50, 50, 100))
     before_outage = await qm.reserve("t", 100)  # in flight while Redis dies
@@ -271,7 +272,7 @@ async def test_fail_closed_refuses_then_recovers(
     caplog.set_level(logging.INFO, logger="aigw.state")
     baseline = len(asyncio.all_tasks())
     store = await make_store(redis_server.url, on_failure="fail_closed")
-    limiter = RedisRateLimiter(RateLimitConfig(requests_per_second=100, burst=100), store)
+    limiter = SharedRateLimiter(RateLimitConfig(requests_per_second=100, burst=100), store)
     qm = QuotaManager(store, QuotaConfig(default=1000), clock=FakeClock(NOW))
     running = await qm.reserve("t", 100)
     redis_server.kill()
@@ -363,7 +364,7 @@ async def test_gateways_share_buckets_and_report_them_in_headers(
                     assert float(resp.headers["retry-after-ms"]) > 0
     assert remaining == ["2", "1", "0"]
     # Both gateways settled the real usage (7 + 12 tokens each) into the one quota.
-    status = await gateways[1].gateway.quota.status("default")
+    status = await gateways[1].gateway.limits.quota.status("default")
     assert status[0].total_tokens == 3 * 19
 
 

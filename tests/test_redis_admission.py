@@ -18,9 +18,10 @@ import redis
 from aigw.config import QuotaConfig, RateLimitConfig, RateLimitRule, StateConfig
 from aigw.errors import QuotaExceededError, RateLimitError, StateUnavailableError
 from aigw.hooks.base import Usage
-from aigw.proxy import Charge
-from aigw.quota import QuotaManager
-from aigw.state.redis import RedisAdmission, RedisRateLimiter, RedisStore
+from aigw.limits import Charge
+from aigw.limits.quota import QuotaManager
+from aigw.limits.shared import SharedAdmission, SharedRateLimiter
+from aigw.state.redis import RedisStore
 from tests.clock import FakeClock
 from tests.conftest import _short_tmp, make_config
 from tests.upstream import Upstream
@@ -28,12 +29,12 @@ from tests.upstream import Upstream
 NOW = 1_710_072_000.0  # 2024-03-10T12:00:00Z
 
 
-MakeAdmission = Callable[..., Awaitable[RedisAdmission]]
+MakeAdmission = Callable[..., Awaitable[SharedAdmission]]
 
 
 @pytest.fixture
 async def make_admission() -> AsyncIterator[MakeAdmission]:
-    """`await make_admission(url, rate=…, quota=…)`: a RedisAdmission of a fresh store (one
+    """`await make_admission(url, rate=…, quota=…)`: a SharedAdmission of a fresh store (one
     gateway instance), its buckets and periods on the test's clock."""
     stores: list[RedisStore] = []
 
@@ -44,15 +45,14 @@ async def make_admission() -> AsyncIterator[MakeAdmission]:
         quota: QuotaConfig,
         clock: FakeClock,
         **store_kwargs: Any,
-    ) -> RedisAdmission:
+    ) -> SharedAdmission:
         store_kwargs.setdefault("recovery_interval", 0.02)
         store = RedisStore(url, clock=clock, **store_kwargs)
         await store.open()
         stores.append(store)
-        limiter = RedisRateLimiter(rate, store, clock=clock)
+        limiter = SharedRateLimiter(rate, store, clock=clock)
         manager = QuotaManager(store, quota, clock=clock, reservation_ttl=60.0)
-        admission = store.admission(limiter, manager)
-        assert isinstance(admission, RedisAdmission)
+        admission = SharedAdmission(limiter, manager, store)
         return admission
 
     yield factory
@@ -61,7 +61,7 @@ async def make_admission() -> AsyncIterator[MakeAdmission]:
 
 
 async def admit(
-    admission: RedisAdmission, tenant: str, estimate: int
+    admission: SharedAdmission, tenant: str, estimate: int
 ) -> tuple[Charge, dict[str, str]]:
     """What the proxy does between auth and the cache: take_request, then admit."""
     charge = Charge()
@@ -273,7 +273,7 @@ async def test_gateway_answers_each_refusal_with_its_error_and_headers(
         quota=QuotaConfig(default=100_000, tenants={"poor": 10}),
     )
     gw = await start_gateway(config)
-    assert isinstance(gw.gateway.admission, RedisAdmission)
+    assert isinstance(gw.gateway.limits.admission, SharedAdmission)
     body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
 
     async def post(session: aiohttp.ClientSession, tenant: str) -> tuple[int, Any, Any]:
@@ -325,7 +325,7 @@ async def test_200_concurrent_admissions_on_two_instances_never_overshoot(
     a = await make_admission(redis_url, rate=rate, quota=quota, clock=clock)
     b = await make_admission(redis_url, rate=rate, quota=quota, clock=clock)
 
-    async def one(i: int) -> tuple[RedisAdmission, Charge] | None:
+    async def one(i: int) -> tuple[SharedAdmission, Charge] | None:
         instance = a if i % 2 else b
         try:
             return instance, (await admit(instance, "t", estimate))[0]

@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from aigw.config import QuotaConfig, RateLimitConfig, StateConfig
-from aigw.state.redis import RedisAdmission, RedisRateLimiter, RedisStore
+from aigw.limits.shared import SharedAdmission, SharedRateLimiter
+from aigw.state.redis import RedisStore
 from tests.clock import FakeClock
 from tests.conftest import RunningGateway, _short_tmp, make_config
 from tests.redis_server import RedisServer
@@ -71,7 +72,7 @@ async def test_an_idle_restart_of_redis_costs_no_request(
     session: aiohttp.ClientSession,
 ) -> None:
     gw = await start_gateway(gateway_config(upstream, redis_server.url))
-    assert isinstance(gw.gateway.admission, RedisAdmission)
+    assert isinstance(gw.gateway.limits.admission, SharedAdmission)
     # Several pooled connections, all of which the restart kills.
     warm = await asyncio.gather(*(post(session, gw) for _ in range(20)))
     assert [status for status, _ in warm] == [200] * 20
@@ -140,7 +141,7 @@ async def test_a_rate_limiter_leaves_its_store_clock_alone(
     store = RedisStore(redis_url, clock=store_clock)
     await store.open()
     try:
-        limiter = RedisRateLimiter(
+        limiter = SharedRateLimiter(
             RateLimitConfig(requests_per_second=1, burst=1), store, clock=limiter_clock
         )
         assert store.clock is store_clock

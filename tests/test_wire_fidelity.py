@@ -221,7 +221,7 @@ async def test_a_stream_delivered_up_to_done_is_complete_when_the_client_leaves_
     assert 'status="499"' not in metrics
     cache = gw.gateway.cache
     assert cache is not None and cache.entries == 3
-    [status] = await gw.gateway.quota.status("default")
+    [status] = await gw.gateway.limits.quota.status("default")
     assert status.reserved == 0
     assert status.total_tokens == 3 * (7 + len(WORDS))  # the upstream's own usage, not estimates
 
@@ -473,7 +473,7 @@ async def test_a_stream_that_never_ends_is_cut_at_the_request_deadline(
     assert 10 < seen < 500
     await client.close()
     await asyncio.wait_for(upstream.disconnected.wait(), 5)  # the upstream was let go
-    [status] = await gw.gateway.quota.status("default")
+    [status] = await gw.gateway.limits.quota.status("default")
     assert status.reserved == 0 and status.output_tokens >= seen  # what was delivered
 
 

@@ -29,14 +29,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
-
-from aigw.admission import Admission
-
-if TYPE_CHECKING:
-    from aigw.config import RateLimitConfig
-    from aigw.quota import QuotaManager
-    from aigw.ratelimit import RateLimiter
+from typing import ClassVar
 
 #: `(tenant, period_key)`.
 UsageKey = tuple[str, str]
@@ -84,13 +77,17 @@ STALE = ReserveResult(False, 0, 0, stale=True)
 
 
 class StateStore(ABC):
-    """Async store shared by the quota manager (and later the cache and a shared rate limiter).
+    """Async storage of quota usage, reservations and overrides: numbers in, numbers out. What
+    they mean for a request (limits, refusals) is `aigw.limits`'s business.
 
     Lifecycle: construct, `await open()`, use, `await close()`. `close()` flushes everything.
     """
 
     #: Backend name as written in `state.backend`.
     name: ClassVar[str]
+    #: Several gateway instances share this store: their rate-limit buckets and quota
+    #: reservations must live in it too (`aigw.limits.build_limits` picks the shared limits).
+    shared: ClassVar[bool] = False
 
     @abstractmethod
     async def open(self) -> None:
@@ -188,19 +185,6 @@ class StateStore(ABC):
         """Bring the local view of the overrides up to date (a shared store reads them again;
         in-process stores are always current)."""
         return None
-
-    # --- shared rate limits -----------------------------------------------------------------
-
-    def rate_limiter(self, config: RateLimitConfig) -> RateLimiter | None:
-        """A rate limiter whose buckets live in this store, shared by every instance using it;
-        None (the default) when the store is in-process and the gateway's own in-memory limiter
-        is the right one."""
-        return None
-
-    def admission(self, limiter: RateLimiter | None, quota: QuotaManager | None) -> Admission:
-        """What the proxy admits and settles requests with. In-process stores: each limit in
-        turn (`aigw.admission.Admission`); a shared store may decide them together."""
-        return Admission(limiter, quota)
 
     # --- lifecycle --------------------------------------------------------------------------
 

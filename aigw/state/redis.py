@@ -13,8 +13,8 @@ Keys, all under `prefix` (default `aigw:`):
                                          float), PX expiry
 
 Atomicity: each operation is one round trip running one Lua script, so no instance can
-interleave another's check and write. A request costs two (`RedisAdmission`): at admission one
-script checks the request bucket, the token bucket, the quota and the overrides version and
+interleave another's check and write. A request costs two (`aigw.limits.shared`): at admission
+one script checks the request bucket, the token bucket, the quota and the overrides version and
 takes all three or nothing; at settlement one script replaces the reservation by the usage and
 corrects the token bucket by the difference from the estimate. (`reserve`, `commit`, `take`
 and `adjust` are the same scripts one limit at a time, for the store contract and the
@@ -66,7 +66,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -75,20 +75,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from aigw.admission import Admission
 from aigw.errors import StateUnavailableError
-from aigw.quota import STALE_RETRIES, Reservation, charged_tokens, overrides_unsettled
-from aigw.ratelimit import UNLIMITED, RateDecision, RateLimiter, limit_error
-from aigw.ratelimit import headers as rate_headers
 from aigw.state.base import STALE, Override, ReserveResult, StateStore, UsageCounters, UsageKey
-from aigw.tenants import InvalidTenantName, is_valid_tenant
-
-if TYPE_CHECKING:
-    from aigw.config import RateLimitConfig
-    from aigw.exchange import Usage
-    from aigw.proxy import Charge
-    from aigw.quota import QuotaManager
-    from aigw.ratelimit import _Bucket
 
 log = logging.getLogger("aigw.state")
 
@@ -150,7 +138,7 @@ local function sweep(ukey, rkey, now_ms)
   if left ~= r then redis.call('HSET', ukey, 'r', left) end
   return left
 end
--- A token bucket as a GCRA arrival time in µs (see aigw.ratelimit). Whether `units` fit now;
+-- A token bucket as a GCRA arrival time in µs (see aigw.limits.ratelimit). Whether `units` fit now;
 -- then how far the arrival time runs ahead of now after taking them (when they fit) or how
 -- long until they would (when not); and how far ahead it runs now.
 -- Epoch µs in a double carry a rounding of up to 0.125 µs per write, and a burst adds them up:
@@ -333,50 +321,42 @@ class _Pending:
         self.members.extend(other.members)
 
 
-class Admitted:
-    """What one admission round trip decided (`RedisStore.admit`)."""
+@dataclass(frozen=True, slots=True)
+class BucketStep:
+    """One GCRA step on a shared bucket, in seconds (the `gcra` function of the scripts)."""
 
-    __slots__ = ("admitted", "requests", "reserved", "stale", "tokens", "used")
-
-    def __init__(
-        self,
-        admitted: bool,
-        used: int,
-        reserved: int,
-        requests: RateDecision,
-        tokens: RateDecision,
-        *,
-        stale: bool = False,
-    ) -> None:
-        #: everything was taken (request, tokens, quota reservation)
-        self.admitted = admitted
-        #: quota: tokens recorded in the period, and held by reservations (this one included)
-        self.used = used
-        self.reserved = reserved
-        #: the request and token buckets; an allowed one reports what is left after this
-        #: request when it was admitted, and what is left now when something else refused
-        self.requests = requests
-        self.tokens = tokens
-        #: the overrides had changed: nothing was done, resolve the limit again
-        self.stale = stale
+    #: the units fit now
+    fits: bool
+    #: when they fit: how far the bucket runs ahead of now after taking them; when not: how
+    #: long until they would
+    lead: float
+    #: how far the bucket runs ahead of now before this step
+    lead_now: float
 
 
-_STALE_ADMISSION = Admitted(False, 0, 0, UNLIMITED, UNLIMITED, stale=True)
+@dataclass(frozen=True, slots=True)
+class AdmitReply:
+    """What one admission round trip decided (`RedisStore.admit`), as numbers."""
+
+    #: everything was taken (request, tokens, quota reservation)
+    allowed: bool
+    #: quota: tokens recorded in the period, and held by reservations (this one included)
+    used: int
+    reserved: int
+    #: the request and token buckets' steps; None where no such bucket was given
+    requests: BucketStep | None = None
+    tokens: BucketStep | None = None
+    #: the overrides had changed: nothing was done, resolve the limit again
+    stale: bool = False
 
 
-def _decision(
-    shape: _Bucket | None, admitted: bool, fits: Any, lead: Any, lead_now: Any
-) -> RateDecision:
-    """A bucket's part of the admission script's reply as a decision (see `gcra` there)."""
-    if shape is None:
-        return UNLIMITED
-    now = float(lead_now) / 1_000_000
-    if int(fits):
-        ahead = float(lead) / 1_000_000 if admitted else now
-        remaining = int((shape.span - ahead) / shape.interval + 1e-6)
-        return RateDecision(True, shape.size, remaining, 0.0, ahead)
-    retry = round(float(lead) / 1_000_000, 9)
-    return RateDecision(False, shape.size, 0, retry if retry > 0 else 0.0, now)
+_STALE_ADMISSION = AdmitReply(False, 0, 0, stale=True)
+
+
+def _step(given: object, fits: Any, lead: Any, lead_now: Any) -> BucketStep | None:
+    if given is None:
+        return None
+    return BucketStep(bool(int(fits)), float(lead) / 1_000_000, float(lead_now) / 1_000_000)
 
 
 def redacted_url(url: str) -> str:
@@ -392,6 +372,7 @@ def redacted_url(url: str) -> str:
 
 class RedisStore(StateStore):
     name = "redis"
+    shared = True
 
     def __init__(
         self,
@@ -549,10 +530,10 @@ class RedisStore(StateStore):
             expires_at=expires_at,
         )
         if result is None:
-            return self._reserve_locally((tenant, period_key), tokens, limit, reservation_id)
+            return self.reserve_locally((tenant, period_key), tokens, limit, reservation_id)
         if result.stale:
             return STALE
-        return ReserveResult(result.admitted, result.used, result.reserved)
+        return ReserveResult(result.allowed, result.used, result.reserved)
 
     async def admit(
         self,
@@ -564,12 +545,13 @@ class RedisStore(StateStore):
         reservation_id: int,
         ttl: float,
         expires_at: float | None = None,
-        requests: _Bucket | None = None,
-        token_bucket: _Bucket | None = None,
+        requests: tuple[float, int] | None = None,
+        token_bucket: tuple[float, int] | None = None,
         units: float = 0.0,
-    ) -> Admitted | None:
+    ) -> AdmitReply | None:
         """`reserve()` plus one request from the `requests` bucket and `units` from the
-        `token_bucket` (None: no such limit), in one round trip: all are taken or none is.
+        `token_bucket` (each `(interval seconds, size)`, None: no such limit), in one round
+        trip: all are taken or none is.
 
         None: Redis is unreachable, nothing was taken (the caller falls back per the failure
         policy). `stale`: the overrides changed, nothing was taken, the view is reloaded."""
@@ -595,11 +577,11 @@ class RedisStore(StateStore):
             keys.append(self.bucket_key(tenant, "req"))
             keys.append(self.bucket_key(tenant, "tok"))
             if requests is not None:
-                args += [repr(requests.interval * 1_000_000), requests.size]
+                args += [repr(requests[0] * 1_000_000), requests[1]]
             else:
                 args += ["", 0]
             if token_bucket is not None:
-                args += [repr(token_bucket.interval * 1_000_000), token_bucket.size, repr(units)]
+                args += [repr(token_bucket[0] * 1_000_000), token_bucket[1], repr(units)]
             else:
                 args += ["", 0, 0]
         try:
@@ -619,17 +601,19 @@ class RedisStore(StateStore):
             if len(self._last_seen) > 100_000:
                 self._last_seen.clear()
             self._last_seen[(tenant, period_key)] = used + reserved
-        return Admitted(
+        return AdmitReply(
             admitted,
             used,
             reserved,
-            _decision(requests, admitted, reply[3], reply[4], reply[5]),
-            _decision(token_bucket, admitted, reply[6], reply[7], reply[8]),
+            _step(requests, reply[3], reply[4], reply[5]),
+            _step(token_bucket, reply[6], reply[7], reply[8]),
         )
 
-    def _reserve_locally(
+    def reserve_locally(
         self, key: UsageKey, tokens: int, limit: int, reservation_id: int
     ) -> ReserveResult:
+        """A reservation while Redis is unreachable (`fail_open`): against the last usage seen
+        there plus what this instance counted since; `fail_closed` refuses with 503."""
         if self.on_failure == "fail_closed":
             raise self.unavailable_error()
         held = self._local_reserved.get(key, 0)
@@ -690,24 +674,25 @@ class RedisStore(StateStore):
         total_tokens: int,
         *,
         reservation_id: int,
-        token_bucket: _Bucket | None = None,
+        token_interval: float | None = None,
         token_delta: float = 0.0,
     ) -> bool:
         """`commit()` plus a correction of `token_delta` tokens (> 0 charge, < 0 refund) to the
-        tenant's `token_bucket`, in one round trip. The usage is never lost (kept and reconciled
-        when Redis is unreachable); returns False when the bucket correction did not reach
-        Redis, so the caller can apply it to its local buckets."""
+        tenant's token bucket (one token every `token_interval` seconds), in one round trip.
+        The usage is never lost (kept and reconciled when Redis is unreachable); returns False
+        when the bucket correction did not reach Redis, so the caller can apply it to its
+        local buckets."""
         key = (tenant, period_key)
         member = self._settle_local(key, reserved, reservation_id)
-        adjust = token_bucket is not None and token_delta != 0
+        adjust = token_interval is not None and token_delta != 0
         has_usage = member is not None or bool(input_tokens or output_tokens or total_tokens)
         if not has_usage and not adjust:
             return True
         pending = _Pending(input_tokens, output_tokens, total_tokens, [member] if member else [])
         if not self._down:
             try:
-                if token_bucket is not None and adjust:
-                    delta_us = repr(token_delta * token_bucket.interval * 1_000_000)
+                if token_interval is not None and adjust:
+                    delta_us = repr(token_delta * token_interval * 1_000_000)
                     await self._write(key, pending, self.bucket_key(tenant, "tok"), delta_us)
                 else:
                     await self._write(key, pending)
@@ -869,49 +854,29 @@ class RedisStore(StateStore):
             replies: list[Any] = await pipe.execute()
         return replies
 
-    # --- shared rate limits -----------------------------------------------------------------
+    # --- shared rate-limit buckets ----------------------------------------------------------
 
-    def rate_limiter(self, config: RateLimitConfig) -> RedisRateLimiter:
-        return RedisRateLimiter(config, self)
-
-    def admission(self, limiter: RateLimiter | None, quota: QuotaManager | None) -> Admission:
-        """One round trip to admit a request and one to settle it, when both the rate limiter
-        and the quota manager keep their state here; else each limit in turn."""
-        if (
-            isinstance(limiter, RedisRateLimiter)
-            and limiter.store is self
-            and quota is not None
-            and quota.store is self
-        ):
-            return RedisAdmission(limiter, quota, self)
-        return Admission(limiter, quota)
-
-    async def take(self, key: str, shape: _Bucket, units: float) -> RateDecision | None:
-        """One GCRA step on a shared bucket; None when Redis is unreachable."""
+    async def take(self, key: str, interval: float, size: int, units: float) -> BucketStep | None:
+        """One GCRA step on a shared bucket (one unit every `interval` seconds, `size` at most);
+        None when Redis is unreachable."""
         if self._down and not await self._back():
             return None
-        interval_us = shape.interval * 1_000_000
         try:
             allowed, a, b = await self._call(
-                self._take, [key], [repr(interval_us), shape.size, repr(units), self._now_us()]
+                self._take, [key], [repr(interval * 1_000_000), size, repr(units), self._now_us()]
             )
         except _UNAVAILABLE as exc:
             self._lost(exc)
             return None
-        if int(allowed):
-            ahead = float(a) / 1_000_000
-            remaining = int((shape.span - ahead) / shape.interval + 1e-6)
-            return RateDecision(True, shape.size, remaining, 0.0, ahead)
-        retry = round(float(a) / 1_000_000, 9)
-        return RateDecision(False, shape.size, 0, retry if retry > 0 else 0.0, float(b) / 1e6)
+        return BucketStep(bool(int(allowed)), float(a) / 1_000_000, float(b) / 1_000_000)
 
-    async def adjust(self, key: str, shape: _Bucket, units: float) -> bool:
+    async def adjust(self, key: str, interval: float, units: float) -> bool:
         """Charge (units > 0) or refund (units < 0) a shared bucket; False when unreachable."""
         if self._down:
             return False
         try:
             await self._call(
-                self._adjust, [key], [repr(units * shape.interval * 1_000_000), self._now_us()]
+                self._adjust, [key], [repr(units * interval * 1_000_000), self._now_us()]
             )
         except _UNAVAILABLE as exc:
             self._lost(exc)
@@ -1042,192 +1007,9 @@ class RedisStore(StateStore):
         return records
 
 
-class RedisRateLimiter(RateLimiter):
-    """Token buckets in Redis, shared by every instance; the inherited in-memory buckets serve
-    while Redis is unreachable under `fail_open`. Tenants without a limit never leave the
-    process. The shared buckets run on the store's clock (the Redis server's unless the store
-    was given one); `clock` times only the in-memory buckets, and the store is left as it is:
-    it may serve other limiters and the quota manager."""
-
-    def __init__(
-        self,
-        config: RateLimitConfig,
-        store: RedisStore,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(config, clock=clock)
-        self._store = store
-
-    @property
-    def store(self) -> RedisStore:
-        return self._store
-
-    async def take_request(self, tenant: str) -> RateDecision:
-        shape = self._req_rules.get(tenant, self._req_default)
-        if shape is None:
-            return UNLIMITED
-        decision = await self._store.take(self._store.bucket_key(tenant, "req"), shape, 1.0)
-        if decision is not None:
-            return decision
-        self._check_open()
-        return self.check_request(tenant)
-
-    async def take_tokens(self, tenant: str, tokens: int) -> RateDecision:
-        shape = self._tok_rules.get(tenant, self._tok_default)
-        if shape is None:
-            return UNLIMITED
-        units = float(min(tokens, shape.size))
-        decision = await self._store.take(self._store.bucket_key(tenant, "tok"), shape, units)
-        if decision is not None:
-            return decision
-        self._check_open()
-        return self.check_tokens(tenant, tokens)
-
-    async def settle_tokens(self, tenant: str, estimate: int, used: int) -> None:
-        shape = self._tok_rules.get(tenant, self._tok_default)
-        if shape is None or used == estimate:
-            return
-        key = self._store.bucket_key(tenant, "tok")
-        if await self._store.adjust(key, shape, float(used - estimate)):
-            return
-        if self._store.on_failure == "fail_open":
-            self.settle_locally(tenant, estimate, used)
-
-    def settle_locally(self, tenant: str, estimate: int, used: int) -> None:
-        """Correct the in-memory bucket (Redis is unreachable)."""
-        if used > estimate:
-            self.add_tokens(tenant, used - estimate)
-        elif used < estimate:
-            self.refund_tokens(tenant, estimate - used)
-
-    def _check_open(self) -> None:
-        if self._store.on_failure != "fail_open":
-            raise self._store.unavailable_error()
-
-
-class RedisAdmission(Admission):
-    """Admission with one round trip each way (see `aigw.admission`).
-
-    `admit` runs one script that checks the request bucket, the token bucket, the quota and the
-    overrides version together and takes all three or nothing: a request refused by any limit
-    spends no request slot, no tokens and no quota. It also means the request bucket is checked
-    after the body is read and the hooks ran (`take_request` takes nothing), unlike in-process
-    admission. `settle` runs one script that commits or releases the reservation and corrects
-    the token bucket.
-
-    While Redis is unreachable: `fail_closed` refuses with 503; `fail_open` admits with the
-    limiter's in-memory buckets and the store's local quota accounting, each in turn."""
-
-    __slots__ = ("_limiter", "store")
-
-    def __init__(self, limiter: RedisRateLimiter, quota: QuotaManager, store: RedisStore) -> None:
-        super().__init__(limiter, quota)
-        self._limiter = limiter
-        self.store = store
-
-    async def take_request(self, tenant: str) -> RateDecision:
-        return UNLIMITED  # taken with the rest, all or nothing, in `admit`
-
-    async def admit(
-        self, tenant: str, charge: Charge, requests: RateDecision, headers: dict[str, str]
-    ) -> None:
-        limiter, store = self._limiter, self.store
-        quota = self.quota
-        assert quota is not None  # the store hands out this class only with a quota manager
-        if not is_valid_tenant(tenant):
-            raise InvalidTenantName(tenant)
-        req_shape = limiter.request_bucket(tenant)
-        tok_shape = limiter.token_bucket(tenant)
-        estimate = charge.estimate
-        units = float(min(estimate, tok_shape.size)) if tok_shape is not None else 0.0
-        for _ in range(STALE_RETRIES):
-            limit, period, _ = quota.policy(tenant)
-            window = quota.window(period)
-            rid = quota.next_id()
-            held = estimate if limit > 0 else 0
-            result = await store.admit(
-                tenant,
-                window.key,
-                held,
-                limit,
-                reservation_id=rid,
-                ttl=quota.reservation_ttl,
-                expires_at=window.end,
-                requests=req_shape,
-                token_bucket=tok_shape,
-                units=units,
-            )
-            if result is None:
-                return await self._admit_locally(tenant, charge, headers)
-            if result.stale:  # another instance changed an override: resolve the limit again
-                continue
-            req, tok = result.requests, result.tokens
-            if not (req.allowed and tok.allowed):
-                raise limit_error(tenant, req, tok)
-            if req.limit or tok.limit:
-                headers.update(rate_headers(req, tok))
-            if not result.admitted:
-                raise quota.exceeded(tenant, limit, window, result.used, result.reserved, estimate)
-            if tok_shape is not None:
-                charge.limiter = limiter
-                charge.tokens_taken = int(units)
-            charge.reservation = Reservation(tenant, window.key, held, rid)
-            return
-        raise overrides_unsettled()
-
-    async def _admit_locally(self, tenant: str, charge: Charge, headers: dict[str, str]) -> None:
-        """Redis is unreachable: the outage policy of `RedisRateLimiter` and `RedisStore`."""
-        store, limiter, quota = self.store, self._limiter, self.quota
-        assert quota is not None
-        if store.on_failure != "fail_open":
-            raise store.unavailable_error()
-        requests = limiter.check_request(tenant)
-        if not requests.allowed:
-            raise limit_error(tenant, requests)
-        tokens = limiter.check_tokens(tenant, charge.estimate)
-        if not tokens.allowed:
-            raise limit_error(tenant, requests, tokens)
-        if requests.limit or tokens.limit:
-            headers.update(rate_headers(requests, tokens))
-        if tokens.limit:
-            charge.limiter = limiter
-            charge.tokens_taken = min(charge.estimate, tokens.limit)
-        charge.reservation = await quota.reserve(tenant, charge.estimate)
-
-    async def settle(self, tenant: str, charge: Charge, usage: Usage | None) -> None:
-        limiter = self._limiter
-        used = usage.total_tokens if usage is not None else 0
-        taken = charge.tokens_taken  # what the bucket gave, which may be less than the estimate
-        shape = None
-        if charge.limiter is not None and used != taken:
-            shape = limiter.token_bucket(tenant)
-        delta = float(used - taken)
-        reservation = charge.reservation
-        if reservation is not None and not reservation.done:
-            reservation.done = True
-            # Without usage the request failed before using anything: a release.
-            counted = (0, 0, 0) if usage is None else charged_tokens(reservation, usage)
-            adjusted = await self.store.settle(
-                tenant,
-                reservation.period_key,
-                reservation.tokens,
-                *counted,
-                reservation_id=reservation.id,
-                token_bucket=shape,
-                token_delta=delta,
-            )
-        elif shape is not None:
-            adjusted = await self.store.adjust(self.store.bucket_key(tenant, "tok"), shape, delta)
-        else:
-            return
-        if not adjusted and self.store.on_failure == "fail_open":
-            limiter.settle_locally(tenant, taken, used)
-
-
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
 
 
-__all__ = ["Admitted", "RedisAdmission", "RedisRateLimiter", "RedisStore", "redacted_url"]
+__all__ = ["AdmitReply", "BucketStep", "RedisStore", "redacted_url"]

@@ -8,10 +8,10 @@ The proxy talks to one `Admission` per gateway, in three calls:
 
 This class is the in-process admission over the in-memory rate limiter and any store's quota
 manager: each step does exactly what the proxy did inline before (no round trips exist to save).
-A shared store can return its own (`StateStore.admission()`): the redis one takes the request
-bucket, the token bucket and the quota reservation in one server-side script at `admit` (its
-`take_request` takes nothing), and settles the quota and the token bucket in one more, so a
-request costs it two round trips with every limit on.
+The shared version (`aigw.limits.shared.SharedAdmission`, picked by `build_limits` for a
+shared store) takes the request bucket, the token bucket and the quota reservation in one
+server-side script at `admit` (its `take_request` takes nothing), and settles the quota and the
+token bucket in one more, so a request costs it two round trips with every limit on.
 
 Refusals. Here each step refuses on its own, in pipeline order: a request refused by its token
 bucket has spent a request-bucket slot, one refused by its quota has spent a slot too (its token
@@ -21,16 +21,35 @@ nothing when any refuses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from aigw.exchange import Usage
+from aigw.limits.quota import QuotaManager, Reservation
+from aigw.limits.ratelimit import UNLIMITED, RateDecision, RateLimiter, limit_error
+from aigw.limits.ratelimit import headers as rate_headers
 
-from aigw.ratelimit import UNLIMITED, RateDecision, limit_error
-from aigw.ratelimit import headers as rate_headers
 
-if TYPE_CHECKING:
-    from aigw.exchange import Usage
-    from aigw.proxy import Charge
-    from aigw.quota import QuotaManager
-    from aigw.ratelimit import RateLimiter
+class Charge:
+    """What one request has provisionally taken of its tenant's limits (the quota reservation
+    and any extension of it, the token-rate estimate), settled once when it ends."""
+
+    __slots__ = (
+        "estimate",
+        "extensions",
+        "limiter",
+        "prompt_estimate",
+        "reservation",
+        "settled",
+        "tokens_taken",
+    )
+
+    def __init__(self) -> None:
+        self.estimate = 0  # worst-case tokens: what the quota holds for the request
+        self.prompt_estimate = 0  # the prompt's share of `estimate`
+        self.reservation: Reservation | None = None
+        #: more quota taken while a stream ran past what `reservation` covers
+        self.extensions: list[Reservation] = []
+        self.limiter: RateLimiter | None = None  # set only when a token limit applies
+        self.tokens_taken = 0  # what the token bucket really gave
+        self.settled = False
 
 
 class Admission:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 from aigw.config import MAX_QUOTA_TOKENS, PERIODS, QuotaConfig
 from aigw.errors import QuotaExceededError, ServiceUnavailableError, UnknownTenantError
 from aigw.exchange import Usage
-from aigw.state.base import Override, StateStore
+from aigw.state.base import Override, ReserveResult, StateStore
 from aigw.tenants import (  # noqa: F401 - re-exported for callers of the quota API
     TENANT_RULE,
     InvalidTenantName,
@@ -100,6 +100,9 @@ def period_window(period: str, now: float, tz: tzinfo) -> PeriodWindow:
 
 # --- reservations and status -------------------------------------------------------------
 
+#: `attempt(limit, window, reservation_id, held)`: one try at reserving (see `reserve`).
+ReserveAttempt = Callable[[int, "PeriodWindow", int, int], Awaitable[ReserveResult]]
+
 #: How often a reserve is retried when a shared store reports changed overrides.
 STALE_RETRIES = 8
 
@@ -163,10 +166,6 @@ class QuotaManager:
         self._tz = ZoneInfo(config.timezone)
         self._windows: dict[str, PeriodWindow] = {}
 
-    async def start(self) -> None:
-        """Nothing to warm up today: overrides are already loaded by the store's `open()`."""
-        return None
-
     @property
     def config(self) -> QuotaConfig:
         return self._config
@@ -193,10 +192,17 @@ class QuotaManager:
 
     # --- hot path -------------------------------------------------------------------------
 
-    async def reserve(self, tenant: str, tokens: int) -> Reservation:
+    async def reserve(
+        self, tenant: str, tokens: int, attempt: ReserveAttempt | None = None
+    ) -> Reservation:
         """Hold `tokens` for a request, or raise `QuotaExceededError` when
         used + reserved + tokens would pass the limit. Unlimited tenants get a no-op
-        reservation of 0 tokens (the store only notes the tenant's current period)."""
+        reservation of 0 tokens (the store only notes the tenant's current period).
+
+        `attempt(limit, window, reservation_id, held)` replaces the store's own `reserve`: the
+        shared admission takes its rate-limit buckets in the same round trip (and raises its
+        own refusals). Either way the quota's rules are these: the limit and period in force,
+        a retry when another instance changed the overrides, the refusal."""
         if not is_valid_tenant(tenant):
             raise InvalidTenantName(tenant)
         if tokens < 0:
@@ -206,25 +212,24 @@ class QuotaManager:
             window = self.window(period)
             rid = next(self._ids)
             held = tokens if limit > 0 else 0
-            result = await self._store.reserve(
-                tenant,
-                window.key,
-                held,
-                limit,
-                reservation_id=rid,
-                ttl=self.reservation_ttl,
-                expires_at=window.end,
-            )
+            if attempt is None:
+                result = await self._store.reserve(
+                    tenant,
+                    window.key,
+                    held,
+                    limit,
+                    reservation_id=rid,
+                    ttl=self.reservation_ttl,
+                    expires_at=window.end,
+                )
+            else:
+                result = await attempt(limit, window, rid, held)
             if result.stale:  # another instance changed an override: resolve the limit again
                 continue
             if not result.allowed:
                 raise self.exceeded(tenant, limit, window, result.used, result.reserved, tokens)
             return Reservation(tenant, window.key, held, rid)
         raise overrides_unsettled()
-
-    def next_id(self) -> int:
-        """A reservation id, unique in this process."""
-        return next(self._ids)
 
     @staticmethod
     def exceeded(
@@ -337,11 +342,6 @@ class QuotaManager:
             existing = self._store.overrides.get(tenant)
             period = existing.period if existing is not None else None
         await self._store.set_override(tenant, Override(tokens, period))
-
-    async def clear_limit(self, tenant: str) -> None:
-        """Remove a runtime override; the config applies again."""
-        validate_tenant(tenant)
-        await self._store.set_override(tenant, None)
 
     async def reset(self, tenant: str, *, known: Collection[str] = ()) -> None:
         """Zero the tenant's usage in its current period (in-flight reservations stay).

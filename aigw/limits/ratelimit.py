@@ -5,12 +5,13 @@ written as a timestamp): the moment the bucket would be full again. A bucket wit
 is full and carries no information, so it is simply absent; `evict_idle()` (run automatically
 every `max_idle` seconds from the check path) drops full buckets and rebuilds the dicts so memory
 returns to baseline after a crowd of tenants leaves. The same single value maps one-to-one onto a
-Redis key with a PX expiry: `aigw.state.redis.RedisRateLimiter` keeps the buckets there, shared by
-every instance, and falls back to this class's in-memory buckets when Redis is unreachable.
+Redis key with a PX expiry: `aigw.limits.shared.SharedRateLimiter` keeps the buckets there,
+shared by every instance, and falls back to this class's in-memory buckets when Redis is
+unreachable.
 
-`aigw.admission.Admission` calls the async methods (`take_request`, `take_tokens`,
+`aigw.limits.admission.Admission` calls the async methods (`take_request`, `take_tokens`,
 `settle_tokens`) so a shared limiter can do its round trip; here they only wrap the synchronous
-checks. (The redis store's own admission takes its buckets together with the quota instead.)
+checks. (The shared admission takes its buckets together with the quota instead.)
 
 Unlimited (0) limits return the shared `UNLIMITED` decision and allocate nothing.
 """
@@ -40,8 +41,9 @@ UNLIMITED = RateDecision(True, 0, 0, 0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
-class _Bucket:
-    """Shape of one kind of bucket for one rule (shared by all tenants using the rule)."""
+class BucketShape:
+    """Shape of one kind of bucket for one rule (shared by all tenants using the rule): one
+    unit every `interval` seconds, at most `size` units at once."""
 
     interval: float  # seconds per unit
     size: int  # burst, in units
@@ -49,21 +51,21 @@ class _Bucket:
     tolerance: float  # span plus a millionth of a unit against float drift
 
 
-def _bucket(per_second: float, size: int) -> _Bucket | None:
+def _bucket(per_second: float, size: int) -> BucketShape | None:
     if per_second <= 0:
         return None
     interval = 1.0 / per_second
     span = size * interval
-    return _Bucket(interval, size, span, span + interval * 1e-6)
+    return BucketShape(interval, size, span, span + interval * 1e-6)
 
 
-def _request_bucket(rule: RateLimitRule) -> _Bucket | None:
+def _request_bucket(rule: RateLimitRule) -> BucketShape | None:
     rps = rule.requests_per_second
     size = rule.burst if rule.burst > 0 else max(1, math.ceil(rps))
     return _bucket(rps, size)
 
 
-def _token_bucket(rule: RateLimitRule) -> _Bucket | None:
+def _token_bucket(rule: RateLimitRule) -> BucketShape | None:
     tpm = rule.tokens_per_minute
     return _bucket(tpm / 60.0, tpm)
 
@@ -106,8 +108,8 @@ class RateLimiter:
     @staticmethod
     def _carry(
         buckets: dict[str, float],
-        rules: dict[str, _Bucket | None],
-        default: _Bucket | None,
+        rules: dict[str, BucketShape | None],
+        default: BucketShape | None,
         now: float,
     ) -> dict[str, float]:
         kept: dict[str, float] = {}
@@ -126,11 +128,11 @@ class RateLimiter:
         """Buckets held in memory (requests + tokens)."""
         return len(self._requests) + len(self._tokens)
 
-    def request_bucket(self, tenant: str) -> _Bucket | None:
+    def request_bucket(self, tenant: str) -> BucketShape | None:
         """Shape of the tenant's request bucket; None when unlimited."""
         return self._req_rules.get(tenant, self._req_default)
 
-    def token_bucket(self, tenant: str) -> _Bucket | None:
+    def token_bucket(self, tenant: str) -> BucketShape | None:
         """Shape of the tenant's token bucket; None when unlimited."""
         return self._tok_rules.get(tenant, self._tok_default)
 
@@ -214,7 +216,7 @@ class RateLimiter:
 
 
 def _take(
-    buckets: dict[str, float], tenant: str, shape: _Bucket, units: float, now: float
+    buckets: dict[str, float], tenant: str, shape: BucketShape, units: float, now: float
 ) -> RateDecision:
     tat = buckets.get(tenant, now)
     if tat < now:

@@ -1,0 +1,202 @@
+"""One client request's way through the pipeline, and the ways it can end.
+
+A `Call` holds what the pipeline modules share about one request (the client's request, its
+`RequestContext`, the runtime it started on, what it took of the limits, what it may store in
+the cache) and does the things every ending needs, once each: settle the limits, store the
+answer in the cache, run the hooks that see the answer, count the request in the metrics and the
+access log. `proxy` starts calls, `forward` tries targets for them, `delivery` hands answers
+back.
+
+`GatewayView` is what these modules read of the gateway: a small Protocol, so they depend on the
+gateway's parts, never on the server that owns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import web
+
+from aigw.cache import CachedResponse, ResponseCache
+from aigw.errors import GatewayError, QuotaExceededError
+from aigw.exchange import RequestContext, ResponseInfo, Usage
+from aigw.limits import Charge, Limits
+from aigw.logutil import RateLimitedLog
+
+if TYPE_CHECKING:
+    from aigw.metrics import Metrics
+    from aigw.runtime import Runtime
+
+#: Tokens a stream past its reservation tries to reserve more of, largest first: the stream is
+#: cut when not even the smallest fits in the tenant's quota.
+STREAM_EXTENSION_BLOCKS = (256, 16)
+_JSON_CT = "application/json"
+
+
+class GatewayView(Protocol):
+    """What the request pipeline reads of the gateway (`aigw.server.Gateway` is one)."""
+
+    runtime: Runtime
+    limits: Limits | None
+    cache: ResponseCache | None
+    metrics: Metrics | None
+    worker_pid: str | None
+    started_wall: float
+    draining: bool
+    #: set when the drain at shutdown reached its deadline: what still runs is being cut
+    drain_deadline: asyncio.Event
+    #: one line per target and 10 s for requests that end in an upstream failure
+    upstream_failures: RateLimitedLog
+
+    def access_log(self, ctx: RequestContext, request: web.BaseRequest) -> None: ...
+
+    def refresh_gauges(self) -> None: ...
+
+
+class Call:
+    """One request in the pipeline (see the module docstring). `ctx.response_headers` are the
+    gateway's own headers for the answer (request id, rate limits, provider, cache)."""
+
+    __slots__ = (
+        "cache",
+        "cache_key",
+        "charge",
+        "counted",
+        "ctx",
+        "gw",
+        "limits",
+        "request",
+        "rt",
+        "upstream_time",
+    )
+
+    def __init__(
+        self,
+        gw: GatewayView,
+        request: web.BaseRequest,
+        ctx: RequestContext,
+        rt: Runtime,
+        limits: Limits,
+    ) -> None:
+        self.gw = gw
+        self.request = request
+        self.ctx = ctx
+        self.rt = rt
+        self.limits = limits
+        self.charge = Charge()
+        self.cache: ResponseCache | None = None
+        self.cache_key: bytes | None = None  # None: do not store the answer
+        self.counted = False  # in the metrics and the access log already
+        #: Seconds spent waiting on upstreams, failed attempts included: the gateway overhead
+        #: metric is total time minus this.
+        self.upstream_time = 0.0
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.ctx.response_headers
+
+    # --- the endings every request shares ------------------------------------------------------
+
+    async def settle(self, usage: Usage | None, *, answered: bool = False) -> None:
+        """Replace the request's worst-case charges (quota reservation, token-rate estimate)
+        by what it really used; exactly once per request. `answered`: the client got an answer,
+        so one without usage (some servers omit it) costs the worst case, never nothing."""
+        charge = self.charge
+        if charge.settled:
+            return
+        charge.settled = True
+        ctx, metrics = self.ctx, self.gw.metrics
+        if usage is not None and metrics is not None:
+            metrics.tokens(ctx.tenant, ctx.model, usage.prompt_tokens, usage.completion_tokens)
+        if usage is None and answered:
+            usage = Usage(0, 0, charge.estimate)
+        if charge.limiter is not None or charge.reservation is not None:
+            await self.limits.admission.settle(ctx.tenant, charge, usage)
+        reservation = charge.reservation
+        if reservation is None or not reservation.tokens:
+            return
+        # Released after the commit: the tenant's account never shows less than it used.
+        held = reservation.tokens
+        for extension in charge.extensions:
+            held += extension.tokens
+            await self.limits.quota.release(extension)
+        if usage is not None and usage.total_tokens > held and metrics is not None:
+            metrics.quota_overrun(ctx.tenant, usage.total_tokens - held)
+
+    async def extend(self) -> int:
+        """A stream passed what its reservation covers (an upstream ignoring max_tokens, or a
+        request without one): reserve more of the tenant's quota. Returns the tokens added, 0
+        when the quota has none left (the stream must be cut)."""
+        for block in STREAM_EXTENSION_BLOCKS:
+            try:
+                extension = await self.limits.quota.reserve(self.ctx.tenant, block)
+            except QuotaExceededError:
+                continue
+            self.charge.extensions.append(extension)
+            return block
+        return 0
+
+    def store(self, body: bytes | None) -> None:
+        """Keep a successful, complete answer in the cache (when the request may be stored)."""
+        cache, key = self.cache, self.cache_key
+        if cache is None or key is None or body is None:
+            return
+        headers = self.ctx.response_headers
+        stored = {"content-type": _JSON_CT}
+        for name in ("x-aigw-provider", "x-aigw-model"):
+            if name in headers:
+                stored[name] = headers[name]
+        evicted = cache.put(key, CachedResponse(body=body, usage=self.ctx.usage, headers=stored))
+        metrics = self.gw.metrics
+        if metrics is not None:
+            if evicted:
+                metrics.cache_event("eviction", evicted)
+            metrics.cache_size(cache.entries, cache.bytes)
+
+    async def observe(self, info: ResponseInfo, *, may_reject: bool) -> None:
+        """Run the hooks that see the answer. Before a whole answer goes out they may still
+        reject it (`may_reject`); once a stream is out nothing can take it back."""
+        try:
+            for hook in self.rt.after_hooks:
+                await hook.after_response(self.ctx, info)
+        except GatewayError:
+            if may_reject:
+                raise
+
+    def log_upstream_failure(self, err: GatewayError) -> None:
+        ctx = self.ctx
+        target = ctx.target or "-"
+        self.gw.upstream_failures.log(
+            target if ctx.target else f"model {ctx.model}",
+            "request %s: model %s, target %s: %s %s",
+            ctx.request_id,
+            ctx.model or "-",
+            target,
+            err.status,
+            err.message,
+        )
+
+    def done(
+        self,
+        status: int,
+        upstream_time: float | None = None,
+        ttft: float | None = None,
+        target: str | None = None,
+    ) -> None:
+        """Count the finished request in the metrics and the access log: once, whichever way
+        it ended (answered, refused, failed, abandoned)."""
+        self.counted = True
+        ctx = self.ctx
+        metrics = self.gw.metrics
+        if metrics is not None:
+            metrics.request_done(
+                ctx.model,
+                ctx.target or "" if target is None else target,
+                status,
+                time.monotonic() - ctx.started,
+                self.upstream_time if upstream_time is None else upstream_time,
+                ttft,
+            )
+        self.gw.access_log(ctx, self.request)
