@@ -55,6 +55,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from aigw.choices import STRATEGY_CLASSES, import_string
 from aigw.config import HealthConfig, ModelConfig
 
 Clock = Callable[[], float]
@@ -646,9 +647,14 @@ class Latency(Strategy):
         return b if self._cost(b, now) < self._cost(a, now) else a
 
 
-STRATEGY_CLASSES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (RoundRobin, UniformRandom, WeightedRandom, LeastConnections, Latency)
-}
+def strategy_class(name: str) -> type[Strategy]:
+    """The strategy a config name means (the registry `aigw.choices.STRATEGY_CLASSES`)."""
+    try:
+        spec = STRATEGY_CLASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}") from None
+    cls: type[Strategy] = import_string(spec)
+    return cls
 
 
 # --- one gateway model --------------------------------------------------------------------
@@ -670,8 +676,8 @@ class ModelBalancer:
         rng: random.Random,
     ) -> None:
         try:
-            strategy_cls = STRATEGY_CLASSES[strategy]
-        except KeyError:
+            strategy_cls = strategy_class(strategy)
+        except ValueError:
             raise ValueError(f"model {name!r}: unknown strategy {strategy!r}") from None
         self.name = name
         self.strategy = strategy

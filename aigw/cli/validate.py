@@ -57,6 +57,10 @@ def validate(
     except ConfigError as exc:
         _print_problems(exc.problems, exc.warnings, as_json)
         raise typer.Exit(EXIT_ERROR) from None
+    problems = hook_problems(config)
+    if problems:
+        _print_problems(problems, list(config.warnings), as_json)
+        raise typer.Exit(EXIT_ERROR)
     if request is not None:
         _print_lines(config.warnings, as_json)
         _check_request(request, config, as_json)
@@ -65,6 +69,26 @@ def validate(
     else:
         _print_lines(config.warnings, as_json)
         console.print(render_summary(config))
+
+
+def hook_problems(config: Config) -> list[ConfigProblem]:
+    """The hooks the daemon could not build, resolved the way it resolves them (loading the
+    config imports no user code; this does, explicitly)."""
+    from aigw.errors import ConfigProblem
+    from aigw.hooks import check_hooks
+
+    return [
+        ConfigProblem(
+            config.source,
+            spec.line,
+            spec.key or "hooks",
+            message,
+            "is the package installed in the same environment as aigw?"
+            if "import" in message
+            else None,
+        )
+        for spec, message in check_hooks(config.hooks)
+    ]
 
 
 def problem_rows(problems: Iterable[ConfigProblem]) -> list[dict[str, Any]]:

@@ -1,41 +1,23 @@
-"""Hooks: built-in ones by name, user ones from "module:Class". `build_hooks()` is the registry."""
+"""Hooks: built-in ones by name (the registry `aigw.choices.HOOK_CLASSES`), user ones from
+`"module:Class"`, both resolved with `aigw.choices.import_string`: by `aigw validate`
+(`check_hooks`) and by the daemon (`build_hooks`) alike."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
 
+from aigw.choices import HOOK_CLASSES, import_string
 from aigw.config import HookSpec
+from aigw.errors import StartupError
 from aigw.hooks.base import Hook
 
 
-def _content_filter(options: dict[str, Any], models: Collection[str]) -> Hook:
-    from aigw.hooks.content_filter import ContentFilterHook
-
-    return ContentFilterHook(**options)
-
-
-def _audit(options: dict[str, Any], models: Collection[str]) -> Hook:
-    from aigw.hooks.audit import AuditHook
-
-    return AuditHook(**options)
-
-
-BUILTIN: dict[str, Callable[[dict[str, Any], Collection[str]], Hook]] = {
-    "content_filter": _content_filter,
-    "audit": _audit,
-}
-
-
-def load_hook_class(spec: str) -> type[Hook]:
-    """Import "module:Class"; raises ImportError/AttributeError/TypeError with a clear message."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"'{spec}' is not of the form 'module:Class'")
-    obj = getattr(importlib.import_module(module_name), attr)
+def hook_class(name: str) -> type[Hook]:
+    """The class of a built-in name or a `"module:Class"`; ImportError (with the reason) when
+    it cannot be had, TypeError when it is not a `Hook`."""
+    obj = import_string(HOOK_CLASSES.get(name, name))
     if not (isinstance(obj, type) and issubclass(obj, Hook)):
-        raise TypeError(f"'{spec}' is not a subclass of aigw.hooks.base.Hook")
+        raise TypeError(f"'{name}' is not a subclass of aigw.hooks.base.Hook")
     return obj
 
 
@@ -46,7 +28,9 @@ def build_hooks(
 ) -> list[tuple[HookSpec | None, Hook]]:
     """The ordered pipeline as (spec, hook) pairs; the built-in validation hook always runs
     first, exactly once. On a reload, `reuse` holds the running pairs: a hook whose spec did not
-    change is kept (an audit hook keeps its file and queue) instead of built again."""
+    change is kept (an audit hook keeps its file and queue) instead of built again.
+
+    A hook that cannot be imported or built is a `StartupError` naming it."""
     from aigw.hooks.validation import ValidationHook
 
     hooks: list[tuple[HookSpec | None, Hook]] = [(None, ValidationHook(frozenset(models)))]
@@ -59,9 +43,26 @@ def build_hooks(
             available.remove(kept)
             hooks.append(kept)
             continue
-        factory = BUILTIN.get(spec.name)
-        if factory is not None:
-            hooks.append((spec, factory(dict(spec.options), models)))
-        else:
-            hooks.append((spec, load_hook_class(spec.name)(**spec.options)))
+        try:
+            hooks.append((spec, hook_class(spec.name)(**spec.options)))
+        except (ImportError, TypeError, ValueError) as exc:
+            raise StartupError(f"hook '{spec.name}': {exc}") from exc
     return hooks
+
+
+def check_hooks(specs: Collection[HookSpec]) -> list[tuple[HookSpec, str]]:
+    """What `build_hooks` would refuse, without starting anything: every hook is resolved the
+    way the daemon resolves it, and the built-in ones are built (their options checked; they
+    start nothing until they serve). User hooks are imported, not built: their constructors
+    are the daemon's business."""
+    problems: list[tuple[HookSpec, str]] = []
+    for spec in specs:
+        if spec.name == "validation":
+            continue
+        try:
+            cls = hook_class(spec.name)
+            if spec.name in HOOK_CLASSES:
+                cls(**spec.options)
+        except (ImportError, TypeError, ValueError) as exc:
+            problems.append((spec, str(exc)))
+    return problems

@@ -1,35 +1,19 @@
-"""Upstream providers. `build_provider()` is the one registry of provider types."""
+"""Upstream providers, built from the registry of provider types (`aigw.choices`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from aigw.choices import PROVIDER_CLASSES, import_string
 from aigw.config import ProviderConfig
 from aigw.providers.base import Provider, UpstreamResponse
-
-
-def _openai(config: ProviderConfig, max_body: int) -> Provider:
-    from aigw.providers.openai import OpenAIProvider
-
-    return OpenAIProvider(config, max_body=max_body)
-
-
-def _mock(config: ProviderConfig, max_body: int) -> Provider:
-    from aigw.providers.mock import MockProvider
-
-    return MockProvider(config, max_body=max_body)
-
-
-PROVIDER_TYPES: dict[str, Callable[[ProviderConfig, int], Provider]] = {
-    "openai": _openai,
-    "mock": _mock,
-}
 
 
 def build_provider(config: ProviderConfig, *, max_body: int) -> Provider:
     """The provider for `config`; `max_body` is `server.max_upstream_body`, the largest answer
     body it reads whole (decoded bytes counted)."""
-    return PROVIDER_TYPES[config.type](config, max_body)
+    make: Callable[..., Provider] = import_string(PROVIDER_CLASSES[config.type])
+    return make(config, max_body=max_body)
 
 
-__all__ = ["PROVIDER_TYPES", "Provider", "UpstreamResponse", "build_provider"]
+__all__ = ["Provider", "UpstreamResponse", "build_provider"]

@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from aigw.config import StateConfig
+
 #: `(tenant, period_key)`.
 UsageKey = tuple[str, str]
 
@@ -88,6 +90,11 @@ class StateStore(ABC):
     #: Several gateway instances share this store: their rate-limit buckets and quota
     #: reservations must live in it too (`aigw.limits.build_limits` picks the shared limits).
     shared: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: StateConfig) -> StateStore:
+        """The store `state:` describes (not opened yet)."""
 
     @abstractmethod
     async def open(self) -> None:

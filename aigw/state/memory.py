@@ -13,11 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from aigw.config import StateConfig
 from aigw.state.base import Override, ReserveResult, StateStore, UsageCounters, UsageKey
 
 
 class MemoryStore(StateStore):
     name = "memory"
+
+    @classmethod
+    def from_config(cls, config: StateConfig) -> MemoryStore:
+        return cls()
 
     def __init__(self) -> None:
         self._counters: dict[UsageKey, UsageCounters] = {}

@@ -75,6 +75,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from aigw.config import StateConfig
 from aigw.errors import StateUnavailableError
 from aigw.state.base import STALE, Override, ReserveResult, StateStore, UsageCounters, UsageKey
 
@@ -373,6 +374,12 @@ def redacted_url(url: str) -> str:
 class RedisStore(StateStore):
     name = "redis"
     shared = True
+
+    @classmethod
+    def from_config(cls, config: StateConfig) -> RedisStore:
+        if not config.url:
+            raise ValueError("state backend 'redis' needs state.url (redis://host:port/db)")
+        return cls(config.url, on_failure=config.on_failure)
 
     def __init__(
         self,

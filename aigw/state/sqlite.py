@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from aigw.config import StateConfig
 from aigw.errors import ServiceUnavailableError, StateStoreError
 from aigw.state.base import Override, UsageCounters, UsageKey
 from aigw.state.memory import MemoryStore
@@ -99,6 +100,12 @@ _FILES = ("", "-wal", "-shm")
 
 class SqliteStore(MemoryStore):
     name = "sqlite"
+
+    @classmethod
+    def from_config(cls, config: StateConfig) -> SqliteStore:
+        from aigw.paths import default_state_path
+
+        return cls(config.path or default_state_path(), flush_interval=config.flush_interval)
 
     def __init__(self, path: str | os.PathLike[str], *, flush_interval: float = 1.0) -> None:
         super().__init__()
