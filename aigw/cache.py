@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,12 +139,15 @@ class CacheStats:
 class ResponseCache:
     """LRU with a time-to-live and a byte budget. Single-threaded (the event loop); O(1) per call.
 
-    Expired entries are dropped when looked up or when they reach the LRU end; `purge_expired()`
-    sweeps them all at once (O(n), for a periodic task).
+    Expired entries are dropped when looked up, when they reach the LRU end, and by
+    `purge_expired()`, which the gateway runs periodically so that memory held by answers nobody
+    asks for again is given back: it walks entries in the order they were stored (`_born`), so
+    it costs what it removes (amortised O(1) per entry), never a scan of the whole cache.
     """
 
     __slots__ = (
         "_aliases",
+        "_born",
         "_clock",
         "_data",
         "bytes",
@@ -173,6 +176,9 @@ class ResponseCache:
         self.ttl = ttl
         self._clock = clock
         self._data: OrderedDict[bytes, CachedResponse] = OrderedDict()
+        #: (created, key) in the order entries were stored; an item whose entry was replaced,
+        #: evicted or already expired is skipped (and dropped) when the sweep reaches it
+        self._born: deque[tuple[float, bytes]] = deque()
         # Exact bytes → Alias, at most max_entries (LRU): small fixed-size records, not counted
         # in the byte budget.
         self._aliases: OrderedDict[tuple[str, str, bytes], Alias] = OrderedDict()
@@ -245,6 +251,9 @@ class ResponseCache:
             self.bytes -= len(old.body) + ENTRY_OVERHEAD
         response.created = self._clock()
         self._data[key] = response
+        self._born.append((response.created, key))
+        if len(self._born) > 2 * self.max_entries:
+            self._compact()
         self.entries += 1
         self.bytes += size
         evicted = 0
@@ -256,27 +265,35 @@ class ResponseCache:
         self.evictions += evicted
         return evicted
 
-    def delete(self, key: bytes) -> bool:
-        entry = self._data.get(key)
-        if entry is None:
-            return False
-        self._remove(key, entry)
-        return True
-
     def clear(self) -> None:
         self._data.clear()
         self._aliases.clear()
+        self._born.clear()
         self.entries = 0
         self.bytes = 0
 
     def purge_expired(self) -> int:
         """Drop every expired entry; return how many."""
         deadline = self._clock() - self.ttl
-        stale = [k for k, v in self._data.items() if v.created <= deadline]
-        for k in stale:
-            self._remove(k, self._data[k])
-        self.expirations += len(stale)
-        return len(stale)
+        born, data = self._born, self._data
+        purged = 0
+        while born and born[0][0] <= deadline:
+            created, key = born.popleft()
+            entry = data.get(key)
+            if entry is not None and entry.created == created:
+                self._remove(key, entry)
+                purged += 1
+        self.expirations += purged
+        return purged
+
+    def _compact(self) -> None:
+        """Forget the stored-order items of entries that are gone (evicted or replaced)."""
+        data = self._data
+        self._born = deque(
+            item
+            for item in self._born
+            if (e := data.get(item[1])) is not None and e.created == item[0]
+        )
 
     def stats(self) -> CacheStats:
         return CacheStats(

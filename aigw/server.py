@@ -174,6 +174,8 @@ class Gateway:
                 f"cannot create the admin socket {self.admin_socket}: {exc.strerror or exc}"
             ) from None
         self._tasks.append(asyncio.create_task(self._probe_loop(), name="aigw-probes"))
+        if self.cache is not None:
+            self._tasks.append(asyncio.create_task(self._cache_sweep(), name="aigw-cache-sweep"))
 
     def build_proxy_server(self) -> ProxyServer:
         """aiohttp's low-level server: no Application, router or middleware on the hot path
@@ -352,6 +354,16 @@ class Gateway:
         await close_all(providers, hooks)
 
     # --- background --------------------------------------------------------------------------
+
+    async def _cache_sweep(self) -> None:
+        """Give back the memory of cached answers past their ttl that nobody asked for again
+        (a lookup would drop them too, but they may never be looked up)."""
+        cache = self.cache
+        assert cache is not None
+        while True:
+            await asyncio.sleep(min(cache.ttl, 60.0))
+            if cache.purge_expired() and self.metrics is not None:
+                self.metrics.cache_size(cache.entries, cache.bytes)
 
     async def _probe_loop(self) -> None:
         while True:

@@ -196,6 +196,27 @@ def test_purge_expired() -> None:
     assert cache.get(b"new") is not None and len(cache) == 1
 
 
+def test_purge_walks_stored_order_and_skips_what_is_gone() -> None:
+    """Entries replaced, evicted or read after they expired are skipped; the sweep removes only
+    what expired (a replaced entry counts from its new store time), and what it remembers stays
+    bounded however many entries come and go."""
+    clock = FakeClock()
+    cache = ResponseCache(3, 10_000, ttl=10, clock=clock)
+    cache.put(b"a", resp())
+    cache.put(b"b", resp())
+    clock.now += 5
+    cache.put(b"a", resp())  # replaced: lives until 15
+    cache.put(b"c", resp())
+    cache.put(b"d", resp())  # evicts b (LRU)
+    clock.now += 6  # 11: nothing stored at 0 is left
+    assert cache.purge_expired() == 0 and len(cache) == 3
+    clock.now += 5  # 16: a, c and d (stored at 5) expired
+    assert cache.purge_expired() == 3 and len(cache) == 0
+    for i in range(10_000):  # far more than max_entries: the stored-order record is compacted
+        cache.put(str(i).encode(), resp())
+    assert len(cache._born) <= 2 * cache.max_entries
+
+
 def test_invalid_limits_rejected() -> None:
     with pytest.raises(ValueError):
         ResponseCache(0, 10, 1)

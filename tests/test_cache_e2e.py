@@ -4,6 +4,7 @@ gateway's cache (and rate limiter), so TTL and max-age are tested without sleepi
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -636,3 +637,18 @@ async def test_a_tenant_out_of_quota_is_refused_even_a_cached_answer(
     (last,) = await quota.status("default")
     assert (last.total_tokens, last.reserved) == (before.total_tokens, 0)
     assert len(upstream.requests) == 1
+
+
+async def test_answers_past_their_ttl_are_dropped_without_being_asked_for(
+    upstream: Upstream, start_gateway: Any, sock_dir: Path
+) -> None:
+    gw = await start(start_gateway, upstream, sock_dir, cache=CacheConfig(enabled=True, ttl=0.2))
+    assert (await post(gw, chat("a"))).cache == "miss"
+    assert (await post(gw, chat("b"))).cache == "miss"
+    cache = gw.gateway.cache
+    assert cache is not None and cache.entries == 2
+    for _ in range(200):  # the gateway's own sweep, every ttl: no lookup of those entries
+        if cache.entries == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert (cache.entries, cache.bytes) == (0, 0)
