@@ -1,7 +1,7 @@
 # bash completion for aigw
 #
-# Generated from the aigw command tree by aigw/cli/completion_scripts.py;
-# do not edit. Regenerate: python -m aigw.cli.completion_scripts
+# Generated from the aigw command tree by completions/generate.py;
+# do not edit. Regenerate: python completions/generate.py
 #
 # Install: echo 'source /path/to/completions/aigw.bash' >> ~/.bashrc
 #   (or copy it to ~/.local/share/bash-completion/completions/aigw)

@@ -1,7 +1,7 @@
 # fish completion for aigw
 #
-# Generated from the aigw command tree by aigw/cli/completion_scripts.py;
-# do not edit. Regenerate: python -m aigw.cli.completion_scripts
+# Generated from the aigw command tree by completions/generate.py;
+# do not edit. Regenerate: python completions/generate.py
 #
 # Install: copy it to ~/.config/fish/completions/aigw.fish
 

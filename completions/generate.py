@@ -5,8 +5,8 @@ Typer's built-in completion starts Python on every Tab; these scripts answer in 
 help, value hints: files, directories, choices) and prints a bash, zsh or fish script. The
 committed copies in `completions/` are checked against `render()` by tests/test_completions.py.
 
-Regenerate them with `python -m aigw.cli.completion_scripts [DIR]` (default: `completions/` at
-the repository root).
+Regenerate them with `python completions/generate.py [DIR]` (default: this folder). A build
+tool, beside what it builds: the installed package never imports it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ __all__ = [
 FILENAMES: dict[str, str] = {"bash": "aigw.bash", "zsh": "_aigw", "fish": "aigw.fish"}
 SHELLS: tuple[str, ...] = tuple(FILENAMES)
 
-REGENERATE = "python -m aigw.cli.completion_scripts"
+REGENERATE = "python completions/generate.py"
 
 ValueKind = Literal["none", "value", "file", "dir", "choice"]
 
@@ -656,7 +656,7 @@ def _fish_value(hint: ValueHint) -> str:
 def _header(comment: str) -> list[str]:
     return [
         f"{comment}",
-        f"{comment} Generated from the aigw command tree by aigw/cli/completion_scripts.py;",
+        f"{comment} Generated from the aigw command tree by completions/generate.py;",
         f"{comment} do not edit. Regenerate: {REGENERATE}",
         f"{comment}",
     ]
@@ -674,8 +674,8 @@ def render(shell: str, cli: typer.Typer | None = None) -> str:
 
 
 def default_directory() -> Path:
-    """`completions/` at the repository root (this file is aigw/cli/completion_scripts.py)."""
-    return Path(__file__).resolve().parents[2] / "completions"
+    """`completions/` at the repository root (where this file is)."""
+    return Path(__file__).resolve().parent
 
 
 def write_all(directory: Path) -> list[Path]:
