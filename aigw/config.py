@@ -3,6 +3,10 @@
 The dataclasses are the one table of settings: their defaults are the defaults, their field
 metadata (`doc`, `unit`, `choices`, `min`, `secret`, ...; see `_doc`) drives the loader's
 validation and the README reference (`describe_settings()`). There is no second schema.
+
+Size: one concept, the config file: its table of settings, the one pass that reads YAML into it
+(collecting every problem with its line and key path), the rules across fields and the
+reference generated from it. Split, each part would reach into the others' private helpers.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from aigw.headers import client_headers
 from aigw.streaming import StreamTap, usage_from_body
 
 if TYPE_CHECKING:
-    from aigw.balancer import Lease
+    from aigw.health import Lease
     from aigw.providers.base import UpstreamResponse
 
 log = logging.getLogger("aigw.proxy")

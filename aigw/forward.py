@@ -38,7 +38,7 @@ from aigw.headers import RETRY_HEADERS, UPSTREAM_REQUEST_ID, client_headers
 from aigw.redact import redact
 
 if TYPE_CHECKING:
-    from aigw.balancer import Lease, TargetState
+    from aigw.health import Lease, TargetState
     from aigw.providers.base import UpstreamResponse
 
 #: A 429 without retry advice pauses its target this long (seconds): not at all, the client

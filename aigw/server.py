@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from aigw import __version__
-from aigw.balancer import Balancers, Clock
+from aigw.balancer import Balancers
 from aigw.config import (
     Config,
     format_duration,
@@ -40,6 +40,7 @@ from aigw.config import (
 from aigw.connections import CUT_GRACE, ProxyServer, plan_limits, raise_fd_limit
 from aigw.errors import StartupError
 from aigw.exchange import RequestContext
+from aigw.health import Clock
 from aigw.hooks.base import Hook
 from aigw.limits import Limits, build_limits
 from aigw.logutil import RateLimitedLog

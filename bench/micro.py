@@ -44,8 +44,9 @@ sys.path.insert(1, str(BENCH_DIR.parent))
 import run as harness  # noqa: E402  (bench/run.py: the bodies and answers of the wrk bench)
 
 from aigw.auth import Authenticator  # noqa: E402
-from aigw.balancer import STRATEGY_CLASSES, Balancers  # noqa: E402
+from aigw.balancer import Balancers  # noqa: E402
 from aigw.cache import CachedResponse, ResponseCache, cache_key, parse_cache_control  # noqa: E402
+from aigw.choices import STRATEGY_CLASSES  # noqa: E402
 from aigw.config import (  # noqa: E402
     AuthKey,
     HealthConfig,

@@ -14,20 +14,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from aigw.balancer import (
-    CLOSED,
-    DEGRADED,
-    HALF_OPEN,
-    HEALTHY,
-    LATENCY_SAMPLES,
-    OPEN,
-    STRATEGY_CLASSES,
-    UNHEALTHY,
-    Balancers,
-    Lease,
-    ModelBalancer,
-    TargetState,
-)
+from aigw.balancer import Balancers, ModelBalancer
+from aigw.choices import STRATEGY_CLASSES
 from aigw.config import (
     STRATEGIES,
     Config,
@@ -36,6 +24,17 @@ from aigw.config import (
     ProviderConfig,
     Secret,
     TargetConfig,
+)
+from aigw.health import (
+    CLOSED,
+    DEGRADED,
+    HALF_OPEN,
+    HEALTHY,
+    LATENCY_SAMPLES,
+    OPEN,
+    UNHEALTHY,
+    Lease,
+    TargetState,
 )
 from tests.clock import FakeClock
 

@@ -21,8 +21,9 @@ import pytest
 from multidict import CIMultiDict
 
 from aigw.admin_client import AdminClient
-from aigw.balancer import Balancers, TargetStats
+from aigw.balancer import Balancers
 from aigw.config import Config, HealthConfig, ModelConfig, TargetConfig
+from aigw.health import TargetStats
 from tests.clock import FakeClock
 from tests.conftest import RunningGateway, make_config
 from tests.upstream import WORDS, Upstream

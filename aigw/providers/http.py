@@ -28,6 +28,10 @@ this client does only what an upstream call needs:
 
 Failures surface as `UpstreamError` / `UpstreamTimeoutError` with short messages that never
 contain headers or credentials.
+
+Size: one concept, one HTTP/1.1 client: the pool, the connection protocol and the response share
+their state (waiters, the parser's callbacks, backpressure, the watchdog timer) by design, to
+keep a request to a handful of Python calls.
 """
 
 from __future__ import annotations

@@ -54,6 +54,10 @@ is declared the waiting ones give up at once) instead of failing after a fixed w
 
 Redis Cluster is not supported (scripts touch keys of several slots); use one Redis, optionally
 with replicas and Sentinel.
+
+Size: one concept, the store; its scripts are in `aigw.state.redis_scripts`. What remains is its
+keys, its calls and its outage handling (fail-open accounting, recovery, reconciliation), which
+share the store's state.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from redis.exceptions import RedisError
 from aigw.config import StateConfig
 from aigw.errors import StateUnavailableError
 from aigw.state.base import STALE, Override, ReserveResult, StateStore, UsageCounters, UsageKey
+from aigw.state.redis_scripts import ADJUST, ADMIT, COMMIT, READ, RESET, TAKE
 
 log = logging.getLogger("aigw.state")
 
@@ -104,205 +109,6 @@ T = TypeVar("T")
 
 class _Down(RedisError):
     """A call that waited for a connection while the store went down: not sent."""
-
-
-# --- scripts ---------------------------------------------------------------------------------
-
-_COMMON = """
--- the time in µs: the injected clock's (tests) or the Redis server's
-local function clock_us(arg)
-  if arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return t[1] * 1000000 + t[2]
-end
-local function fmt(x) return string.format('%.17g', x) end
--- at > 0: expire at that epoch second; at < 0: never; at == 0: a default, unless already set
-local function touch(key, at, default_ttl)
-  if at > 0 then
-    redis.call('EXPIREAT', key, at)
-  elseif at == 0 and redis.call('TTL', key) == -1 then
-    redis.call('EXPIRE', key, default_ttl)
-  end
-end
--- drop expired reservations (a crashed instance's) and return what is still reserved
-local function sweep(ukey, rkey, now_ms)
-  local r = tonumber(redis.call('HGET', ukey, 'r') or '0')
-  local left = r
-  local gone = redis.call('ZRANGEBYSCORE', rkey, '-inf', now_ms)
-  if #gone > 0 then
-    for _, m in ipairs(gone) do
-      left = left - tonumber(string.match(m, ':(%d+)$'))
-    end
-    redis.call('ZREMRANGEBYSCORE', rkey, '-inf', now_ms)
-  end
-  if left < 0 or redis.call('EXISTS', rkey) == 0 then left = 0 end
-  if left ~= r then redis.call('HSET', ukey, 'r', left) end
-  return left
-end
--- A token bucket as a GCRA arrival time in µs (see aigw.limits.ratelimit). Whether `units` fit now;
--- then how far the arrival time runs ahead of now after taking them (when they fit) or how
--- long until they would (when not); and how far ahead it runs now.
--- Epoch µs in a double carry a rounding of up to 0.125 µs per write, and a burst adds them up:
--- a unit may come a thousandth of its interval (plus 1 µs) early, never a whole unit, so a
--- full bucket always holds exactly `size`.
-local function gcra(key, interval, size, units, now)
-  local span = size * interval
-  local tat = tonumber(redis.call('GET', key) or '0')
-  if tat < now then tat = now end
-  local ahead = tat + units * interval - now
-  if ahead > span + math.min(interval * 1e-3 + 1, interval * 0.5) then
-    return false, ahead - span, tat - now
-  end
-  return true, ahead, tat - now
-end
-local function gcra_set(key, now, ahead)
-  redis.call('SET', key, fmt(now + ahead), 'PX', math.ceil(ahead / 1000) + 1)
-end
--- charge (delta > 0) or refund (delta < 0) a bucket, in µs of its arrival time
-local function gcra_adjust(key, delta, now)
-  local cur = redis.call('GET', key)
-  if delta < 0 and not cur then return end
-  local tat = tonumber(cur or '0')
-  if delta > 0 and tat < now then tat = now end
-  tat = tat + delta
-  if tat > now then
-    redis.call('SET', key, fmt(tat), 'PX', math.ceil((tat - now) / 1000) + 1)
-  else
-    redis.call('DEL', key)
-  end
-end
-"""
-
-# Admission: request bucket, token bucket and quota check-and-reserve, all or nothing.
-# KEYS: usage, reservations, overrides version[, request bucket, token bucket]
-# ARGV: 1 tokens, 2 limit, 3 member, 4 ttl_ms, 5 expire_at, 6 version_seen, 7 now_us,
-#       8 default_ttl, 9 request interval_us ('' = no request limit), 10 request size,
-#       11 token interval_us ('' = no token limit), 12 token size, 13 token units
-# Returns {-1} when the overrides changed (nothing done), else {admitted, used, reserved,
-# request fits, its lead, its lead now, tokens fit, their lead, their lead now} (see gcra).
-_ADMIT = (
-    _COMMON
-    + """
-local v = redis.call('GET', KEYS[3]) or '0'
-if v ~= ARGV[6] then return {-1} end
-local now = clock_us(ARGV[7])
-local req_on = (ARGV[9] or '') ~= ''
-local tok_on = (ARGV[11] or '') ~= ''
-local req_ok, req_a, req_now = true, 0, 0
-if req_on then
-  req_ok, req_a, req_now = gcra(KEYS[4], tonumber(ARGV[9]), tonumber(ARGV[10]), 1, now)
-end
-local tok_ok, tok_a, tok_now = true, 0, 0
-if tok_on then
-  tok_ok, tok_a, tok_now =
-    gcra(KEYS[5], tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), now)
-end
-local now_ms = math.floor(now / 1000)
-local r = sweep(KEYS[1], KEYS[2], now_ms)
-local used = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
-local tokens = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local admitted = 0
-if req_ok and tok_ok and not (limit > 0 and used + r + tokens > limit) then
-  admitted = 1
-  if req_on then gcra_set(KEYS[4], now, req_a) end
-  if tok_on then gcra_set(KEYS[5], now, tok_a) end
-  if tokens > 0 then
-    if redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[3]) == 1 then
-      r = redis.call('HINCRBY', KEYS[1], 'r', tokens)
-    end
-    local at, dttl = tonumber(ARGV[5]), tonumber(ARGV[8])
-    touch(KEYS[1], at, dttl)
-    touch(KEYS[2], at, dttl)
-  end
-end
-return {admitted, used, r, req_ok and 1 or 0, fmt(req_a), fmt(req_now),
-        tok_ok and 1 or 0, fmt(tok_a), fmt(tok_now)}
-"""
-)
-
-# Settlement: a reservation replaced by usage, and the token bucket corrected.
-# KEYS: usage, reservations, tenants index[, token bucket]
-# ARGV: 1 input, 2 output, 3 total, 4 expire_at, 5 default_ttl, 6 tenant ('' = no usage),
-#       7 now_us, 8 tenant_retention_s, 9 token bucket delta_us ('' = none),
-#       10.. members to remove
-# Returns used + reserved after the write.
-_COMMIT = (
-    _COMMON
-    + """
-local freed = 0
-for n = 10, #ARGV do
-  if redis.call('ZREM', KEYS[2], ARGV[n]) == 1 then
-    freed = freed + tonumber(string.match(ARGV[n], ':(%d+)$'))
-  end
-end
-if freed > 0 then
-  local r = redis.call('HINCRBY', KEYS[1], 'r', -freed)
-  if r < 0 or redis.call('EXISTS', KEYS[2]) == 0 then redis.call('HSET', KEYS[1], 'r', 0) end
-end
-local i, o, t = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if i ~= 0 then redis.call('HINCRBY', KEYS[1], 'i', i) end
-if o ~= 0 then redis.call('HINCRBY', KEYS[1], 'o', o) end
-if t ~= 0 then redis.call('HINCRBY', KEYS[1], 't', t) end
-if i ~= 0 or o ~= 0 or t ~= 0 or freed > 0 then
-  touch(KEYS[1], tonumber(ARGV[4]), tonumber(ARGV[5]))
-end
-local now = -1
-if ARGV[6] ~= '' then
-  now = clock_us(ARGV[7])
-  local now_s = math.floor(now / 1000000)
-  redis.call('ZADD', KEYS[3], now_s, ARGV[6])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_s - tonumber(ARGV[8]))
-end
-if ARGV[9] ~= '' then
-  if now < 0 then now = clock_us(ARGV[7]) end
-  gcra_adjust(KEYS[4], tonumber(ARGV[9]), now)
-end
-local now_t = redis.call('HMGET', KEYS[1], 't', 'r')
-return tonumber(now_t[1] or '0') + tonumber(now_t[2] or '0')
-"""
-)
-
-# KEYS: usage, reservations. ARGV: now_us
-_READ = (
-    _COMMON
-    + """
-local r = sweep(KEYS[1], KEYS[2], math.floor(clock_us(ARGV[1]) / 1000))
-local v = redis.call('HMGET', KEYS[1], 'i', 'o', 't')
-return {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), r}
-"""
-)
-
-# KEYS: usage. ARGV: expire_at, default_ttl
-_RESET = (
-    _COMMON
-    + """
-redis.call('HSET', KEYS[1], 'i', 0, 'o', 0, 't', 0)
-touch(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
-return 1
-"""
-)
-
-# One GCRA step on its own: KEYS: bucket. ARGV: interval_us, size, units, now_us
-_TAKE = (
-    _COMMON
-    + """
-local now = clock_us(ARGV[4])
-local ok, ahead, lead = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), now)
-if not ok then return {0, fmt(ahead), fmt(lead)} end
-gcra_set(KEYS[1], now, ahead)
-return {1, fmt(ahead), '0'}
-"""
-)
-
-# Charge (delta > 0) or refund (delta < 0) tokens: KEYS: bucket. ARGV: delta_us, now_us
-_ADJUST = (
-    _COMMON
-    + """
-gcra_adjust(KEYS[1], tonumber(ARGV[1]), clock_us(ARGV[2]))
-return 1
-"""
-)
 
 
 @dataclass(slots=True)
@@ -416,12 +222,12 @@ class RedisStore(StateStore):
         )
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
-        self._admit = self._redis.register_script(_ADMIT)
-        self._commit = self._redis.register_script(_COMMIT)
-        self._read = self._redis.register_script(_READ)
-        self._reset = self._redis.register_script(_RESET)
-        self._take = self._redis.register_script(_TAKE)
-        self._adjust = self._redis.register_script(_ADJUST)
+        self._admit = self._redis.register_script(ADMIT)
+        self._commit = self._redis.register_script(COMMIT)
+        self._read = self._redis.register_script(READ)
+        self._reset = self._redis.register_script(RESET)
+        self._take = self._redis.register_script(TAKE)
+        self._adjust = self._redis.register_script(ADJUST)
         self._overrides: dict[str, Override] = {}
         self._version = "0"
         #: tells this process's reservations apart from other instances' with the same id
