@@ -15,10 +15,12 @@ import pydantic
 import pytest
 
 from aigw import sse
+from aigw.config import MockOptions, ProviderConfig
 from aigw.dialects import responses
 from aigw.errors import InvalidRequestError, QuotaExceededError, RateLimitError, UpstreamError
 from aigw.exchange import Usage
 from aigw.jsonutil import dumps
+from aigw.providers.mock import MockProvider
 from tests.responses_shapes import (
     ResponsesServer,
     Script,
@@ -1184,3 +1186,48 @@ async def test_sdk_sees_a_failure_after_the_first_byte(serve: Any) -> None:
     assert seen[-1].type == "response.failed"
     assert seen[-1].response.status == "failed"
     assert seen[-1].response.output_text == "You said: "
+
+
+# --- the mock provider answers `responses` natively ----------------------------------------
+
+
+def mock(**options: Any) -> MockProvider:
+    return MockProvider(ProviderConfig(name="m", type="mock", mock=MockOptions(**options)))
+
+
+async def test_mock_answers_a_response() -> None:
+    body = {"model": "mock", "instructions": "be kind", "input": "one two three"}
+    answer = await mock().send(responses.API, json.dumps(body).encode(), stream=False, timeout=5)
+    assert answer.status == 200
+    response = strict_response(json.loads(await answer.read()))
+    assert response.id.startswith("resp_mock") and response.status == "completed"
+    assert response.output_text == "You said: be kind one two three"
+    assert response.usage is not None and response.usage.output_tokens == 7
+
+
+async def test_mock_streams_a_response() -> None:
+    body = {"model": "mock", "input": "alpha beta", "stream": True, "max_output_tokens": 3}
+    answer = await mock().send(responses.API, json.dumps(body).encode(), stream=True, timeout=5)
+    assert answer.headers["content-type"] == "text/event-stream"
+    raw = b"".join([chunk async for chunk in answer.iter_chunks()])
+    events = strict_events(raw)
+    assert events[-1].type == "response.incomplete"  # "You said: alpha beta" is 4 words
+    assert events[-1].response.output_text == "You said: alpha"
+    assert events[-1].response.usage is not None
+    assert events[-1].response.usage.output_tokens == 3
+    assert b"[DONE]" not in raw  # Responses streams end with their last event
+
+
+async def test_mock_is_native_so_stateful_parameters_are_accepted() -> None:
+    body = {"model": "mock", "input": "hi", "store": True, "previous_response_id": "resp_1"}
+    answer = await mock().send(responses.API, json.dumps(body).encode(), stream=False, timeout=5)
+    response = strict_response(json.loads(await answer.read()))
+    assert answer.status == 200 and response.previous_response_id == "resp_1"
+
+
+async def test_mock_refuses_what_it_cannot_answer_naming_the_field() -> None:
+    body = {"model": "mock", "input": "hi", "tools": [{"type": "web_search"}]}
+    answer = await mock().send(responses.API, json.dumps(body).encode(), stream=False, timeout=5)
+    assert answer.status == 400
+    error = json.loads(await answer.read())["error"]
+    assert error["param"] == "tools[0].type" and error["type"] == "invalid_request_error"
