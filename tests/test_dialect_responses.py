@@ -206,8 +206,10 @@ def test_text_after_function_calls_joins_their_turn_and_refusals_keep_their_fiel
             {"type": "function_call_output", "call_id": "c1", "output": "ok"},
             {"role": "user", "content": "do something bad"},
             {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]},
+            {"role": "assistant", "content": []},
         ]
     )
+    assert chat["messages"][5] == {"role": "assistant", "content": ""}
     assert chat["messages"][1] == {
         "role": "assistant",
         "content": "calling f",
@@ -376,6 +378,8 @@ def test_stateful_refusal_says_it_works_natively() -> None:
         ({"model": "m"}, "input"),
         ({"model": "m", "input": {"role": "user"}}, "input"),
         ({"model": "m", "input": 3}, "input"),
+        ({"model": "m", "input": []}, "input"),
+        ({"model": "m", "input": [{"type": "reasoning", "summary": []}]}, "input"),
         ({"model": "m", "input": ["hi"]}, "input[0]"),
         ({"model": "m", "input": [{"content": "hi"}]}, "input[0].type"),
         ({"model": "m", "input": [{"type": "message", "content": "hi"}]}, "input[0].role"),

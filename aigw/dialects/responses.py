@@ -200,6 +200,12 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             _item(messages, item, f"input[{i}]")
     else:
         raise _invalid_type("input", "a string or an array of input items", raw)
+    if not messages:
+        raise InvalidRequestError(
+            "'input' has nothing chat completions can be asked: no message, function call or "
+            "function call output.",
+            param="input",
+        )
     return messages
 
 
@@ -291,6 +297,8 @@ def _message(messages: list[dict[str, Any]], item: dict[str, Any], where: str) -
         raise _invalid_type(f"{where}.content", "a string or an array of content parts", content)
     if chat_role == "assistant":
         text, refusal = _assistant_content(content, where)
+        if text is None and refusal is None:
+            text = ""  # chat wants content on an assistant message without tool calls
         last = messages[-1] if messages else None
         if (
             last is not None
