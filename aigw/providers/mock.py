@@ -21,7 +21,9 @@ import time
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from typing import Any
 
+from aigw import sse
 from aigw.config import MockOptions, ProviderConfig, format_size
+from aigw.dialects import responses
 from aigw.errors import InvalidRequestError, UpstreamError, error_body
 from aigw.providers.base import MAX_BODY, Provider, UpstreamResponse
 
@@ -103,6 +105,8 @@ class MockProvider(Provider):
             request = json.loads(body)
             if endpoint == "embeddings":
                 return MockResponse(200, _JSON, body=self._embeddings(request))
+            if endpoint == responses.API:
+                return self._responses(request, stream)
             if endpoint not in ("chat/completions", "completions"):
                 raise InvalidRequestError(f"Unknown endpoint {endpoint}")
             return self._completion(endpoint, request, stream)
@@ -162,6 +166,30 @@ class MockProvider(Provider):
         )
         chunks = _stream_events(head, words, finish, usage if include_usage else None, chat=chat)
         return MockResponse(200, _SSE, chunks=chunks, delay=self.options.chunk_delay)
+
+    def _responses(self, request: dict[str, Any], stream: bool) -> MockResponse:
+        """A Responses request, answered natively: the chat logic's answer rendered as a
+        `response` (or its event stream). The mock keeps no state, so the stateful parameters
+        are accepted and change nothing."""
+        try:
+            chat = responses.to_chat(
+                {k: v for k, v in request.items() if k not in responses.STATEFUL}
+            )
+        except InvalidRequestError as exc:
+            return MockResponse(400, _JSON, body=exc.body())
+        answer = self._completion("chat/completions", chat, stream)
+        digest = hashlib.sha1(json.dumps(request, sort_keys=True).encode()).hexdigest()[:24]
+        rid, created = "resp_mock" + digest, int(time.time())
+        if not stream:
+            body = responses.from_chat(
+                json.loads(answer._body), request, response_id=rid, created_at=created
+            )
+            return MockResponse(200, _JSON, body=json.dumps(body).encode())
+        events = _responses_events(
+            answer._chunks or (),
+            responses.StreamFromChat(request, response_id=rid, created_at=created),
+        )
+        return MockResponse(200, _SSE, chunks=events, delay=self.options.chunk_delay)
 
     def _embeddings(self, request: dict[str, Any]) -> bytes:
         raw = request.get("input")
@@ -224,6 +252,19 @@ def _stream_events(
     if usage is not None:
         yield f'data: {head}[], "usage": {json.dumps(usage)}}}\n\n'.encode()
     yield b"data: [DONE]\n\n"
+
+
+def _responses_events(chat: Iterable[bytes], stream: responses.StreamFromChat) -> Iterator[bytes]:
+    """The chat events as Responses events, one chat event at a time."""
+    yield stream.start()
+    for frame in chat:
+        data = sse.data_of(frame)
+        if data is None or data == b"[DONE]":
+            continue
+        events = stream.feed(json.loads(data))
+        if events:
+            yield events
+    yield stream.finish(None)
 
 
 def _prompt_text(request: dict[str, Any], chat: bool) -> str:
