@@ -8,6 +8,7 @@ import asyncio
 import base64
 import datetime
 import gzip
+import hashlib
 import ipaddress
 import json
 import socket
@@ -1279,3 +1280,383 @@ async def test_retry_after_headers_are_kept_from_upstream_answers(serve: Any) ->
         "retry-after": "20",
         "retry-after-ms": "19500",
     }
+
+
+# --- streamed request bodies and binary answers (the pass-through endpoints) ---------------------
+
+CHUNK = 64 * 1024
+
+
+class BodySink:
+    """An upstream that reads each request body by its framing (Content-Length or chunked), only
+    while `gate` is set, hashing it, and answers `{"size", "sha256"}`; or, with `early`, answers
+    that at once after the head and then reads and drops whatever still comes. It records the
+    heads, the bodies it got whole, and the connections that ended mid-body (`aborted`)."""
+
+    def __init__(self, *, early: bytes | None = None, rcvbuf: int | None = None) -> None:
+        self.early = early
+        self.rcvbuf = rcvbuf
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.heads: list[dict[str, str]] = []
+        self.bodies: list[tuple[int, str]] = []  # (size, sha256) of every whole body
+        self.received = 0  # body bytes read, all requests together
+        self.connections = 0
+        self.aborted = asyncio.Event()
+        self.closed = asyncio.Event()  # some connection ended (cleanly or not)
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.url = ""
+
+    async def start(self) -> BodySink:
+        sock = socket.socket()
+        if self.rcvbuf is not None:  # inherited by the accepted sockets
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        sock.bind(("127.0.0.1", 0))
+        self._server = await asyncio.start_server(self._serve, sock=sock)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self.gate.set()
+        self._server.close()
+        for w in self._writers:
+            w.close()
+        await self._server.wait_closed()
+
+    async def _read(self, reader: asyncio.StreamReader, n: int, digest: Any) -> None:
+        while n:
+            await self.gate.wait()
+            data = await reader.readexactly(min(n, CHUNK))
+            n -= len(data)
+            self.received += len(data)
+            digest.update(data)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return  # closed between requests
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                self.heads.append(headers)
+                if self.early is not None:
+                    writer.write(self.early)
+                    await writer.drain()
+                    while await reader.read(CHUNK):
+                        pass
+                    return
+                digest = hashlib.sha256()
+                before = self.received
+                if "content-length" in headers:
+                    await self._read(reader, int(headers["content-length"]), digest)
+                else:
+                    assert headers["transfer-encoding"] == "chunked"
+                    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                        await self._read(reader, size, digest)
+                        assert await reader.readexactly(2) == b"\r\n"
+                    assert await reader.readexactly(2) == b"\r\n"
+                size = self.received - before
+                self.bodies.append((size, digest.hexdigest()))
+                writer.write(
+                    answer(json.dumps({"size": size, "sha256": digest.hexdigest()}).encode())
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.aborted.set()
+        finally:
+            self.closed.set()
+            writer.close()
+
+
+@pytest.fixture
+async def sinks() -> AsyncIterator[Callable[..., Awaitable[BodySink]]]:
+    made: list[BodySink] = []
+
+    async def start(**kwargs: Any) -> BodySink:
+        sink = await BodySink(**kwargs).start()
+        made.append(sink)
+        return sink
+
+    yield start
+    for sink in made:
+        await sink.stop()
+
+
+class ClientBody:
+    """The client's side of an upload: chunks made as they are asked for (never held together),
+    hashed and counted as they are taken; `fail_after` raises what a vanished client raises."""
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        sizes: tuple[int, ...] = (CHUNK,),
+        fail_after: int | None = None,
+        hold_after: int | None = None,
+    ) -> None:
+        self.total = total
+        self.sizes = sizes
+        self.fail_after = fail_after
+        self.hold_after = hold_after
+        self.taken = 0
+        self.pulls = 0
+        self.digest = hashlib.sha256()
+        self.release = asyncio.Event()
+        self._blob = bytes(range(256)) * (max(sizes) // 256 + 1)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.taken < self.total:
+            if self.fail_after is not None and self.pulls == self.fail_after:
+                raise ConnectionResetError("the client went away")
+            if self.hold_after is not None and self.pulls == self.hold_after:
+                await self.release.wait()
+            size = min(self.sizes[self.pulls % len(self.sizes)], self.total - self.taken)
+            data = self._blob[self.pulls % 256 : self.pulls % 256 + size]
+            self.pulls += 1
+            self.taken += size
+            self.digest.update(data)
+            yield data
+
+    def body(self, *, length: bool = True, max_bytes: int = 1 << 40, head: bytes = b"") -> Any:
+        from aigw.providers.base import StreamedBody
+
+        if head:
+            self.digest = hashlib.sha256(head)
+        size = len(head) + self.total if length else None
+        return StreamedBody(aiter(self), length=size, max_bytes=max_bytes, head=head)
+
+
+def upload(client: HTTPClient, url: str, body: Any, *, timeout: float = 10.0) -> Any:
+    prepared = client.prepare("POST", url + "/audio/transcriptions", {"Authorization": SECRET})
+    ct = b"Content-Type: multipart/form-data; boundary=xyz\r\n"
+    return client.send_streamed(prepared, body, timeout=timeout, extra_headers=ct)
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
+async def test_a_streamed_body_goes_whole_with_its_length_or_chunked_on_a_new_connection(
+    sinks: Any, clients: Any, length: bool
+) -> None:
+    sink = await sinks()
+    client = clients()
+    await (await post(client, sink.url, b"{}")).read()  # an idle connection waits in the pool
+    # Odd sizes and an empty chunk (which must not end a chunked body).
+    source = ClientBody(3 * MiB + 5, sizes=(CHUNK, 1, 0, 70_000, 3))
+    resp = await upload(client, sink.url, source.body(length=length))
+    assert resp.status == 200
+    assert json.loads(await resp.read()) == {
+        "size": source.total,
+        "sha256": source.digest.hexdigest(),
+    }
+    head = sink.heads[1]
+    assert head["content-type"] == "multipart/form-data; boundary=xyz"
+    if length:
+        assert head["content-length"] == str(source.total) and "transfer-encoding" not in head
+    else:
+        assert head["transfer-encoding"] == "chunked" and "content-length" not in head
+    assert sink.connections == 2  # never on the idle connection, which might be stale
+    pool = next(iter(client.pools.values()))
+    assert len(pool.idle) == 2  # kept alive after a whole upload…
+    await (await post(client, sink.url, b"{}")).read()
+    assert sink.connections == 2  # …and reused
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
+async def test_a_body_over_max_bytes_is_cut_one_chunk_past_the_limit(
+    sinks: Any, clients: Any, length: bool
+) -> None:
+    from aigw.errors import RequestTooLargeError
+
+    sink = await sinks()
+    client = clients()
+    limit = MiB
+    source = ClientBody(64 * MiB)
+    body = source.body(length=False, max_bytes=limit)
+    with pytest.raises(RequestTooLargeError, match=f"limit of {limit} bytes") as exc:
+        await upload(client, sink.url, body)
+    assert exc.value.status == 413
+    assert limit < source.taken <= limit + CHUNK  # read no further than the crossing chunk
+    await asyncio.wait_for(sink.aborted.wait(), 5)  # the upstream saw the call aborted
+    assert sink.bodies == [] and sink.received <= source.taken
+    assert next(iter(client.pools.values())).count == 0
+    # A declared length over the limit is refused before a byte is read or sent.
+    declared = ClientBody(64 * MiB)
+    with pytest.raises(RequestTooLargeError, match="is 67108864 bytes; the limit is 1048576"):
+        declared.body(max_bytes=limit)
+    assert declared.pulls == 0
+
+
+async def test_a_body_that_breaks_its_declared_length_is_refused(sinks: Any, clients: Any) -> None:
+    from aigw.errors import MalformedRequestError
+    from aigw.providers.base import StreamedBody
+
+    sink = await sinks()
+    client = clients()
+    longer = ClientBody(3 * CHUNK)
+    body = StreamedBody(aiter(longer), length=CHUNK + 10, max_bytes=MiB)
+    with pytest.raises(MalformedRequestError, match="longer than its Content-Length"):
+        await upload(client, sink.url, body)
+    await asyncio.wait_for(sink.aborted.wait(), 5)
+    sink.aborted.clear()
+    shorter = ClientBody(CHUNK)
+    body = StreamedBody(aiter(shorter), length=3 * CHUNK, max_bytes=MiB)
+    with pytest.raises(MalformedRequestError, match="ended before its Content-Length"):
+        await upload(client, sink.url, body)
+    await asyncio.wait_for(sink.aborted.wait(), 5)
+    assert sink.bodies == []
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def settled(value: Callable[[], int]) -> int:
+    """`value()` once it stopped changing for 50 turns of the loop (bounded in time)."""
+    async with asyncio.timeout(5):
+        last, calm = value(), 0
+        while calm < 50:
+            await asyncio.sleep(0.001)
+            now = value()
+            calm = calm + 1 if now == last else 0
+            last = now
+    return last
+
+
+async def test_the_client_is_read_no_faster_than_the_upstream_takes_the_body(
+    sinks: Any, clients: Any
+) -> None:
+    sink = await sinks(rcvbuf=4096)
+    sink.gate.clear()  # the upstream reads the head, then nothing
+    client = clients()
+    source = ClientBody(32 * MiB)
+    sending = asyncio.create_task(upload(client, sink.url, source.body()))
+    taken = await settled(lambda: source.taken)
+    # The sender blocks: the client's next chunk is not read while our buffer holds the last
+    # one; what was taken sits in the kernel's socket buffers and the upstream's reader.
+    assert not sending.done()
+    assert 0 < taken < 8 * MiB
+    sink.gate.set()
+    resp = await sending
+    assert json.loads(await resp.read()) == {
+        "size": source.total,
+        "sha256": source.digest.hexdigest(),
+    }
+
+
+async def test_an_upstream_that_stops_reading_the_body_times_out(sinks: Any, clients: Any) -> None:
+    sink = await sinks(rcvbuf=4096)
+    sink.gate.clear()
+    client = clients(read_timeout=0.3)
+    source = ClientBody(32 * MiB)
+    with pytest.raises(UpstreamTimeoutError, match="stopped reading the request body"):
+        await upload(client, sink.url, source.body())
+    assert source.taken < 8 * MiB
+    sink.gate.set()
+    await asyncio.wait_for(sink.aborted.wait(), 5)
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def test_a_client_that_stops_sending_is_bounded_by_the_deadline(
+    sinks: Any, clients: Any
+) -> None:
+    sink = await sinks()
+    client = clients()
+    source = ClientBody(4 * CHUNK, hold_after=2)  # sends two chunks, then nothing
+    with pytest.raises(UpstreamTimeoutError, match="deadline passed while the request body"):
+        await upload(client, sink.url, source.body(), timeout=0.3)
+    await asyncio.wait_for(sink.aborted.wait(), 5)
+    assert source.pulls == 2
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def test_the_client_stream_failing_aborts_the_upstream_call(sinks: Any, clients: Any) -> None:
+    sink = await sinks()
+    client = clients()
+    source = ClientBody(4 * MiB, fail_after=3)
+    body = source.body()
+    with pytest.raises(ConnectionResetError, match="the client went away"):
+        await upload(client, sink.url, body)
+    assert not body.replayable
+    await asyncio.wait_for(sink.aborted.wait(), 5)
+    assert sink.bodies == []
+    assert next(iter(client.pools.values())).count == 0
+
+
+async def test_a_body_is_replayable_until_the_clients_stream_is_touched(
+    sinks: Any, clients: Any
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    source = ClientBody(MiB + 1)
+    body = source.body(head=b"--xyz\r\nthe part the gateway read to route it\r\n")
+    with pytest.raises(UpstreamError, match="cannot connect"):
+        await upload(clients(), f"http://127.0.0.1:{port}/v1", body)
+    assert body.replayable and source.pulls == 0  # another target may have it
+    sink = await sinks()
+    resp = await upload(clients(), sink.url, body)
+    expected = {"size": len(body.head) + source.total, "sha256": source.digest.hexdigest()}
+    assert json.loads(await resp.read()) == expected
+    assert not body.replayable
+
+
+async def test_an_upstream_that_answers_before_the_whole_body_is_listened_to(
+    sinks: Any, clients: Any
+) -> None:
+    refusal = b'{"error":{"message":"too big","type":"invalid_request_error"}}'
+    sink = await sinks(early=answer(refusal, status=413))
+    client = clients()
+    source = ClientBody(64 * MiB)
+    resp = await upload(client, sink.url, source.body())
+    assert resp.status == 413
+    assert await resp.read() == refusal
+    assert source.taken < 64 * MiB  # the rest was never read from the client
+    # The connection carried an unfinished request: closed, never reused.
+    await asyncio.wait_for(sink.closed.wait(), 5)
+    assert next(iter(client.pools.values())).count == 0
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_binary_answer_streams_chunk_by_chunk_past_max_body(
+    serve: Any, clients: Any, framing: str
+) -> None:
+    audio = bytes(range(256)) * (4 * MiB // 256)
+    more = asyncio.Event()
+
+    async def speech(req: Req, w: asyncio.StreamWriter) -> bool:
+        pieces = [audio[i : i + CHUNK] for i in range(0, len(audio), CHUNK)]
+        head = "HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\n"
+        if framing == "chunked":
+            head += "Transfer-Encoding: chunked\r\n\r\n"
+            pieces = [chunk(p) for p in pieces] + [b"0\r\n\r\n"]
+        else:
+            head += f"Content-Length: {len(audio)}\r\n\r\n"
+        w.write(head.encode())
+        w.write(pieces[0])
+        await w.drain()
+        await more.wait()  # the rest only once the client had the first piece
+        for p in pieces[1:]:
+            w.write(p)
+            await w.drain()
+        return True
+
+    server = await serve(speech)
+    client = clients(max_body=MiB)  # bounds bodies read whole, not a stream read as it comes
+    prepared = client.prepare("POST", server.url + "/audio/speech", {})
+    resp = await client.send(prepared, b'{"input":"hi"}', timeout=10)
+    assert resp.status == 200
+    assert resp.headers["content-type"] == "audio/wav"
+    assert resp.body_length() == (len(audio) if framing == "content-length" else None)
+    stream = resp.iter_chunks()
+    got = [await anext(stream)]
+    assert audio.startswith(got[0])
+    more.set()
+    got += [piece async for piece in stream]
+    assert len(got) > 2 and b"".join(got) == audio
+    assert server.connections == 1 and next(iter(client.pools.values())).idle  # kept alive

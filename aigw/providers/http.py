@@ -24,7 +24,16 @@ this client does only what an upstream call needs:
   and either while the request was still being written (the server cannot have a whole request)
   or within `STALE_WINDOW` of writing it (the server had closed it while idle). Any later close
   may come from a server that read the request and worked on it: a POST is never sent twice
-  then, the caller fails over instead.
+  then, the caller fails over instead;
+- request bodies streamed from the client (`send_streamed()`, `StreamedBody`): with
+  Content-Length when the client declared one, else chunked; the next chunk is taken from the
+  client only once the previous one left our buffer for the socket's (backpressure); cut at
+  `max_bytes` (the connection aborted, `RequestTooLargeError`). Such a body cannot be sent
+  twice, so it always goes on a new connection (an idle one may be stale: the server may have
+  timed it out, and the retry above would need the body again); a connection handed over the
+  moment another answer ended is as good, the server has just said keep-alive. An upstream
+  that answers before the whole body is sent (a 413, a 401) is listened to: the rest is not
+  sent, the answer is returned, and the connection is closed after it.
 
 Failures surface as `UpstreamError` / `UpstreamTimeoutError` with short messages that never
 contain headers or credentials.
@@ -50,7 +59,7 @@ import httptools
 
 from aigw.config import format_size
 from aigw.errors import GatewayError, UpstreamBusyError, UpstreamError, UpstreamTimeoutError
-from aigw.providers.base import MAX_BODY, UpstreamResponse
+from aigw.providers.base import MAX_BODY, StreamedBody, UpstreamResponse
 
 #: Buffered body bytes above which the socket stops being read until the consumer catches up;
 #: also the largest piece an encoded stream is inflated into at once.
@@ -204,6 +213,70 @@ class HTTPClient:
             # request): retry once on a new one.
             conn, reused = await pool.acquire(deadline, fresh=True)
             reused = False
+
+    async def send_streamed(
+        self,
+        request: PreparedRequest,
+        body: StreamedBody,
+        *,
+        timeout: float,
+        extra_headers: bytes = b"",
+    ) -> HTTPResponse:
+        """Send `body` as it is read from the client, then wait for the status line and headers
+        (see the module docstring). `extra_headers` as for `send()`: the body's Content-Type
+        goes there. Raises what `send()` raises, and the body's own errors (over its
+        `max_bytes`, not its declared length, the client's stream failing) after aborting the
+        upstream connection."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn, _ = await request.pool.acquire(deadline, fresh=True)
+        resp = HTTPResponse(self, conn, deadline)
+        if body.length is None:
+            framing = b"Transfer-Encoding: chunked\r\n\r\n"
+        else:
+            framing = b"Content-Length: %d\r\n\r\n" % body.length
+        try:
+            conn.uploading = True  # never reused while its request is unfinished
+            conn.begin(resp, request.head + extra_headers + framing)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._upload(conn, resp, body)
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"Upstream '{self.label}' timed out (the request deadline passed while the "
+                    "request body was being sent)"
+                ) from None
+            await resp.wait_head()
+            return resp
+        except BaseException:
+            resp.close()
+            raise
+
+    async def _upload(self, conn: _Connection, resp: HTTPResponse, body: StreamedBody) -> None:
+        """Write the body chunk by chunk, each once the previous one is out of our buffer; stop
+        early when the upstream answered or failed meanwhile (`wait_head()` then tells)."""
+        transport = conn.transport
+        chunked = body.length is None
+        chunks = body.chunks()
+        try:
+            while resp.state == _HEAD and resp.error is None and not transport.is_closing():
+                try:
+                    data = await anext(chunks)
+                except StopAsyncIteration:
+                    if chunked:
+                        transport.write(b"0\r\n\r\n")
+                    conn.uploading = False  # the request is whole: keep-alive is possible
+                    return
+                if resp.state != _HEAD or resp.error is not None or transport.is_closing():
+                    return
+                transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+                while conn.writing and resp.state == _HEAD and resp.error is None:
+                    # Our buffer holds bytes the socket would not take: the upstream reads
+                    # slower than the client sends. Wait (resume_writing wakes us).
+                    limit = min(self.read_timeout, resp.deadline - resp.loop.time())
+                    await resp._wait(limit, "the upstream stopped reading the request body")
+        finally:
+            await chunks.aclose()
 
     def sweep_idle(self) -> None:
         """Close connections idle for longer than `idle_timeout` (also runs on a timer)."""
@@ -506,6 +579,7 @@ class _Connection(asyncio.Protocol):
         "sent_at",
         "state",
         "transport",
+        "uploading",
         "writing",
     )
 
@@ -518,6 +592,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.paused = False
         self.writing = False  # the request is not wholly out of our buffers yet
+        self.uploading = False  # a streamed request body is being sent, not wholly yet
         self.sent_at = 0.0  # client clock when the request was wholly written
         self._headers: dict[str, str] = {}
         self._has_length = False
@@ -595,8 +670,9 @@ class _Connection(asyncio.Protocol):
         else:
             self._fail(UpstreamError(f"Upstream '{client.label}' connection broke mid-response"))
 
-    # Request bodies are bounded by max_body_size, so the transport buffers them whole; with
-    # the write limits of `_track_writes` these two only tell when the request is wholly out.
+    # A request body read whole is bounded by max_body_size, so the transport buffers it whole;
+    # with the write limits of `_track_writes` these two tell when the request is wholly out,
+    # and when a streamed body may take its next chunk from the client (`send_streamed`).
 
     def pause_writing(self) -> None:
         self.writing = True
@@ -604,6 +680,8 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writing = False
         self.sent_at = self.pool.client.clock()
+        if self.uploading and self.response is not None:
+            self.response.wake()
 
     # --- llhttp callbacks ------------------------------------------------------------------
 
@@ -698,7 +776,9 @@ class _Connection(asyncio.Protocol):
         resp.disarm()
         resp.wake()
         self.resume()
-        self.pool.release(self, keep_alive=self._keep_alive)
+        # (An answer that came before the whole streamed request body: the rest of that body
+        # is never sent, so the connection cannot carry another request.)
+        self.pool.release(self, keep_alive=self._keep_alive and not self.uploading)
 
     def _fail(self, err: UpstreamError, *, stale: bool = False) -> None:
         resp = self.response
@@ -947,6 +1027,9 @@ class HTTPResponse(UpstreamResponse):
         finally:
             if self.state != _DONE:
                 self.close()  # abandoned mid-stream: abort, so the upstream stops
+
+    def body_length(self) -> int | None:
+        return self.length if self.length >= 0 and self.encoding is None else None
 
     def close(self) -> None:
         self.disarm()

@@ -24,8 +24,9 @@ from typing import Any
 from aigw import sse
 from aigw.config import MockOptions, ProviderConfig, format_size
 from aigw.dialects import responses
-from aigw.errors import InvalidRequestError, UpstreamError, error_body
-from aigw.providers.base import MAX_BODY, Provider, UpstreamResponse
+from aigw.errors import InvalidRequestError, MalformedRequestError, UpstreamError, error_body
+from aigw.providers import mock_media
+from aigw.providers.base import MAX_BODY, Provider, StreamedBody, UpstreamResponse
 
 _JSON = {"content-type": "application/json"}
 _SSE = {"content-type": "text/event-stream"}
@@ -84,6 +85,37 @@ class MockProvider(Provider):
 
     async def probe(self) -> None:
         return None
+
+    async def forward(
+        self,
+        endpoint: str,
+        body: bytes | StreamedBody,
+        *,
+        content_type: str,
+        timeout: float,
+        client_headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> UpstreamResponse:
+        """The pass-through endpoints (`aigw.providers.mock_media`); latency and failures as
+        for `send()`: a failed request leaves a streamed body unread (still replayable)."""
+        opts = self.options
+        if opts.latency:
+            await asyncio.sleep(min(opts.latency, timeout))
+        if opts.failure_rate and self._rng.random() < opts.failure_rate:
+            return MockResponse(
+                500, _JSON, body=error_body("mock failure", "server_error", None, "mock_failure")
+            )
+        try:
+            media = await mock_media.answer(endpoint, body, content_type)
+        except MalformedRequestError:
+            raise  # the body broke its own framing: the caller's error, as over HTTP
+        except InvalidRequestError as exc:
+            return MockResponse(
+                400, _JSON, body=error_body(f"mock cannot answer: {exc}", exc.type, exc.param)
+            )
+        headers = {"content-type": media.content_type}
+        if media.chunks is not None:
+            return MockResponse(200, headers, chunks=media.chunks, delay=opts.chunk_delay)
+        return MockResponse(media.status, headers, body=media.body)
 
     async def send(
         self,

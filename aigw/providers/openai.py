@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aigw.config import ProviderConfig
-from aigw.errors import UpstreamError
+from aigw.errors import InvalidRequestError, UpstreamError
 from aigw.headers import PASSED_RESPONSE_HEADERS, PASSED_RESPONSE_PREFIXES, RequestHeaderFilter
-from aigw.providers.base import MAX_BODY, Provider, UpstreamResponse
+from aigw.providers.base import MAX_BODY, Provider, StreamedBody, UpstreamResponse
 from aigw.providers.http import HTTPClient, PreparedRequest
 
 PROBE_TIMEOUT = 10.0
+#: Bytes that may not appear in a header value (HTAB aside).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 log = logging.getLogger("aigw")
 
@@ -67,12 +70,15 @@ class OpenAIProvider(Provider):
         # Request heads encoded once per endpoint: a send only adds Content-Length and the body.
         self._plain: dict[str, PreparedRequest] = {}
         self._streams: dict[str, PreparedRequest] = {}
+        self._forwards: dict[str, PreparedRequest] = {}  # Content-Type comes per request
         self._probe = self._prepare("GET", "models", "application/json")
 
-    def _prepare(self, method: str, endpoint: str, accept: str) -> PreparedRequest:
+    def _prepare(
+        self, method: str, endpoint: str, accept: str, *, content_type: bool = True
+    ) -> PreparedRequest:
         headers = {"Accept": accept, **self._headers}
-        if method == "GET":
-            headers.pop("Content-Type", None)
+        if method == "GET" or not content_type:
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
         return self.client.prepare(method, f"{self.base_url}/{endpoint}{self._query}", headers)
 
     async def start(self) -> None:
@@ -98,6 +104,26 @@ class OpenAIProvider(Provider):
         extra = self._forward.lines(client_headers) if client_headers else b""
         return await self.client.send(prepared, body, timeout=timeout, extra_headers=extra)
 
+    async def forward(
+        self,
+        endpoint: str,
+        body: bytes | StreamedBody,
+        *,
+        content_type: str,
+        timeout: float,
+        client_headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> UpstreamResponse:
+        prepared = self._forwards.get(endpoint)
+        if prepared is None:
+            # Any answer type: JSON, text, or audio bytes (`Accept: */*`, as curl sends).
+            prepared = self._prepare("POST", endpoint, "*/*", content_type=False)
+            self._forwards[endpoint] = prepared
+        extra = self._forward.lines(client_headers) if client_headers else b""
+        extra += b"Content-Type: " + _header_value(content_type) + b"\r\n"
+        if isinstance(body, bytes):
+            return await self.client.send(prepared, body, timeout=timeout, extra_headers=extra)
+        return await self.client.send_streamed(prepared, body, timeout=timeout, extra_headers=extra)
+
     async def probe(self) -> None:
         resp = await self.client.send(self._probe, None, timeout=PROBE_TIMEOUT)
         try:
@@ -106,6 +132,15 @@ class OpenAIProvider(Provider):
             resp.close()
         if resp.status >= 500 or resp.status == 429:
             raise UpstreamError(f"probe got HTTP {resp.status}")
+
+
+def _header_value(value: str) -> bytes:
+    """The client's header value as it came on the wire (aiohttp decodes header bytes as UTF-8
+    with surrogateescape); a control character would end the header line: refused."""
+    raw = value.encode("utf-8", "surrogateescape")
+    if _CONTROL.search(raw):
+        raise InvalidRequestError("The Content-Type header is invalid.", param="Content-Type")
+    return raw
 
 
 def _split_base_url(base_url: str) -> tuple[str, str, str | None]:
