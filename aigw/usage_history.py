@@ -182,12 +182,15 @@ class UsageRollup:
         cells[0] += 1
         if error:
             cells[1] += 1
-        if usage is not None:
-            cells[2] += max(usage.prompt_tokens, 0)
-            cells[3] += max(usage.cached_tokens, 0)
-            cells[4] += max(usage.completion_tokens, 0)
+        if usage is not None:  # (a negative count is never added: it would credit)
+            if (count := usage.prompt_tokens) > 0:
+                cells[2] += count
+            if (count := usage.cached_tokens) > 0:
+                cells[3] += count
+            if (count := usage.completion_tokens) > 0:
+                cells[4] += count
         if cost:
-            cells[5] += cost if isinstance(cost, int) else to_nanos(cost)
+            cells[5] += cost if type(cost) is int else to_nanos(cost)
 
     def _new(self, key: RowKey) -> list[int]:
         if len(self._cells) >= self.max_keys:

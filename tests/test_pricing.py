@@ -153,6 +153,7 @@ def test_inconsistent_or_negative_counts_never_credit() -> None:
     price = Price.of("1", "1")
     # more cached than prompt: no plain input is billed, the cached ones are
     assert cost(Usage(10, 0, 10, cached_tokens=30), price) == Decimal("0.00003")
+    assert cost_nanos(Usage(10, 0, 10, cached_tokens=30), price) == 30_000
     assert cost(Usage(-5, -5, -10), price) == 0
     assert cost_nanos(Usage(-5, -5, -10), price) == 0
 
@@ -172,6 +173,22 @@ def test_inconsistent_or_negative_counts_never_credit() -> None:
 )
 def test_malformed_usage_reads_as_none(reader: Any, raw: object) -> None:
     assert reader(raw) is None
+
+
+def test_cost_nanos_is_cost_in_nano_dollars_for_any_price() -> None:
+    rng = random.Random(11)
+    for _ in range(3000):
+        digits = rng.choice([0, 1, 2, 3, 4, 6, 9])
+        price = Price.of(
+            *(Decimal(rng.randrange(0, 10**6)).scaleb(-digits) for _ in range(2)),
+            cached_input=Decimal(rng.randrange(0, 10**5)).scaleb(-digits),
+            cache_write=Decimal(rng.randrange(0, 10**6)).scaleb(-digits),
+        )
+        prompt = rng.randrange(0, 10**7)
+        cached = rng.randrange(0, prompt + 1)
+        written = rng.randrange(0, prompt - cached + 1)
+        usage = Usage(prompt, rng.randrange(0, 10**6), 0, cached, written)
+        assert cost_nanos(usage, price) == to_nanos(cost(usage, price))
 
 
 def test_a_price_with_more_than_three_decimals_rounds_half_even_to_the_nano_dollar() -> None:
