@@ -243,6 +243,28 @@ def to_nanos(usd: Decimal | int | str) -> int:
     return nanos if nanos <= MAX_NANOS else MAX_NANOS
 
 
+_USD_TEXT = re.compile(r"\$?([0-9]+(?:[_,][0-9]+)*)(?:\.([0-9]+))?", re.ASCII)
+
+
+def parse_usd(text: str) -> Decimal:
+    """A money amount as a person types it (`aigw quota set TENANT 20 --usd`, the admin
+    socket): `20`, `20.50`, `$1,000` or `1_000.25`; from 0 to `MAX_BUDGET_USD`, at most 9
+    decimals. ValueError with the reason otherwise."""
+    shown = text if len(text) <= 32 else text[:32] + "…"
+    m = _USD_TEXT.fullmatch(text.strip())
+    if m is None:
+        if text.strip().startswith("-"):
+            raise ValueError(f"an amount cannot be negative (got {shown}); 0 means no budget")
+        raise ValueError(f"an amount is a number of US dollars like 20 or 20.50, not {shown!r}")
+    whole, frac = m.group(1).replace("_", "").replace(",", ""), m.group(2) or ""
+    if len(frac) > MAX_DECIMALS:
+        raise ValueError(f"an amount has at most {MAX_DECIMALS} decimals, got {shown}")
+    value = Decimal(f"{whole}.{frac}" if frac else whole)
+    if value > MAX_BUDGET_USD:
+        raise ValueError(f"an amount is at most {MAX_BUDGET_USD:,} US dollars, got {shown}")
+    return value
+
+
 def from_nanos(nanos: int) -> Decimal:
     """Integer nano-dollars as exact USD."""
     return Decimal(nanos).scaleb(-9, _WIDE)

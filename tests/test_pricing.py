@@ -27,6 +27,7 @@ from aigw.pricing import (
     estimate_nanos,
     from_nanos,
     parse_shipped_table,
+    parse_usd,
     shipped_table,
     spellings,
     to_nanos,
@@ -468,3 +469,37 @@ def test_shipped_prices_keep_their_decimals_exactly() -> None:
     text = (files("aigw") / "prices" / "default.json").read_text(encoding="utf-8")
     assert re.search(r'"gpt-4o-mini": \{"input": 0\.15, "cached_input": 0\.075', text)
     assert shipped_table().prices["gpt-4o-mini"].price.cached_input == Decimal("0.075")
+
+
+@pytest.mark.parametrize(
+    ("text", "usd"),
+    [
+        ("20", "20"),
+        ("20.50", "20.50"),
+        ("$1,000", "1000"),
+        ("1_000.25", "1000.25"),
+        ("0", "0"),
+        (" 0.000000001 ", "0.000000001"),
+        ("1000000000", "1000000000"),
+    ],
+)
+def test_parse_usd(text: str, usd: str) -> None:
+    assert parse_usd(text) == Decimal(usd)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("-5", "cannot be negative"),
+        ("twenty", "like 20 or 20.50"),
+        ("1e3", "like 20"),
+        ("20.", "like 20"),
+        ("0.0000000001", "at most 9 decimals"),
+        ("1000000000.01", "at most 1,000,000,000"),
+        ("NaN", "like 20"),
+        ("", "like 20"),
+    ],
+)
+def test_parse_usd_refuses(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_usd(text)
