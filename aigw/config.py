@@ -21,6 +21,7 @@ import typing
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,6 +65,7 @@ from aigw.choices import (
 )
 from aigw.errors import ConfigError, ConfigProblem, ConfigWarning
 from aigw.headers import never_forwarded
+from aigw.pricing import MAX_BUDGET_USD, MAX_DECIMALS, MAX_PRICE_USD
 from aigw.tenants import is_valid_tenant
 
 
@@ -74,7 +76,10 @@ def _doc(doc: str, **meta: Any) -> dict[str, Any]:
     `max`, `secret` (only from `${ENV}`), `secret_alt` (field to suggest instead of a secret),
     `secret_url` (may hold a password: never echoed), `path` (`~` is expanded), `tenant_name`
     (value is a tenant name), `tenant_keys` (mapping keys are tenant names), `inherit` (entries
-    inherit missing keys from the enclosing section), `internal` (not settable from YAML).
+    inherit missing keys from the enclosing section), `internal` (not settable from YAML),
+    `key_name` (what the keys of a mapping are, in the docs: `<model>`), `tenant_quota` (the
+    `quota.tenants` mapping: an integer or a `TenantQuota` per tenant; see
+    `_Loader.tenant_quotas`).
     """
     meta["doc"] = doc
     return meta
@@ -411,10 +416,41 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True)
+class TenantQuota:
+    """The mapping form of one `quota.tenants` entry (the integer form is its `tokens`)."""
+
+    tokens: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Tokens per period (0 = unlimited); default `quota.default`.",
+            min=0,
+            max=MAX_QUOTA_TOKENS,
+        ),
+    )
+    usd: Decimal | None = field(
+        default=None,
+        metadata=_doc(
+            "US dollars per period (0 = no money budget); default `quota.default_usd`.",
+            min=0,
+            max=MAX_BUDGET_USD,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class QuotaConfig:
     default: int = field(
         default=0,
         metadata=_doc("Tokens per period per tenant; 0 = unlimited.", min=0, max=MAX_QUOTA_TOKENS),
+    )
+    default_usd: Decimal = field(
+        default=Decimal(0),
+        metadata=_doc(
+            "US dollars per period per tenant, priced with `prices:`; 0 = no money budget. "
+            "Either limit can refuse a request.",
+            min=0,
+            max=MAX_BUDGET_USD,
+        ),
     )
     period: str = field(
         default="daily", metadata=_doc("Calendar period the usage resets on.", choices=PERIODS)
@@ -423,12 +459,92 @@ class QuotaConfig:
     tenants: dict[str, int] = field(
         default_factory=dict,
         metadata=_doc(
-            "Per-tenant limits (0 = unlimited).", tenant_keys=True, min=0, max=MAX_QUOTA_TOKENS
+            "Per-tenant limits: tokens as an integer (0 = unlimited), or a mapping "
+            "`{tokens: N, usd: X}` with either or both.",
+            tenant_keys=True,
+            min=0,
+            max=MAX_QUOTA_TOKENS,
+            tenant_quota=True,
         ),
     )
+    #: Per-tenant money budgets (`quota.tenants.NAME.usd`), filled by the loader.
+    tenants_usd: dict[str, Decimal] = field(default_factory=dict, metadata=_INTERNAL)
     default_max_tokens: int = field(
         default=4096,
         metadata=_doc("Completion tokens reserved when a request sets no max_tokens.", min=1),
+    )
+
+    def usd_for(self, tenant: str) -> Decimal:
+        """The tenant's money budget per period in USD; 0 = none."""
+        return self.tenants_usd.get(tenant, self.default_usd)
+
+    @property
+    def has_money_budget(self) -> bool:
+        """Whether any tenant has a money budget in the config."""
+        return self.default_usd > 0 or any(usd > 0 for usd in self.tenants_usd.values())
+
+
+@dataclass(frozen=True)
+class PriceConfig:
+    input: Decimal | None = field(
+        default=None,
+        metadata=_doc(
+            "USD per million prompt tokens not read from or written to a cache (required).",
+            min=0,
+            max=MAX_PRICE_USD,
+        ),
+    )
+    cached_input: Decimal | None = field(
+        default=None,
+        metadata=_doc(
+            "USD per million prompt tokens read from the provider's prompt cache; "
+            "default: `input`.",
+            min=0,
+            max=MAX_PRICE_USD,
+        ),
+    )
+    cache_write: Decimal | None = field(
+        default=None,
+        metadata=_doc(
+            "USD per million prompt tokens written to the provider's prompt cache "
+            "(Anthropic's cache creation); default: `input`.",
+            min=0,
+            max=MAX_PRICE_USD,
+        ),
+    )
+    output: Decimal | None = field(
+        default=None,
+        metadata=_doc(
+            "USD per million completion tokens, reasoning included (required).",
+            min=0,
+            max=MAX_PRICE_USD,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    enabled: bool = field(
+        default=True,
+        metadata=_doc(
+            "Keep the usage history (hourly rollups per tenant, model and endpoint) that "
+            "`aigw usage` and the admin socket's `GET /usage` show."
+        ),
+    )
+    retention: float = field(
+        default=90 * 86400.0,
+        metadata=_doc(
+            "How long hourly rows are kept; older ones are pruned.", unit="duration", min=3600
+        ),
+    )
+    flush_interval: float = field(
+        default=10.0,
+        metadata=_doc(
+            "How often the rollup kept in memory is added to the state store (where other "
+            "instances see it); `GET /usage` includes what is not flushed yet.",
+            unit="duration",
+            min=0.001,
+        ),
     )
 
 
@@ -482,7 +598,21 @@ class Config:
         default_factory=RateLimitConfig, metadata=_doc("Per-tenant rate limits.")
     )
     quota: QuotaConfig = field(
-        default_factory=QuotaConfig, metadata=_doc("Per-tenant token quotas.")
+        default_factory=QuotaConfig, metadata=_doc("Per-tenant token quotas and money budgets.")
+    )
+    prices: dict[str, PriceConfig] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "USD per million tokens by upstream model name (the model that answered, as in "
+            "`x-aigw-model`), over the table aigw ships (`aigw/prices/default.json`): an entry "
+            "here replaces the shipped one of that model whole. A dated snapshot "
+            "(`gpt-4o-2024-08-06`) or a provider prefix (`openai/gpt-4o`) falls back to the "
+            "plain name. A model with no price costs 0.",
+            key_name="model",
+        ),
+    )
+    usage: UsageConfig = field(
+        default_factory=UsageConfig, metadata=_doc("Usage history (`aigw usage`).")
     )
     cache: CacheConfig = field(default_factory=CacheConfig, metadata=_doc("Response cache."))
     hooks: tuple[HookSpec, ...] = field(
@@ -603,6 +733,7 @@ _SECRET_REF_RE = re.compile(rf"\$\{{({_ENV_NAME})(:-.*)?\}}", re.DOTALL)
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _TAG = "tag:yaml.org,2002:"
 _INVALID: Any = object()  # a value that failed validation; its problem is already recorded
+_YAML_SPECIAL_FLOAT = re.compile(r"\.(inf|nan)", re.IGNORECASE)
 
 
 def load_config(
@@ -972,6 +1103,10 @@ class _Loader:
                     parent = {g.name: kwargs.get(g.name, _default(g)) for g in settable}
                     item_tp = typing.get_args(hints[f.name])[1]
                     value = self.mapping(value_node, item_tp, f.metadata, sub, parent)
+                elif f.metadata.get("tenant_quota"):
+                    value = self.tenant_quotas(value_node, f.metadata, sub)
+                    if value is not _INVALID:
+                        value, kwargs["tenants_usd"] = value
                 else:
                     value = self.value(value_node, hints[f.name], f.metadata, sub)
                 if value is not _INVALID:
@@ -1016,6 +1151,53 @@ class _Loader:
             if value is not _INVALID:
                 out[key] = value
         return out
+
+    def tenant_quotas(self, node: yaml.Node, meta: Mapping[str, Any], path: str) -> Any:
+        """`quota.tenants`: per tenant an integer (its tokens) or a `TenantQuota` mapping
+        (`{tokens: N, usd: X}`). Returns `(tokens by tenant, USD by tenant)`."""
+        if _is_null(node):
+            return {}, {}
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(_line(node), path, f"expected a mapping, got {_node_kind(node)}")
+            return _INVALID
+        tokens: dict[str, int] = {}
+        usd: dict[str, Decimal] = {}
+        for key, (key_node, value_node) in self.entries(node, path).items():
+            sub = f"{path}.{key}"
+            if not is_valid_tenant(key):
+                self.problem(_line(key_node), sub, f"invalid tenant name '{key}'", _TENANT_HINT)
+                continue
+            if isinstance(value_node, yaml.MappingNode):
+                entry = self.dataclass(value_node, TenantQuota, sub)
+                if entry is _INVALID:
+                    continue
+                if (
+                    entry.tokens is None
+                    and entry.usd is None
+                    and not any(k.startswith(sub + ".") for k in self.problem_keys())
+                ):
+                    self.problem(
+                        _line(value_node),
+                        sub,
+                        "give the tenant's tokens, usd or both",
+                        "e.g. {tokens: 100000, usd: 20}",
+                    )
+                if entry.tokens is not None:
+                    tokens[key] = entry.tokens
+                if entry.usd is not None:
+                    usd[key] = entry.usd
+            elif isinstance(value_node, yaml.ScalarNode) and value_node.tag == _TAG + "float":
+                self.problem(
+                    _line(value_node),
+                    sub,
+                    "expected an integer (tokens), got a number",
+                    f"for a money budget write {key}: {{usd: {value_node.value}}}",
+                )
+            else:
+                value = self.value(value_node, int, _value_meta(meta), sub)
+                if value is not _INVALID:
+                    tokens[key] = value
+        return tokens, usd
 
     def sequence(self, node: yaml.Node, item_tp: Any, meta: Mapping[str, Any], path: str) -> Any:
         if not isinstance(node, yaml.SequenceNode):
@@ -1111,7 +1293,48 @@ class _Loader:
         result = _ENV_TOKEN_RE.sub(one, text)
         return ok, result
 
+    def decimal_field(self, node: yaml.Node, meta: Mapping[str, Any], path: str) -> Any:
+        """An exact decimal (money): a YAML number as written (`2.50` is not read through a
+        binary float) or a string holding one (`"2.50"`, `${PRICE}`)."""
+        kind = node.tag.removeprefix(_TAG) if isinstance(node, yaml.ScalarNode) else ""
+        if kind in ("int", "float"):
+            # YAML's .inf and .nan, as Decimal spells them (then refused as not finite)
+            text = _YAML_SPECIAL_FLOAT.sub(
+                lambda m: "Infinity" if m.group(1).lower() == "inf" else "NaN", str(node.value)
+            )
+        elif kind == "str":
+            ok, text = self.scalar(node, path, keep_str=True)
+            if not ok:
+                return _INVALID
+        else:
+            self.problem(_line(node), path, f"expected a number, got {_node_kind(node)}")
+            return _INVALID
+        line = _line(node)
+        try:
+            value = Decimal(text.strip().replace("_", ""))
+        except InvalidOperation:
+            self.problem(
+                line,
+                path,
+                f"expected a number, got {_show(text)}",
+                "write a plain decimal number, e.g. 2.50 (no currency sign or unit)",
+            )
+            return _INVALID
+        if not value.is_finite():
+            self.problem(line, path, "must be a finite number")
+            return _INVALID
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)  # finite
+        if exponent < -MAX_DECIMALS:
+            self.problem(line, path, f"at most {MAX_DECIMALS} decimal places (a nano-dollar)")
+            return _INVALID
+        if exponent > 0:  # 1e3 -> 1000
+            value = value.quantize(Decimal(1))
+        return self.constrain(value, meta, path, line)
+
     def scalar_field(self, node: yaml.Node, tp: Any, meta: Mapping[str, Any], path: str) -> Any:
+        if tp is Decimal:
+            return self.decimal_field(node, meta, path)
         want = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
         unit: str = meta.get("unit") or ""
         if not isinstance(node, yaml.ScalarNode):
@@ -1173,7 +1396,7 @@ class _Loader:
         low, high = meta.get("min"), meta.get("max")
         if unit and low is None:
             low = 0
-        if isinstance(value, (int, float)) and low is not None and value < low:
+        if isinstance(value, (int, float, Decimal)) and low is not None and value < low:
             if low == 0:
                 message = "must not be negative"
             elif unit or low < 1:
@@ -1182,7 +1405,7 @@ class _Loader:
                 message = f"must be at least {show(low)}, got {show(value)}"
             self.problem(line, path, message)
             return _INVALID
-        if isinstance(value, (int, float)) and high is not None and value > high:
+        if isinstance(value, (int, float, Decimal)) and high is not None and value > high:
             self.problem(line, path, f"must be at most {show(high)}, got {show(value)}")
             return _INVALID
         if meta.get("tenant_name") and not is_valid_tenant(value):
@@ -1300,6 +1523,8 @@ class _Loader:
         self.check_server(config)
         self.check_providers(config)
         config = self.check_models(config)
+        self.check_prices(config)
+        self.check_money(config)
         self.check_auth(config)
         self.check_state(config.state)
         self.check_misc(config)
@@ -1426,6 +1651,45 @@ class _Loader:
                     )
             models[name] = replace(model, targets=tuple(targets))
         return replace(config, models=models)
+
+    def check_prices(self, config: Config) -> None:
+        for name, price in config.prices.items():
+            path = f"prices.{name}"
+            if any(k == path or k.startswith(path + ".") for k in self.problem_keys()):
+                continue
+            missing = [f for f in ("input", "output") if getattr(price, f) is None]
+            if missing:
+                self.rule(
+                    path,
+                    f"a price needs {' and '.join(missing)} (USD per million tokens)",
+                    "write e.g. {input: 2.50, output: 10.00}; cached_input and cache_write "
+                    "default to input",
+                )
+
+    def check_money(self, config: Config) -> None:
+        """Warn about routed upstream models with no price when a money budget is set: their
+        requests would cost 0 and never use it up."""
+        if not config.quota.has_money_budget:
+            return
+        from aigw.pricing import PriceTable
+
+        table = PriceTable.build(
+            {n: p for n, p in config.prices.items() if p.input is not None and p.output is not None}
+        )
+        warned: set[str] = set()
+        for name, model in config.models.items():
+            for i, target in enumerate(model.targets):
+                upstream = target.model or name
+                if upstream in warned or table.lookup(upstream) is not None:
+                    continue
+                warned.add(upstream)
+                self.warn(
+                    f"models.{name}.targets[{i}].model",
+                    f"no price for upstream model '{upstream}': a money budget is set, and "
+                    "its requests would cost $0 and never use it up",
+                    f"add `{upstream}: {{input: …, output: …}}` under prices: (USD per "
+                    "million tokens; 0 for a free model)",
+                )
 
     def check_auth(self, config: Config) -> None:
         first_with: dict[bytes, int] = {}  # key digest -> index of its first entry
@@ -1569,9 +1833,14 @@ def _describe(cls: type, prefix: str, out: list[Setting], *, inherited: bool = F
         if isinstance(tp, type) and is_dataclass(tp):
             _describe(tp, key + ".", out)
             continue
+        if meta.get("tenant_quota"):
+            _describe(TenantQuota, f"{key}.<tenant>.", out)
+            continue
         args = typing.get_args(tp)
         if origin is dict and isinstance(args[1], type) and is_dataclass(args[1]):
             placeholder = "<tenant>" if meta.get("tenant_keys") else "<name>"
+            if meta.get("key_name"):
+                placeholder = f"<{meta['key_name']}>"
             _describe(args[1], f"{key}.{placeholder}.", out, inherited=bool(meta.get("inherit")))
         elif origin is tuple and args[0] is not HookSpec and is_dataclass(args[0]):
             assert isinstance(args[0], type)
@@ -1581,6 +1850,8 @@ def _describe(cls: type, prefix: str, out: list[Setting], *, inherited: bool = F
 def _type_name(tp: Any, meta: Mapping[str, Any]) -> str:
     if meta.get("secret"):
         return "secret"
+    if meta.get("tenant_quota"):
+        return "integer or mapping"
     if meta.get("unit"):
         return str(meta["unit"])
     if meta.get("choices"):
@@ -1603,7 +1874,7 @@ def _type_name(tp: Any, meta: Mapping[str, Any]) -> str:
         return f"list of {_type_name(item, {})}"
     if meta.get("path"):
         return "path"
-    names = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", Decimal: "decimal"}
     return names.get(tp, "value")
 
 

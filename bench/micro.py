@@ -11,8 +11,9 @@ all items, each doing `--reps` repetitions of ~`--rep-ms`, so a slow spell of a 
 spreads over every item. The table shows the median and the best repetition in µs per request.
 The process pins itself to one core (`os.sched_setaffinity`, `--cpu`) and reports how much of that
 core other processes took meanwhile. The garbage collector stays on: the objects a request
-allocates are part of its cost. The issues' budgets (3 #7, 4 #7, 5 #5b) are judged on the
-median. Raw results go to bench/results/micro-<timestamp>.json.
+allocates are part of its cost. The issues' budgets (3 #7, 4 #7, 5 #5b, money: price lookup +
+cost + rollup <= 5 us) are judged on the median. Raw results go to
+bench/results/micro-<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ from aigw.limits.quota import QuotaManager  # noqa: E402
 from aigw.limits.ratelimit import RateLimiter  # noqa: E402
 from aigw.limits.ratelimit import headers as rate_headers  # noqa: E402
 from aigw.metrics import Metrics  # noqa: E402
+from aigw.pricing import PriceTable, cost, cost_nanos  # noqa: E402
 from aigw.state import open_store  # noqa: E402
 from aigw.streaming import StreamTap, usage_from_body  # noqa: E402
+from aigw.usage_history import UsageRollup  # noqa: E402
 
 ENDPOINT = "chat/completions"
 TENANT = "bench"
@@ -79,6 +82,7 @@ N_TARGETS = 10
 BALANCER_BUDGET = 20.0  # issue 3 #7
 QUOTA_BUDGET = 30.0  # issue 4 #7
 METRICS_BUDGET = 15.0  # issue 5 #5b
+MONEY_BUDGET = 5.0  # money issue: price lookup + cost + rollup
 
 
 @dataclass(slots=True)
@@ -263,6 +267,36 @@ def metrics_items() -> list[Item]:
     ]
 
 
+def money_items() -> list[Item]:
+    """The money issue: what a finished request adds: its price (looked up by the upstream model
+    that answered), its cost in nano-dollars, and its line in the hourly usage rollup."""
+    table = PriceTable.build()  # the shipped table, as a config with no prices: gets
+    rollup = UsageRollup()  # the real wall clock, as the proxy's
+    cached = Usage(2400, 310, 2710, cached_tokens=1800, reasoning_tokens=120)
+
+    def one(model: str = "gpt-4o-mini", usage: Usage = USAGE) -> None:
+        price = table.lookup(model)
+        nanos = cost_nanos(usage, price) if price is not None else 0
+        rollup.record(TENANT, model, ENDPOINT, usage, nanos)
+
+    def snapshot() -> None:
+        one("claude-sonnet-4-5-20250929", cached)
+
+    def unpriced() -> None:
+        one("llama3.1")
+
+    price = table.lookup("gpt-4o-mini")
+    assert price is not None and cost_nanos(USAGE, price) == 7_200
+    one()
+    assert len(rollup) == 1
+    return [
+        Item("money: price lookup + cost_nanos + rollup.record", one, None, MONEY_BUDGET),
+        Item("  same, dated Anthropic name, cached tokens", snapshot, None, MONEY_BUDGET),
+        Item("  same, unpriced model (cost 0)", unpriced, None, MONEY_BUDGET),
+        Item("  cost() as an exact Decimal (display, not per request)", lambda: cost(USAGE, price)),
+    ]
+
+
 def cache_items() -> list[Item]:
     """The cache's per-request work on the chat body: key, lookup; store on a miss."""
     cache = ResponseCache(10_000, 100 * 1024 * 1024, 300.0)
@@ -367,6 +401,7 @@ async def amain(args: argparse.Namespace) -> list[Result]:
                 "balancer": balancer_items(),
                 "quota": quota,
                 "metrics": metrics_items(),
+                "money": money_items(),
                 "cache": cache_items(),
                 "request": request_items(),
             }

@@ -9,7 +9,7 @@
 # Sub-commands of a command path.
 _aigw_commands() {
     case $1 in
-        'aigw') _aigw_reply='lb quota reload serve status validate version' ;;
+        'aigw') _aigw_reply='lb quota reload serve status usage validate version' ;;
         'aigw lb') _aigw_reply='stats' ;;
         'aigw quota') _aigw_reply='reset set show' ;;
         *) _aigw_reply='' ;;
@@ -29,6 +29,7 @@ _aigw_options() {
         'aigw reload') _aigw_reply='--admin-socket -c --config -h --help --json' ;;  # Tell the running daemon to re-read its config file (as SIGHUP does); the running config stays when the file does not load.
         'aigw serve') _aigw_reply='--access-log --admin-socket -c --config -h --help --host --log-level --loop -p --port -w --workers' ;;  # Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).
         'aigw status') _aigw_reply='--admin-socket -c --config -h --help --json' ;;  # Show the running daemon: pid, version, uptime, config, listen address (and workers).
+        'aigw usage') _aigw_reply='--admin-socket --by -c --config --csv -h --help --json --model --since --tenant' ;;  # Usage history: requests, tokens (input, cached, output), cost and errors.
         'aigw validate') _aigw_reply='-h --help --json --request' ;;  # Check a config file offline: exit 0 when valid, 1 with every problem otherwise.
         'aigw version') _aigw_reply='-h --help --json' ;;  # Print aigw's version (and, with --json, the Python it runs on).
         *) _aigw_reply='' ;;
@@ -81,6 +82,15 @@ _aigw_option() {
         'aigw status -c' | 'aigw status --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
         'aigw status -h' | 'aigw status --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw status --json') _aigw_reply=flag ;;  # Print JSON for scripts.
+        'aigw usage --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
+        'aigw usage --by') _aigw_reply=choice _aigw_choices='hour day tenant model' ;;  # One line per hour, day, tenant or model (default: hour for up to 2 days, else day).
+        'aigw usage -c' | 'aigw usage --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
+        'aigw usage --csv') _aigw_reply=flag ;;  # Print CSV for spreadsheets.
+        'aigw usage -h' | 'aigw usage --help') _aigw_reply=flag ;;  # Show this message and exit.
+        'aigw usage --json') _aigw_reply=flag ;;  # Print JSON for scripts.
+        'aigw usage --model') _aigw_reply=value ;;  # Only this model.
+        'aigw usage --since') _aigw_reply=value ;;  # How far back: a number of minutes, hours, days or weeks (90m, 24h, 7d, 30d, 2w; at most 366d).
+        'aigw usage --tenant') _aigw_reply=value ;;  # Only this tenant.
         'aigw validate -h' | 'aigw validate --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw validate --json') _aigw_reply=flag ;;  # Print JSON for scripts.
         'aigw validate --request') _aigw_reply=file ;;  # Also check this JSON request body with the daemon's validator.

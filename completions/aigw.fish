@@ -9,7 +9,7 @@
 function __aigw_commands
     switch $argv[1]
         case 'aigw'
-            printf '%s\n' lb quota reload serve status validate version
+            printf '%s\n' lb quota reload serve status usage validate version
         case 'aigw lb'
             printf '%s\n' stats
         case 'aigw quota'
@@ -20,7 +20,7 @@ end
 # True when option $argv[2] of command path $argv[1] takes a value.
 function __aigw_takes_value
     switch "$argv[1] $argv[2]"
-        case 'aigw lb stats --admin-socket' 'aigw lb stats -c' 'aigw lb stats --config' 'aigw lb stats --interval' 'aigw lb stats --model' 'aigw quota reset --admin-socket' 'aigw quota reset -c' 'aigw quota reset --config' 'aigw quota set --admin-socket' 'aigw quota set -c' 'aigw quota set --config' 'aigw quota set --period' 'aigw quota show --admin-socket' 'aigw quota show -c' 'aigw quota show --config' 'aigw reload --admin-socket' 'aigw reload -c' 'aigw reload --config' 'aigw serve --admin-socket' 'aigw serve -c' 'aigw serve --config' 'aigw serve --host' 'aigw serve --log-level' 'aigw serve --loop' 'aigw serve -p' 'aigw serve --port' 'aigw serve -w' 'aigw serve --workers' 'aigw status --admin-socket' 'aigw status -c' 'aigw status --config' 'aigw validate --request'
+        case 'aigw lb stats --admin-socket' 'aigw lb stats -c' 'aigw lb stats --config' 'aigw lb stats --interval' 'aigw lb stats --model' 'aigw quota reset --admin-socket' 'aigw quota reset -c' 'aigw quota reset --config' 'aigw quota set --admin-socket' 'aigw quota set -c' 'aigw quota set --config' 'aigw quota set --period' 'aigw quota show --admin-socket' 'aigw quota show -c' 'aigw quota show --config' 'aigw reload --admin-socket' 'aigw reload -c' 'aigw reload --config' 'aigw serve --admin-socket' 'aigw serve -c' 'aigw serve --config' 'aigw serve --host' 'aigw serve --log-level' 'aigw serve --loop' 'aigw serve -p' 'aigw serve --port' 'aigw serve -w' 'aigw serve --workers' 'aigw status --admin-socket' 'aigw status -c' 'aigw status --config' 'aigw usage --admin-socket' 'aigw usage --by' 'aigw usage -c' 'aigw usage --config' 'aigw usage --model' 'aigw usage --since' 'aigw usage --tenant' 'aigw validate --request'
             return 0
     end
     return 1
@@ -65,6 +65,7 @@ complete -c aigw -n '__aigw_at aigw' -a 'quota' -d 'Per-tenant token quotas of t
 complete -c aigw -n '__aigw_at aigw' -a 'reload' -d 'Tell the running daemon to re-read its config file (as SIGHUP does); the running config stays when the file does not load.'
 complete -c aigw -n '__aigw_at aigw' -a 'serve' -d 'Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).'
 complete -c aigw -n '__aigw_at aigw' -a 'status' -d 'Show the running daemon: pid, version, uptime, config, listen address (and workers).'
+complete -c aigw -n '__aigw_at aigw' -a 'usage' -d 'Usage history: requests, tokens (input, cached, output), cost and errors.'
 complete -c aigw -n '__aigw_at aigw' -a 'validate' -d 'Check a config file offline: exit 0 when valid, 1 with every problem otherwise.'
 complete -c aigw -n '__aigw_at aigw' -a 'version' -d 'Print aigw\'s version (and, with --json, the Python it runs on).'
 complete -c aigw -n '__aigw_at aigw' -s 'h' -l 'help' -d 'Show this message and exit.'
@@ -130,6 +131,17 @@ complete -c aigw -n '__aigw_at aigw status' -l 'admin-socket' -r -F -d 'Admin so
 complete -c aigw -n '__aigw_at aigw status' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
 complete -c aigw -n '__aigw_at aigw status' -s 'h' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw status' -l 'json' -d 'Print JSON for scripts.'
+
+# aigw usage
+complete -c aigw -n '__aigw_at aigw usage' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'
+complete -c aigw -n '__aigw_at aigw usage' -l 'by' -x -a 'hour day tenant model' -d 'One line per hour, day, tenant or model (default: hour for up to 2 days, else day).'
+complete -c aigw -n '__aigw_at aigw usage' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
+complete -c aigw -n '__aigw_at aigw usage' -l 'csv' -d 'Print CSV for spreadsheets.'
+complete -c aigw -n '__aigw_at aigw usage' -s 'h' -l 'help' -d 'Show this message and exit.'
+complete -c aigw -n '__aigw_at aigw usage' -l 'json' -d 'Print JSON for scripts.'
+complete -c aigw -n '__aigw_at aigw usage' -l 'model' -x -d 'Only this model.'
+complete -c aigw -n '__aigw_at aigw usage' -l 'since' -x -d 'How far back: a number of minutes, hours, days or weeks (90m, 24h, 7d, 30d, 2w; at most 366d).'
+complete -c aigw -n '__aigw_at aigw usage' -l 'tenant' -x -d 'Only this tenant.'
 
 # aigw validate
 complete -c aigw -n '__aigw_at aigw validate' -s 'h' -l 'help' -d 'Show this message and exit.'

@@ -172,7 +172,7 @@ def test_configured_admin_socket(
 # --- main() registers only what the first argument names --------------------------------------
 
 
-ALL_MODULES = ("serve", "validate", "quota", "lb", "version")
+ALL_MODULES = ("serve", "validate", "quota", "usage", "lb", "version")
 
 
 @pytest.mark.parametrize(
@@ -180,6 +180,7 @@ ALL_MODULES = ("serve", "validate", "quota", "lb", "version")
     [
         (["quota", "show"], ("serve", "quota")),
         (["lb", "stats", "--once"], ("serve", "lb")),
+        (["usage", "--since", "7d"], ("serve", "usage")),
         (["status"], ("serve",)),
         (["serve", "-c", "x.yaml"], ("serve",)),
         (["validate", "x.yaml"], ("serve", "validate")),
@@ -210,6 +211,7 @@ HELP_PATHS = [
     ["quota", "reset"],
     ["lb"],
     ["lb", "stats"],
+    ["usage"],
     ["version"],
 ]
 
@@ -230,7 +232,9 @@ def test_the_module_app_is_the_full_tree() -> None:
     from aigw.cli import app
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert list(commands) == ["serve", "status", "reload", "validate", "version", "quota", "lb"]
+    assert list(commands) == [
+        "serve", "status", "reload", "validate", "usage", "version", "quota", "lb"
+    ]  # fmt: skip
 
 
 # --- parameter coercion without pydantic --------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from aigw.config import (
     MetricsConfig,
     MockOptions,
     ModelConfig,
+    PriceConfig,
     ProviderConfig,
     QuotaConfig,
     RateLimitConfig,
@@ -29,6 +31,8 @@ from aigw.config import (
     ServerConfig,
     StateConfig,
     TargetConfig,
+    TenantQuota,
+    UsageConfig,
     config_reference_markdown,
     default_config,
     describe_settings,
@@ -564,8 +568,8 @@ def test_settings_cover_every_dataclass_field() -> None:
         return names
 
     for cls in (ServerConfig, StateConfig, AuthKey, ProviderConfig, MockOptions, TargetConfig,
-                ModelConfig, HealthConfig, RateLimitConfig, QuotaConfig, CacheConfig,
-                MetricsConfig, Config):  # fmt: skip
+                ModelConfig, HealthConfig, RateLimitConfig, QuotaConfig, TenantQuota, PriceConfig,
+                UsageConfig, CacheConfig, MetricsConfig, Config):  # fmt: skip
         assert walk(cls) <= keys, cls.__name__
 
 
@@ -687,3 +691,97 @@ def test_an_unknown_fallback_lists_the_models_that_exist() -> None:
     two = one + "  small: {targets: [{provider: p}]}\n  big: {targets: [{provider: p}]}\n"
     (problem,) = problems_of(two)
     assert problem.hint == "expected one of: small, big"
+
+
+# --- money: prices, budgets, the usage history --------------------------------------------------
+
+
+def test_quota_tenants_take_tokens_or_a_mapping_with_usd() -> None:
+    config = parse_config(
+        MINIMAL + "quota:\n"
+        "  default: 1000\n"
+        "  default_usd: 5\n"
+        "  tenants:\n"
+        "    plain: 100\n"
+        "    both: {tokens: 0, usd: 20.50}\n"
+        "    money: {usd: '0.75'}\n"
+        "    tokens: {tokens: 7}\n",
+        "t.yaml",
+        env={},
+    )
+    quota = config.quota
+    assert quota.tenants == {"plain": 100, "both": 0, "tokens": 7}
+    assert quota.tenants_usd == {"both": Decimal("20.50"), "money": Decimal("0.75")}
+    assert quota.default_usd == 5 and quota.has_money_budget
+    assert (quota.usd_for("both"), quota.usd_for("plain")) == (Decimal("20.50"), Decimal(5))
+    # tokens of a tenant with only a money budget come from quota.default
+    assert quota.tenants.get("money", quota.default) == 1000
+    assert not QuotaConfig().has_money_budget
+    assert not QuotaConfig(tenants_usd={"a": Decimal(0)}).has_money_budget
+
+
+def test_prices_are_exact_decimals_as_written() -> None:
+    config = parse_config(
+        MINIMAL + "prices:\n"
+        "  a: {input: 0.1, output: 0.2}\n"
+        "  b: {input: '2.50', output: 1_000, cached_input: 0, cache_write: 3.75}\n"
+        "  c: {input: '${PRICE}', output: 1e3}\n",
+        "t.yaml",
+        env={"PRICE": "0.075"},
+    )
+    assert config.prices == {
+        "a": PriceConfig(input=Decimal("0.1"), output=Decimal("0.2")),
+        "b": PriceConfig(Decimal("2.50"), Decimal(0), Decimal("3.75"), Decimal(1000)),
+        "c": PriceConfig(input=Decimal("0.075"), output=Decimal(1000)),
+    }
+    assert config.prices["a"].input + config.prices["a"].output == Decimal("0.3")  # type: ignore[operator]
+    # frozen and comparable: the same file loads equal (2.5 == 2.50 as numbers)
+    again = parse_config(
+        MINIMAL + "prices:\n  a: {input: 0.10, output: 0.20}\n  b: {input: 2.5, output: 1000, "
+        "cached_input: 0, cache_write: 3.75}\n  c: {input: 0.075, output: 1000}\n",
+        "t.yaml",
+        env={},
+    )
+    assert again.prices == config.prices
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.prices["a"].input = Decimal(1)  # type: ignore[misc]
+
+
+def test_the_usage_section_defaults() -> None:
+    assert default_config().usage == UsageConfig(enabled=True, retention=90 * 86400.0,
+                                                 flush_interval=10.0)  # fmt: skip
+    config = parse_config(MINIMAL + "usage: {retention: 7d, flush_interval: 1m}\n", env={})
+    assert (config.usage.retention, config.usage.flush_interval) == (7 * 86400.0, 60.0)
+    assert TenantQuota() == TenantQuota(None, None)
+
+
+MONEY = (
+    "providers: {p: {type: mock}}\n"
+    "models:\n"
+    "  m:\n"
+    "    targets:\n"
+    "      - {provider: p, model: gpt-4o-2024-08-06}\n"  # priced through its snapshot
+    "      - {provider: p, model: llama3.1}\n"
+    "      - {provider: p, model: mystery}\n"
+    "  other: {targets: [{provider: p, model: llama3.1}]}\n"  # the same model: warned once
+)
+
+
+def test_an_unpriced_routed_model_is_a_warning_when_a_money_budget_is_set() -> None:
+    assert warnings_of(MONEY + "quota: {default_usd: 10}\n") == [
+        "t.yaml:6: models.m.targets[1].model: warning: no price for upstream model 'llama3.1': "
+        "a money budget is set, and its requests would cost $0 and never use it up "
+        "(Hint: add `llama3.1: {input: …, output: …}` under prices: (USD per million tokens; "
+        "0 for a free model))",
+        "t.yaml:7: models.m.targets[2].model: warning: no price for upstream model 'mystery': "
+        "a money budget is set, and its requests would cost $0 and never use it up "
+        "(Hint: add `mystery: {input: …, output: …}` under prices: (USD per million tokens; "
+        "0 for a free model))",
+    ]
+    # a tenant's budget counts too; pricing the models (free is a price) silences it
+    priced = "prices: {llama3.1: {input: 0, output: 0}, mystery: {input: 1, output: 2}}\n"
+    assert len(warnings_of(MONEY + "quota: {tenants: {a: {usd: 1}}}\n")) == 2
+    assert warnings_of(MONEY + "quota: {tenants: {a: {usd: 1}}}\n" + priced) == []
+    # no money budget, no warning: an unpriced model just costs 0
+    assert warnings_of(MONEY) == []
+    assert warnings_of(MONEY + "quota: {default: 100, tenants: {a: {usd: 0}}}\n") == []

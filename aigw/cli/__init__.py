@@ -27,7 +27,7 @@ _fastparams.install()
 _typerfix.install()
 
 #: Command modules, in the order their commands are listed by `aigw --help`.
-_MODULES: tuple[str, ...] = ("serve", "validate", "quota", "lb", "version")
+_MODULES: tuple[str, ...] = ("serve", "validate", "quota", "usage", "lb", "version")
 #: First argument -> the module that registers it.
 _MODULE_OF: dict[str, str] = {
     "serve": "serve",
@@ -35,6 +35,7 @@ _MODULE_OF: dict[str, str] = {
     "reload": "serve",
     "validate": "validate",
     "quota": "quota",
+    "usage": "usage",
     "lb": "lb",
     "version": "version",
 }
@@ -52,6 +53,7 @@ EXAMPLES: dict[str, str] = {
     "quota set": "aigw quota set team-a 100000 --period daily",
     "quota show": "aigw quota show team-a --json",
     "quota reset": "aigw quota reset team-a",
+    "usage": "aigw usage --since 7d --by tenant",
     "lb": "aigw lb stats --once",
     "lb stats": "aigw lb stats --model gpt-4o-mini --interval 1",
     "version": "aigw version --json",
