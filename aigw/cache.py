@@ -48,14 +48,23 @@ ENTRY_OVERHEAD = 256
 _JSON_HEADERS: dict[str, str] = {"content-type": "application/json"}
 
 
-def cache_key(tenant: str, endpoint: str, body: dict[str, Any]) -> bytes | None:
-    """The cache key of a request, or None when it must not be cached."""
+def cache_key(
+    tenant: str, endpoint: str, body: dict[str, Any], dialect: str = "chat"
+) -> bytes | None:
+    """The cache key of a request, or None when it must not be cached. `body` is the canonical
+    form; the client's `dialect` is part of the key (its entry holds the canonical answer, which
+    each dialect renders in its own shape)."""
     if endpoint not in CACHEABLE_ENDPOINTS:
         return None
     canonical = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
+    parts = (
+        [tenant, endpoint, canonical]
+        if dialect == "chat"
+        else [tenant, endpoint, dialect, canonical]
+    )
     try:
         # A JSON array keeps tenant and endpoint unambiguous whatever characters they hold.
-        text = jsonutil.dumps_sorted([tenant, endpoint, canonical])
+        text = jsonutil.dumps_sorted(parts)
     except (TypeError, ValueError):
         return None
     return hashlib.blake2b(text, digest_size=32).digest()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from aiohttp import web
 
 from aigw.cache import CachedResponse, ResponseCache
+from aigw.dialects import Dialect
 from aigw.errors import GatewayError, QuotaExceededError
 from aigw.exchange import RequestContext, ResponseInfo, Usage
 from aigw.limits import Charge, Limits
@@ -28,6 +29,10 @@ from aigw.logutil import RateLimitedLog
 if TYPE_CHECKING:
     from aigw.metrics import Metrics
     from aigw.runtime import Runtime
+
+CHAT = "chat"
+NATIVE = "native"
+TRANSLATED = "translated"
 
 #: Tokens a stream past its reservation tries to reserve more of, largest first: the stream is
 #: cut when not even the smallest fits in the tenant's quota.
@@ -65,9 +70,11 @@ class Call:
         "charge",
         "counted",
         "ctx",
+        "dialect",
         "gw",
         "limits",
         "request",
+        "route",
         "rt",
         "upstream_time",
     )
@@ -79,8 +86,11 @@ class Call:
         ctx: RequestContext,
         rt: Runtime,
         limits: Limits,
+        dialect: Dialect | None = None,
     ) -> None:
         self.gw = gw
+        #: the client's dialect when it is not chat (its answers are rendered in its shape)
+        self.dialect = dialect
         self.request = request
         self.ctx = ctx
         self.rt = rt
@@ -89,6 +99,10 @@ class Call:
         self.cache: ResponseCache | None = None
         self.cache_key: bytes | None = None  # None: do not store the answer
         self.counted = False  # in the metrics and the access log already
+        #: how the current attempt's answer reaches the client: CHAT (chat to chat), NATIVE
+        #: (the client's dialect, as the target answered it), TRANSLATED (chat, rendered in the
+        #: client's dialect)
+        self.route = CHAT
         #: Seconds spent waiting on upstreams, failed attempts included: the gateway overhead
         #: metric is total time minus this.
         self.upstream_time = 0.0

@@ -24,7 +24,8 @@ from aiohttp import web
 
 from aigw import jsonutil, sse
 from aigw.cache import assemble_stream, replay_as_sse
-from aigw.call import Call
+from aigw.call import CHAT, NATIVE, TRANSLATED, Call
+from aigw.dialects import Renderer
 from aigw.errors import (
     GatewayBugError,
     GatewayError,
@@ -36,7 +37,7 @@ from aigw.errors import (
 )
 from aigw.exchange import RequestContext, ResponseInfo, Usage
 from aigw.headers import client_headers
-from aigw.streaming import StreamTap, usage_from_body
+from aigw.streaming import DONE_MARKERS, StreamTap, usage_from_body
 
 if TYPE_CHECKING:
     from aigw.health import Lease
@@ -81,20 +82,36 @@ async def deliver(
         return _target_failed(
             lease, UpstreamError("The upstream answered 200 with a body that is not JSON")
         )
+    route, dialect = call.route, call.dialect
+    parsed: dict[str, Any] | None = None
+    if route != CHAT:  # a dialect's answer is read whole (its usage, its translation)
+        try:
+            loaded = jsonutil.loads(body)
+        except ValueError:
+            loaded = None
+        if not isinstance(loaded, dict):
+            return _target_failed(lease, UpstreamError("The upstream's answer is not JSON"))
+        parsed = loaded
     lease.success()
     call.upstream_time += time.monotonic() - upstream_started
     ctx = call.ctx
-    ctx.usage = usage_from_body(body)
+    if route == NATIVE and dialect is not None and parsed is not None:
+        ctx.usage = dialect.usage(parsed)
+    else:
+        ctx.usage = usage_from_body(body)
     ctx.status = resp.status
     info = ResponseInfo(resp.status, body=body, usage=ctx.usage)
     try:
         await call.observe(info, may_reject=True)
     finally:
         await call.settle(ctx.usage, answered=True)
-    call.store(info.body)
+    if route != NATIVE:
+        call.store(info.body)  # the canonical answer: each dialect renders it from the cache
     headers = client_headers(resp.headers, ctx.response_headers)
     headers.setdefault("Content-Type", _JSON_CT)
     call.done(resp.status)
+    if route == TRANSLATED and dialect is not None and info.body is not None:
+        return await render(call, info.body, ctx.usage, headers)
     if as_sse and info.body is not None:
         return await replay(call.request, ctx, info.body, headers)
     return web.Response(status=resp.status, body=info.body, headers=headers)
@@ -105,6 +122,7 @@ async def deliver_stream(
 ) -> web.StreamResponse | GatewayError:
     """Stream the answer through (see the module docstring)."""
     ctx, rt, charge = call.ctx, call.rt, call.charge
+    route, dialect = call.route, call.dialect
     content_type = resp.headers.get("content-type", "text/event-stream")
     if not content_type.startswith("text/event-stream"):
         if "json" in content_type:  # an upstream that ignores `stream`: replay its answer
@@ -113,11 +131,17 @@ async def deliver_stream(
         return _target_failed(
             lease, UpstreamError(f"The upstream answered a stream request with {content_type[:40]}")
         )
+    native = route == NATIVE and dialect is not None
     tap = StreamTap(
-        strip_usage=not ctx.client_wants_usage,
-        collect=rt.collect_stream,
+        # A translated stream is read whole, usage included: its renderer needs it.
+        strip_usage=route == CHAT and not ctx.client_wants_usage,
+        collect=rt.collect_stream and not native,
         max_kept=rt.config.server.max_upstream_body,
+        usage_of=dialect.event_usage if native and dialect is not None else None,
+        done_markers=dialect.done_markers if native and dialect is not None else DONE_MARKERS,
     )
+    # The client's shape of a translated stream (None: the upstream's bytes go as they came).
+    renderer = dialect.stream(ctx.client_body or {}) if route == TRANSLATED and dialect else None
     chunks = resp.iter_chunks()
     loop = asyncio.get_running_loop()
     deadline = ctx.started + rt.config.server.request_timeout
@@ -155,23 +179,29 @@ async def deliver_stream(
         status=200, headers={**client_headers(resp.headers, ctx.response_headers), **SSE_HEADERS}
     )
     ctx.status = 200
-    most = _max_stream_chunks(ctx)
+    # A native stream of another dialect has many events per token and no chat chunks to
+    # count: it is neither cut at max_tokens nor extended here (its usage settles at the end).
+    most = 0 if native else _max_stream_chunks(ctx)
     # Data events the quota reservation covers (0: no token quota holds this request): its
     # completion tokens and the role chunk. Past it, more is reserved or the stream is cut.
     covered = 0
-    if charge.reservation is not None and charge.reservation.tokens:
+    if charge.reservation is not None and charge.reservation.tokens and not native:
         covered = charge.estimate - charge.prompt_estimate + tap.preamble
     failure: GatewayError | None = None
     gone: BaseException | None = None  # the client went away (or cancelled the request)
     try:
         async with asyncio.timeout_at(when):
             await out.prepare(call.request)
+            if renderer is not None:
+                await out.write(renderer.start())
             data = first
             # [DONE] ends it: the client has everything (the openai SDK closes at once),
             # whether or not the upstream's end of body has arrived yet.
             while True:
                 if most and tap.chunks > most:
-                    await out.write(_without_last_events(data, tap.chunks - most))
+                    await out.write(
+                        _shaped(renderer, _without_last_events(data, tap.chunks - most))
+                    )
                     tap.cut(tap.chunks - most)
                     failure = UpstreamError(
                         f"The upstream sent more than the request's max_tokens "
@@ -184,7 +214,9 @@ async def deliver_stream(
                         break
                     covered += more
                 if covered and tap.chunks > covered:
-                    await out.write(_without_last_events(data, tap.chunks - covered))
+                    await out.write(
+                        _shaped(renderer, _without_last_events(data, tap.chunks - covered))
+                    )
                     tap.cut(tap.chunks - covered)
                     failure = QuotaExceededError(
                         f"Tenant '{ctx.tenant}' ran out of token quota while this answer "
@@ -192,7 +224,7 @@ async def deliver_stream(
                     )
                     break
                 if data:
-                    await out.write(data)
+                    await out.write(data if renderer is None else _shaped(renderer, data))
                 if tap.done:
                     break
                 try:
@@ -200,10 +232,12 @@ async def deliver_stream(
                 except StopAsyncIteration:
                     rest = tap.flush()
                     if rest:
-                        await out.write(rest)
+                        await out.write(rest if renderer is None else _shaped(renderer, rest))
                     break
                 data = tap.feed(chunk)
-        if failure is None and not tap.done and not tap.finished:
+        # A native stream of another dialect ends as its upstream ends it; a chat one must
+        # have finished (its finish reason or [DONE] seen).
+        if failure is None and not native and not tap.done and not tap.finished:
             failure = UpstreamError("The upstream closed the stream before it finished")
     except TimeoutError:
         failure = UpstreamTimeoutError(
@@ -248,10 +282,19 @@ async def deliver_stream(
             lease.failure(failure.message)
             call.log_upstream_failure(failure)
         ctx.status = failure.status
+        if renderer is not None:
+            event = renderer.fail(failure)
+        elif native and dialect is not None:
+            event = dialect.stream_error(failure)
+        else:
+            event = error_event(failure)
         with contextlib.suppress(ConnectionError):
-            await out.write(error_event(failure))
+            await out.write(event)
     else:
         lease.success()
+        if renderer is not None:
+            with contextlib.suppress(ConnectionError):
+                await out.write(renderer.finish(tap.usage))
     ctx.usage = tap.usage or _estimate(call, tap)
     await call.settle(ctx.usage)
     if failure is None and tap.done and call.cache_key is not None and tap.events:
@@ -281,6 +324,53 @@ async def replay(
     with contextlib.suppress(ConnectionError):
         await out.write(events)
         await out.write_eof()
+    return out
+
+
+async def render(
+    call: Call, chat_answer: bytes, usage: Usage | None, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A whole canonical (chat) answer in the client's dialect: one object, or as its stream
+    when the client asked for one (an upstream that ignored `stream`, or a cached answer)."""
+    ctx, dialect = call.ctx, call.dialect
+    assert dialect is not None
+    answer = jsonutil.loads(chat_answer)
+    client_body = ctx.client_body or {}
+    if not ctx.stream:
+        headers["Content-Type"] = _JSON_CT
+        body = jsonutil.dumps(dialect.answer(answer, client_body))
+        return web.Response(status=200, body=body, headers=headers)
+    renderer = dialect.stream(client_body)
+    events = [renderer.start()]
+    for frame in replay_as_sse(chat_answer, "chat/completions", True):
+        payload = sse.data_of(frame)
+        if payload is not None and payload[:1] == b"{":
+            events.append(renderer.feed(jsonutil.loads(payload)))
+    events.append(renderer.finish(usage))
+    for name in ("content-type", "Content-Type"):
+        headers.pop(name, None)
+    out = web.StreamResponse(status=200, headers={**headers, **SSE_HEADERS})
+    await out.prepare(call.request)
+    with contextlib.suppress(ConnectionError):
+        await out.write(b"".join(events))
+        await out.write_eof()
+    return out
+
+
+async def replay_translated(call: Call, body: bytes, usage: Usage | None) -> web.StreamResponse:
+    """A cached canonical answer, for a client of another dialect."""
+    return await render(call, body, usage, call.ctx.response_headers)
+
+
+def _shaped(renderer: Renderer | None, data: bytes) -> bytes:
+    """Whole chat events from the upstream in the client's shape (as they are for chat)."""
+    if renderer is None:
+        return data
+    out = b""
+    for frame in sse.frames(data):
+        payload = sse.data_of(frame)
+        if payload is not None and payload[:1] == b"{":
+            out += renderer.feed(jsonutil.loads(payload))
     return out
 
 

@@ -57,7 +57,10 @@ class RequestContext:
 
     request_id: str
     tenant: str
-    endpoint: str  # "chat/completions" | "completions" | "embeddings" | ...
+    #: the API of `body`: "chat/completions", "completions", "embeddings" (a Responses or
+    #: Messages request is translated to chat/completions before the hooks see it), or a
+    #: pass-through endpoint ("images/generations", "audio/speech", ...)
+    endpoint: str
     body: dict[str, Any]
     started: float  # monotonic seconds
     model: str = ""  # the gateway model the client asked for
@@ -74,6 +77,10 @@ class RequestContext:
     #: the gateway's own headers for the answer (request id, rate limits, provider, cache);
     #: the upstream's are merged under them when the answer goes out
     response_headers: dict[str, str] = field(default_factory=dict)
+    #: the API the client speaks: "chat", "responses" or "messages"
+    dialect: str = "chat"
+    #: the client's own body when it is not chat (`body` is then its canonical chat form)
+    client_body: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # private space for hooks
 
 

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from aigw import jsonutil
-from aigw.call import Call
+from aigw.call import CHAT, NATIVE, TRANSLATED, Call
 from aigw.delivery import deliver, deliver_stream
 from aigw.errors import (
     GatewayError,
+    InvalidRequestError,
     ModelNotFoundError,
     NoHealthyTargetError,
     RateLimitError,
@@ -61,10 +62,21 @@ async def forward(call: Call, raw: bytes) -> web.StreamResponse:
     last_error: GatewayError | None = None
     cooling: TargetState | None = None  # a target paused by its upstream's 429
     soonest = float("inf")
+    dialect = call.dialect
     for bal in chain:
         if bal is None:
             continue
         tried: list[TargetState] = []
+        if dialect is not None:  # targets that speak neither the client's dialect nor chat
+            apis = rt.apis
+            tried = [t for t in bal.targets if not apis[t.provider] & {dialect.api, "chat"}]
+            if len(tried) == len(bal.targets):
+                last_error = last_error or InvalidRequestError(
+                    f"No target of model '{bal.name}' answers the {dialect.name} API or chat "
+                    "completions (see providers.NAME.apis)",
+                    param="model",
+                )
+                continue
         for _ in range(bal.retries + 1):
             lease = bal.acquire(tried)
             if lease is None:
@@ -82,13 +94,30 @@ async def forward(call: Call, raw: bytes) -> web.StreamResponse:
                 raise UpstreamTimeoutError(
                     "The request deadline passed before an upstream answered"
                 )
-            body = raw
-            if rewrite or target.model != ctx.model or (ctx.stream and not ctx.client_wants_usage):
+            endpoint = ctx.endpoint
+            if dialect is None:
+                call.route = CHAT
+                body = raw
+                if (
+                    rewrite
+                    or target.model != ctx.model
+                    or (ctx.stream and not ctx.client_wants_usage)
+                ):
+                    body = _upstream_body(ctx.body, target.model, ctx.stream, ctx.endpoint)
+            elif dialect.api in rt.apis[target.provider]:
+                # Native: the client's own body goes as it came, only the model renamed.
+                call.route, endpoint = NATIVE, dialect.endpoint
+                client_body = ctx.client_body or {}
+                body = raw
+                if client_body.get("model") != target.model:
+                    body = jsonutil.dumps({**client_body, "model": target.model})
+            else:  # translated: the canonical chat form to a chat target
+                call.route = TRANSLATED
                 body = _upstream_body(ctx.body, target.model, ctx.stream, ctx.endpoint)
             upstream_started = time.monotonic()
             try:
                 resp = await provider.send(
-                    ctx.endpoint, body, stream=ctx.stream, timeout=left, client_headers=raw_headers
+                    endpoint, body, stream=ctx.stream, timeout=left, client_headers=raw_headers
                 )
             except UpstreamBusyError as err:  # our pool to it is full: not its fault
                 lease.neutral()

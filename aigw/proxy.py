@@ -30,7 +30,8 @@ from aigw.cache import (
     parse_cache_control,
 )
 from aigw.call import Call, GatewayView
-from aigw.delivery import CLIENT_CLOSED, replay, shutting_down
+from aigw.delivery import CLIENT_CLOSED, replay, replay_translated, shutting_down
+from aigw.dialects import RESPONSES, Dialect
 from aigw.errors import (
     AuthenticationError,
     ContentFilteredError,
@@ -77,10 +78,11 @@ class Proxy:
         # Exact paths → (method, handler): one dict lookup per request instead of aiohttp's
         # router, middleware chain and Application (bench/README.md, "Low-level server").
         # The proxied endpoints go straight to the pipeline: one coroutine less per request.
-        self.endpoints = {
-            "/v1/chat/completions": "chat/completions",
-            "/v1/completions": "completions",
-            "/v1/embeddings": "embeddings",
+        self.endpoints: dict[str, tuple[str, Dialect | None]] = {
+            "/v1/chat/completions": ("chat/completions", None),
+            "/v1/completions": ("completions", None),
+            "/v1/embeddings": ("embeddings", None),
+            "/v1/responses": ("chat/completions", RESPONSES),
         }
         self.routes: dict[str, tuple[str, Handler]] = {
             "/v1/models": ("GET", self.list_models),
@@ -92,15 +94,15 @@ class Proxy:
         """The low-level server's one handler: route by exact path, then method. Routes match
         the path as sent (`/v1/chat%2Fcompletions` is not `/v1/chat/completions`)."""
         path, method = request.rel_url.raw_path, request.method
-        endpoint = self.endpoints.get(path)
-        if endpoint is not None:
+        proxied = self.endpoints.get(path)
+        if proxied is not None:
             if method != "POST":
                 return _not_allowed(method, path, "POST")
             if "Expect" in request.headers:
                 refused = await _expect(request)
                 if refused is not None:
                     return refused
-            return await self._proxy(request, endpoint)
+            return await self._proxy(request, *proxied)
         route = self.routes.get(path)
         if route is None:
             if path.startswith(_MODEL_PREFIX) and len(path) > len(_MODEL_PREFIX):
@@ -165,19 +167,25 @@ class Proxy:
 
     # --- the pipeline --------------------------------------------------------------------------
 
-    async def _proxy(self, request: web.BaseRequest, endpoint: str) -> web.StreamResponse:
+    async def _proxy(
+        self, request: web.BaseRequest, endpoint: str, dialect: Dialect | None
+    ) -> web.StreamResponse:
+        """The pipeline. `dialect`: the client speaks Responses or Messages (None: chat), so
+        its body is turned into the canonical chat form before the hooks see it."""
         gw = self.gw
         rt = gw.runtime
         rid = _request_id()
         ctx = RequestContext(rid, "", endpoint, {}, time.monotonic(), headers=request.headers)
+        if dialect is not None:
+            ctx.dialect = dialect.name
         headers = ctx.response_headers
         headers["x-request-id"] = rid
         if gw.worker_pid is not None:
             headers["x-aigw-worker"] = gw.worker_pid
         limits = gw.limits
         if limits is None:  # not started, or stopped
-            return _error(ServiceUnavailableError("The gateway is not running."), rid)
-        call = Call(gw, request, ctx, rt, limits)
+            return _error(ServiceUnavailableError("The gateway is not running."), rid, dialect)
+        call = Call(gw, request, ctx, rt, limits, dialect)
         metrics = gw.metrics
         if metrics is not None:
             metrics.in_flight(1)
@@ -191,7 +199,11 @@ class Proxy:
             cache = gw.cache
             if cache is not None:
                 directives = parse_cache_control(request.headers.get("Cache-Control"))
-                raw_key = bytes_key(ctx.tenant, endpoint, raw) if rt.cache_by_bytes else None
+                raw_key = (
+                    bytes_key(ctx.tenant, endpoint, raw)
+                    if rt.cache_by_bytes and dialect is None
+                    else None
+                )
                 if raw_key is not None and not directives.no_cache:
                     # Bytes answered before: no parse, hooks, token estimate or canonical key.
                     found = cache.get_by_bytes(raw_key, rt.generation, directives.max_age)
@@ -203,6 +215,9 @@ class Proxy:
                             ctx.body = _parse_body(raw)
                         return await self._serve_cached(call, entry, req_decision)
             ctx.body = _parse_body(raw)
+            if dialect is not None:  # the hooks see the canonical (chat) form
+                ctx.client_body = ctx.body
+                ctx.body = dialect.to_chat(ctx.body)
             model = ctx.body.get("model")
             ctx.model = model if isinstance(model, str) else ""
             for hook in rt.hooks:
@@ -268,7 +283,7 @@ class Proxy:
         await _run_on_error(call.rt, ctx, err)
         err.headers = {**ctx.response_headers, **err.headers}
         call.done(err.status)
-        return _error(err, ctx.request_id)
+        return _error(err, ctx.request_id, call.dialect)
 
     # --- cache -----------------------------------------------------------------------------------
 
@@ -280,7 +295,7 @@ class Proxy:
         raw_key: tuple[str, str, bytes] | None,
     ) -> CachedResponse | None:
         ctx = call.ctx
-        key = cache_key(ctx.tenant, ctx.endpoint, ctx.body)
+        key = cache_key(ctx.tenant, ctx.endpoint, ctx.body, ctx.dialect)
         if key is None:
             return None
         call.cache = cache
@@ -319,6 +334,8 @@ class Proxy:
         if self.gw.metrics is not None:
             self.gw.metrics.cache_event("hit")
         call.done(200, 0.0, target="cache")
+        if call.dialect is not None:
+            return await replay_translated(call, hit.body, hit.usage)
         if not ctx.stream:
             return web.Response(status=200, body=hit.body, headers=headers)
         return await replay(call.request, ctx, hit.body, headers)
@@ -387,10 +404,12 @@ def _json(payload: Any, rid: str) -> web.Response:
     )
 
 
-def _error(err: GatewayError, rid: str) -> web.Response:
+def _error(err: GatewayError, rid: str, dialect: Dialect | None = None) -> web.Response:
+    """The one place an error becomes the caller's error JSON (OpenAI's, or its dialect's)."""
     headers = {"Content-Type": _JSON_CT, "x-request-id": rid}
     headers.update(err.headers)
-    return web.Response(status=err.status, body=err.body(), headers=headers)
+    body = err.body() if dialect is None else dialect.error_body(err)
+    return web.Response(status=err.status, body=body, headers=headers)
 
 
 def _not_allowed(method: str, path: str, allowed: str) -> web.Response:

@@ -35,6 +35,8 @@ class Runtime:
     after_hooks: tuple[Hook, ...]
     hook_specs: list[tuple[HookSpec | None, Hook]]  # what each hook was built from (reuse)
     auth: Authenticator
+    #: provider name -> the APIs it answers natively (`providers.NAME.apis`)
+    apis: dict[str, frozenset[str]]
     hooks_rewrite: bool  # some hook may change the request body
     wants_stream_text: bool  # some hook needs the text of streamed answers
     collect_stream: bool  # keep streamed events (cache, hooks that need the text)
@@ -81,6 +83,7 @@ def assemble(
         ),
         hook_specs=hook_specs,
         auth=Authenticator(config.auth.keys),
+        apis={name: pconf.speaks() for name, pconf in config.providers.items()},
         hooks_rewrite=any(h.modifies_request for h in hooks),
         wants_stream_text=any(h.wants_stream_text for h in hooks),
         collect_stream=collect,

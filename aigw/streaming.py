@@ -12,6 +12,7 @@ hook is dropped once it passes `max_kept` bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from aigw import jsonutil, sse
@@ -34,7 +35,8 @@ _KEY_LEN = len(_USAGE_KEY)
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 # A choice's real finish reason (content chunks carry `"finish_reason":null`).
 _FINISH = (b'"finish_reason":"', b'"finish_reason": "')
-_DONE_EVENTS = (b"data: [DONE]", b"data:[DONE]")
+#: A chat stream's last event, with or without the space.
+DONE_MARKERS = (b"data: [DONE]", b"data:[DONE]")
 # The finish chunk and [DONE] are among a stream's last events (only usage comes between):
 # look for them in the end of each read, not through all of it.
 _TAIL = 8192
@@ -42,8 +44,10 @@ _TAIL = 8192
 
 class StreamTap:
     __slots__ = (
+        "_done_markers",
         "_framer",
         "_spaced",
+        "_usage_of",
         "chunks",
         "done",
         "events",
@@ -56,8 +60,19 @@ class StreamTap:
     )
 
     def __init__(
-        self, *, strip_usage: bool, collect: bool = False, max_kept: int = MAX_KEPT
+        self,
+        *,
+        strip_usage: bool,
+        collect: bool = False,
+        max_kept: int = MAX_KEPT,
+        usage_of: Callable[[dict[str, Any]], Usage | None] | None = None,
+        done_markers: tuple[bytes, ...] = DONE_MARKERS,
     ) -> None:
+        """`usage_of` reads the usage of one parsed event that carries a usage object (default:
+        chat's `usage` field); `done_markers` mark a stream's last event (default: `[DONE]`).
+        Both are set for a native stream of another dialect."""
+        self._usage_of = usage_of or _chat_usage
+        self._done_markers = done_markers
         # The unfinished event: "\r\n" already made "\n", except a "\r" at its very end.
         self._framer = sse.Framer(MAX_EVENT)
         self._spaced = False  # the upstream writes JSON with spaces (`"key": value`)
@@ -105,10 +120,11 @@ class StreamTap:
             or (spaced and complete.find(_FINISH[1], tail) >= 0)
         ):
             self.finished = True
-        if not self.done and (
-            complete.find(_DONE_EVENTS[0], tail) >= 0 or complete.find(_DONE_EVENTS[1], tail) >= 0
-        ):
-            self.done = True
+        if not self.done:
+            for marker in self._done_markers:
+                if complete.find(marker, tail) >= 0:
+                    self.done = True
+                    break
         if self.strip_usage:  # cut every `"usage": null` first: one C pass each
             complete = complete.replace(_NULL_USAGE[0], b"")
             if spaced:
@@ -160,7 +176,7 @@ class StreamTap:
     def _usage_event(self, event: bytes) -> bytes:
         """Record the usage of one event; return what the client gets of it (maybe nothing)."""
         data = _event_json(event)
-        usage = Usage.from_json(data.get("usage")) if data is not None else None
+        usage = self._usage_of(data) if data is not None else None
         if data is None or usage is None:
             return event
         self.usage = usage
@@ -170,6 +186,10 @@ class StreamTap:
             return b""  # the usage-only chunk the client did not ask for
         data.pop("usage", None)
         return sse.encode(jsonutil.dumps(data))
+
+
+def _chat_usage(data: dict[str, Any]) -> Usage | None:
+    return Usage.from_json(data.get("usage"))
 
 
 def _event_too_large() -> UpstreamError:
