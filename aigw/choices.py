@@ -9,7 +9,7 @@ from typing import Literal, get_args
 StrategyName = Literal["round_robin", "random", "weighted_random", "least_connections", "latency"]
 BackendName = Literal["memory", "sqlite", "redis"]
 PeriodName = Literal["hourly", "daily", "weekly", "monthly", "never"]
-ProviderType = Literal["openai", "mock"]
+ProviderType = Literal["openai", "mock", "anthropic"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
 #: What a provider can speak natively (`providers.NAME.apis`), one name per upstream API.
 ApiName = Literal[
@@ -26,5 +26,6 @@ APIS: tuple[str, ...] = get_args(ApiName)
 DEFAULT_APIS: dict[str, tuple[str, ...]] = {
     "openai": ("chat", "completions", "embeddings"),
     "mock": APIS,
+    "anthropic": ("messages",),
 }
 BUILTIN_HOOKS: tuple[str, ...] = ("validation", "content_filter", "audit")

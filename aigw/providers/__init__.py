@@ -20,9 +20,16 @@ def _mock(config: ProviderConfig, max_body: int) -> Provider:
     return MockProvider(config, max_body=max_body)
 
 
+def _anthropic(config: ProviderConfig, max_body: int) -> Provider:
+    from aigw.providers.anthropic import AnthropicProvider
+
+    return AnthropicProvider(config, max_body=max_body)
+
+
 PROVIDER_TYPES: dict[str, Callable[[ProviderConfig, int], Provider]] = {
     "openai": _openai,
     "mock": _mock,
+    "anthropic": _anthropic,
 }
 
 
