@@ -1172,7 +1172,7 @@ async def test_mock_answers_messages_whole_and_streamed() -> None:
     assert message.stop_reason == "max_tokens"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (2, 2)
     resp = await provider.send(
-        "messages", json.dumps({**body, "stream": True}).encode(), stream=True, timeout=5
+        "messages?beta=true", json.dumps({**body, "stream": True}).encode(), stream=True, timeout=5
     )
     raw = b"".join([c async for c in resp.iter_chunks()])
     events = events_of(raw)

@@ -160,6 +160,19 @@ async def test_base_url_with_or_without_v1(upstream: AnthropicUpstream, suffix: 
     assert upstream.paths == ["/v1/messages/count_tokens"]
 
 
+async def test_the_beta_query_of_the_sdks_is_kept(upstream: AnthropicUpstream) -> None:
+    body = json.dumps(BODY).encode()
+    for base_url, expected in [
+        (upstream.url, "/v1/messages?beta=true"),
+        (upstream.url + "/v1?tenant=a", "/v1/messages?tenant=a&beta=true"),
+    ]:
+        p = provider_for(upstream, base_url=base_url)
+        resp = await p.send("messages?beta=true", body, stream=False, timeout=5)
+        await resp.read()
+        await p.close()
+        assert resp.status == 200 and upstream.paths[-1] == expected
+
+
 def test_the_default_base_url() -> None:
     p = AnthropicProvider(ProviderConfig(name="c", type="anthropic"))
     assert p.base_url == DEFAULT_BASE_URL == "https://api.anthropic.com"

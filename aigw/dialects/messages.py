@@ -17,8 +17,8 @@ What has no equivalent on the other side, and what happens to it:
   `thinking` setting and `output_config.effort` are dropped (`reasoning_effort` is refused by
   chat models that do not reason); `top_k` is dropped (OpenAI refuses unknown fields; it is a
   sampling hint); `cache_control` is dropped (chat has no cache breakpoints). `is_error` on a
-  tool result prefixes its text with "Error: ". Images inside a tool result go in a user
-  message right after the tool messages (chat tool messages carry text only). Server tools
+  tool result prefixes its text with "Error: ". Images and PDFs inside a tool result go in a
+  user message right after the tool messages (chat tool messages carry text only). Server tools
   (`web_search_…`, `bash_…`…), `mcp_servers` and `container` are refused with a 400 naming the
   field: they run on Anthropic's side. `max_tokens` becomes `max_completion_tokens` (OpenAI's
   current name; `max_tokens` is refused by its reasoning models).
@@ -255,7 +255,9 @@ def _document_part(block: dict[str, Any], param: str) -> dict[str, Any]:
     )
 
 
-def _tool_result(block: dict[str, Any], param: str, images: list[dict[str, Any]]) -> dict[str, Any]:
+def _tool_result(
+    block: dict[str, Any], param: str, attachments: list[dict[str, Any]]
+) -> dict[str, Any]:
     tool_use_id = _text_of(block.get("tool_use_id"), f"{param}.tool_use_id")
     content = block.get("content")
     if content is None:
@@ -270,13 +272,13 @@ def _tool_result(block: dict[str, Any], param: str, images: list[dict[str, Any]]
             if kind == "text":
                 texts.append(_text_of(part.get("text"), f"{sub}.text"))
             elif kind == "image":
-                images.append(_image_part(part, sub))
+                attachments.append(_image_part(part, sub))
             elif kind == "document":
                 doc = _document_part(part, sub)
                 if doc["type"] == "text":
                     texts.append(doc["text"])
                 else:
-                    images.append(doc)
+                    attachments.append(doc)
             else:
                 raise _fail(
                     f"{sub}.type: '{kind}' blocks in a tool result cannot be sent to this model",
@@ -297,7 +299,8 @@ def _user_to_chat(content: object, param: str, out: list[dict[str, Any]]) -> Non
     if not isinstance(content, list):
         raise _fail(f"{param}: expected a string or a list of blocks", param)
     tools: list[dict[str, Any]] = []
-    images: list[dict[str, Any]] = []  # of tool results: chat tool messages carry text only
+    # images and files of tool results: chat tool messages carry text only
+    attachments: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(content):
         sub = f"{param}[{j}]"
@@ -305,7 +308,7 @@ def _user_to_chat(content: object, param: str, out: list[dict[str, Any]]) -> Non
         if kind == "text":
             parts.append({"type": "text", "text": _text_of(block.get("text"), f"{sub}.text")})
         elif kind == "tool_result":
-            tools.append(_tool_result(block, sub, images))
+            tools.append(_tool_result(block, sub, attachments))
         elif kind == "image":
             parts.append(_image_part(block, sub))
         elif kind == "document":
@@ -315,7 +318,7 @@ def _user_to_chat(content: object, param: str, out: list[dict[str, Any]]) -> Non
         else:
             raise _fail(f"{sub}.type: '{kind}' blocks cannot be sent to this model", f"{sub}.type")
     out.extend(tools)
-    parts = images + parts
+    parts = attachments + parts
     if not parts:
         return
     if all(p["type"] == "text" for p in parts):
@@ -573,7 +576,8 @@ def from_chat(
     answer: dict[str, Any], request: dict[str, Any], *, message_id: str
 ) -> dict[str, Any]:
     """A `chat.completion` answer as a Messages `message` object for `request` (the client's
-    Messages body)."""
+    Messages body); its `model` is the one the client asked for, as in `StreamFromChat`, whose
+    `message_start` is written before the upstream has named its model."""
     choices = answer.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
     message = choice.get("message") if isinstance(choice, dict) else None

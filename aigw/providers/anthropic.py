@@ -2,7 +2,8 @@
 keep-alive `HTTPClient` per provider.
 
 It speaks `messages` natively: `send("messages", …)` POSTs `{base_url}/v1/messages` and
-`send("messages/count_tokens", …)` `{base_url}/v1/messages/count_tokens`, the body as given
+`send("messages/count_tokens", …)` `{base_url}/v1/messages/count_tokens` (either with
+`?beta=true` when the endpoint names it, as the SDKs' beta namespace does), the body as given
 (requests in another dialect are translated by the caller, `aigw.dialects.messages`). `base_url`
 defaults to `https://api.anthropic.com` and may end in `/v1` or not.
 
@@ -30,8 +31,14 @@ from aigw.providers.openai import PROBE_TIMEOUT, _env_proxy, _split_base_url
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
 #: Sent when the client did not say which API version it speaks.
 ANTHROPIC_VERSION: Final = "2023-06-01"
-#: What this provider sends upstream, relative to `{base_url}/v1/`.
-ENDPOINTS: Final = ("messages", "messages/count_tokens")
+#: What this provider sends upstream, relative to `{base_url}/v1/`; `?beta=true` is the query
+#: the SDKs' beta namespace adds (Claude Code sends it), kept when the caller passes it on.
+ENDPOINTS: Final = (
+    "messages",
+    "messages/count_tokens",
+    "messages?beta=true",
+    "messages/count_tokens?beta=true",
+)
 #: Client request headers an Anthropic upstream needs, besides the default forwarded ones.
 ANTHROPIC_REQUEST_HEADERS: Final = ("anthropic-version", "anthropic-beta")
 
@@ -83,7 +90,9 @@ class AnthropicProvider(Provider):
         headers = {"Accept": accept, **self._headers}
         if method == "GET":
             headers.pop("Content-Type", None)
-        url = f"{self.base_url}/v1/{endpoint}{self._query}"
+        path, _, query = endpoint.partition("?")
+        query = self._query + ("&" if self._query else "?") + query if query else self._query
+        url = f"{self.base_url}/v1/{path}{query}"
         return self.client.prepare(method, url, headers)
 
     async def start(self) -> None:

@@ -105,8 +105,8 @@ class MockProvider(Provider):
             request = json.loads(body)
             if endpoint == "embeddings":
                 return MockResponse(200, _JSON, body=self._embeddings(request))
-            if endpoint in ("messages", "messages/count_tokens"):
-                return self._messages(endpoint, request, stream)
+            if endpoint.partition("?")[0] in ("messages", "messages/count_tokens"):
+                return self._messages(endpoint.partition("?")[0], request, stream)
             if endpoint not in ("chat/completions", "completions"):
                 raise InvalidRequestError(f"Unknown endpoint {endpoint}")
             return self._completion(endpoint, request, stream)
