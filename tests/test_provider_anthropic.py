@@ -202,6 +202,10 @@ async def test_native_stream_passes_byte_for_byte(
     for event in sse.events(got):
         tap.feed(event)
     assert tap.usage == Usage(1053, 20, 1073, 1000, 50, 0)
+    tap = messages.StreamUsage()
+    for frame in sse.frames(got):
+        tap.feed_frame(frame)
+    assert tap.usage == Usage(1053, 20, 1073, 1000, 50, 0)
 
 
 async def test_upstream_errors_keep_status_body_and_retry_after(
@@ -676,6 +680,31 @@ def test_stream_to_chat() -> None:
     assert stream.usage == Usage(125, 30, 155, 100, 20, 0)
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"a\\nb"}}\n\n',
+        b'event: content_block_delta\ndata:{"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"a\\nb"}}\n\n',
+        b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
+        b'"text":"a\\nb"}}\n\n',
+        b': comment\nevent: content_block_delta\nid: 7\ndata: {"type":"content_block_delta",'
+        b'"index":0,"delta":{"type":"text_delta","text":"a\\nb"}}\n\n',
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,\n'
+        b'data: "delta":{"type":"text_delta","text":"a\\nb"}}\n\n',
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"a\\nb"}}',
+    ],
+)
+def test_stream_to_chat_reads_raw_frames_of_any_shape(frame: bytes) -> None:
+    stream = messages.StreamToChat(created=1)
+    (got,) = stream.feed_frame(frame)
+    assert got["choices"][0]["delta"] == {"content": "a\nb"}
+    assert messages.StreamToChat(created=1).feed(sse.parse(frame)) == [got]
+    assert stream.feed_frame(b"event: ping\n\n") == []
+
+
 def test_stream_to_chat_error_event_raises() -> None:
     stream = messages.StreamToChat()
     stream.feed(
@@ -716,7 +745,7 @@ async def test_chat_request_to_the_anthropic_upstream_whole_and_streamed(
     chunks: list[dict[str, Any]] = []
     async for piece in resp.iter_chunks():
         for frame in sse.frames(framer.feed(piece)):
-            chunks.extend(stream.feed(sse.parse(frame)))
+            chunks.extend(stream.feed_frame(frame))
     resp.close()
     got = reassemble(chunks)
     assert got["text"] == "Bonjour, comment ça va ?" and got["finish"] == "stop"

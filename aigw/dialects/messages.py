@@ -1217,14 +1217,31 @@ def _merge_usage(into: dict[str, Any], data: object) -> None:
                 into[key] = value
 
 
+def _frame_data(frame: bytes) -> bytes | None:
+    """The data of a frame shaped as Anthropic writes every event (`event: NAME`, one `data:`
+    line), sliced out without a parse; None for any other shape (`sse.parse` reads those)."""
+    if not frame.startswith(b"event: "):
+        return None
+    start = frame.find(b"\ndata: ") + 7
+    if start < 7:
+        return None
+    end = frame.find(b"\n", start)
+    if end < 0:
+        return frame[start:]
+    if end >= len(frame) - 2 and not frame[end:].strip(b"\n"):
+        return frame[start:end]
+    return None
+
+
 class StreamToChat:
     """Turns the events of a Messages stream into `chat.completion.chunk` dicts.
 
-    `feed()` per parsed SSE event returns the chunks to send (often one, none for `ping` and
-    block stops); `message_delta` gives the chunk with the `finish_reason`, `message_stop` the
-    usage-only chunk (empty `choices`) that ends a chat stream asked for usage. An `error` event
-    raises `UpstreamError` (its `code` is Anthropic's error type); the caller ends the stream
-    with its in-band error. `usage` is what the stream has reported so far."""
+    `feed()` per parsed SSE event, or `feed_frame()` per raw frame, returns the chunks to send
+    (often one, none for `ping` and block stops); `message_delta` gives the chunk with the
+    `finish_reason`, `message_stop` the usage-only chunk (empty `choices`) that ends a chat
+    stream asked for usage. An `error` event raises `UpstreamError` (its `code` is Anthropic's
+    error type); the caller ends the stream with its in-band error. `usage` is what the stream
+    has reported so far."""
 
     __slots__ = ("_created", "_id", "_model", "_tools", "_usage")
 
@@ -1244,9 +1261,21 @@ class StreamToChat:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
 
+    def feed_frame(self, frame: bytes) -> list[dict[str, Any]]:
+        """`feed()` for one raw frame as `sse.Framer` cuts it (LF line ends): the usual shape is
+        sliced rather than parsed."""
+        data = _frame_data(frame)
+        if data is not None:
+            return self._feed(data)
+        event = sse.parse(frame)
+        return self._feed(event.data) if event.has_data else []
+
     def feed(self, event: sse.Event) -> list[dict[str, Any]]:
+        return self._feed(event.data)
+
+    def _feed(self, raw: bytes) -> list[dict[str, Any]]:
         try:
-            data = loads(event.data)
+            data = loads(raw)
         except ValueError:
             raise UpstreamError("The upstream sent a stream event that is not JSON") from None
         if not isinstance(data, dict):
@@ -1331,6 +1360,12 @@ class StreamUsage:
 
     def __init__(self) -> None:
         self._usage: dict[str, Any] = {}
+
+    def feed_frame(self, frame: bytes) -> None:
+        """`feed()` for one raw frame as `sse.Framer` cuts it; frames of other events are only
+        looked at, not parsed."""
+        if frame.startswith((b"event: message_delta", b"event: message_start")):
+            self.feed(sse.parse(frame))
 
     def feed(self, event: sse.Event) -> None:
         name = event.event
