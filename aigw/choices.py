@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 StrategyName = Literal["round_robin", "random", "weighted_random", "least_connections", "latency"]
 BackendName = Literal["memory", "sqlite", "redis"]
 PeriodName = Literal["hourly", "daily", "weekly", "monthly", "never"]
-ProviderType = Literal["openai", "mock"]
+ProviderType = Literal["openai", "mock", "anthropic"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
 #: What a provider can speak natively (`providers.NAME.apis`), one name per upstream API.
 ApiName = Literal[
@@ -32,12 +32,14 @@ APIS: tuple[str, ...] = get_args(ApiName)
 DEFAULT_APIS: dict[str, tuple[str, ...]] = {
     "openai": ("chat", "completions", "embeddings"),
     "mock": APIS,
+    "anthropic": ("messages",),
 }
 
 #: Provider types (`providers.NAME.type`): the class, built as `cls(config, max_body=...)`.
 PROVIDER_CLASSES: dict[str, str] = {
     "openai": "aigw.providers.openai:OpenAIProvider",
     "mock": "aigw.providers.mock:MockProvider",
+    "anthropic": "aigw.providers.anthropic:AnthropicProvider",
 }
 #: State stores (`state.backend`): the class, built as `cls.from_config(state_config)`.
 STORE_CLASSES: dict[str, str] = {

@@ -1542,15 +1542,16 @@ class _Loader:
             path = f"providers.{name}"
             if f"{path}.type" in self.problem_keys():
                 continue  # the rules below depend on the type
-            if provider.type == "openai":
+            if provider.type in ("openai", "anthropic"):
                 url = urlsplit(provider.base_url)
                 if not provider.base_url:
-                    self.rule(
-                        f"{path}.base_url",
-                        "an openai provider needs a base_url",
-                        "e.g. https://api.openai.com/v1 or http://127.0.0.1:11434/v1",
-                        at=path,
-                    )
+                    if provider.type == "openai":  # anthropic's default: api.anthropic.com
+                        self.rule(
+                            f"{path}.base_url",
+                            "an openai provider needs a base_url",
+                            "e.g. https://api.openai.com/v1 or http://127.0.0.1:11434/v1",
+                            at=path,
+                        )
                 elif url.scheme not in ("http", "https") or not url.netloc:
                     # The URL is not echoed: it may carry credentials.
                     self.rule(
@@ -1573,6 +1574,18 @@ class _Loader:
             if provider.type == "mock":
                 continue
             key_path = f"{path}.api_key"
+            if (
+                provider.type == "anthropic"
+                and not provider.base_url
+                and provider.api_key is None
+                and key_path not in self.empty_secrets
+                and not any(h.lower() == "x-api-key" for h in provider.headers)
+            ):
+                self.warn(
+                    key_path,
+                    "no api_key: api.anthropic.com refuses requests without one",
+                    "api_key: ${ANTHROPIC_API_KEY}, and set the variable in the environment",
+                )
             if key_path in self.empty_secrets:
                 var = self.empty_secrets[key_path]
                 self.warn(

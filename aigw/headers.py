@@ -58,7 +58,7 @@ NEVER_FORWARDED: frozenset[str] = frozenset(
 )
 NEVER_FORWARDED_PREFIXES: tuple[str, ...] = ("x-aigw-",)
 
-#: Upstream response headers passed to the client (lower case), besides `x-ratelimit-*`.
+#: Upstream response headers passed to the client (lower case), besides the prefixes below.
 PASSED_RESPONSE_HEADERS: tuple[str, ...] = (
     "content-type",
     "retry-after",
@@ -71,7 +71,9 @@ PASSED_RESPONSE_HEADERS: tuple[str, ...] = (
     "openai-organization",
     "openai-project",
 )
-PASSED_RESPONSE_PREFIXES: tuple[str, ...] = ("x-ratelimit-",)
+#: Prefixes of upstream response headers passed to the client: the rate-limit state, in OpenAI's
+#: and in Anthropic's spelling.
+PASSED_RESPONSE_PREFIXES: tuple[str, ...] = ("x-ratelimit-", "anthropic-ratelimit-")
 UPSTREAM_REQUEST_ID = "x-upstream-request-id"
 #: Upstream headers that tell a client when to try again.
 RETRY_HEADERS: tuple[str, ...] = ("retry-after", "retry-after-ms")

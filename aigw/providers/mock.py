@@ -3,6 +3,7 @@
 For demos, offline tests and benchmarks. It echoes the last user message (or answers a fixed
 text), streams word by word, counts usage (one token per word, at least one), embeds text into a
 deterministic unit vector, and can add latency and fail a fraction of requests with HTTP 500.
+It answers the Anthropic Messages API (`messages`, `messages/count_tokens`) natively too.
 
 Its answers are bounded like a real upstream's: a stream is made event by event as it is read
 (a long echo never sits in memory whole), `dimensions` is at most `MAX_DIMENSIONS`, and an
@@ -23,7 +24,7 @@ from typing import Any
 
 from aigw import sse
 from aigw.config import MockOptions, ProviderConfig, format_size
-from aigw.dialects import responses
+from aigw.dialects import messages, responses
 from aigw.errors import InvalidRequestError, MalformedRequestError, UpstreamError, error_body
 from aigw.providers import mock_media
 from aigw.providers.base import MAX_BODY, Provider, StreamedBody, UpstreamResponse
@@ -139,6 +140,8 @@ class MockProvider(Provider):
                 return MockResponse(200, _JSON, body=self._embeddings(request))
             if endpoint == responses.API:
                 return self._responses(request, stream)
+            if endpoint.partition("?")[0] in ("messages", "messages/count_tokens"):
+                return self._messages(endpoint.partition("?")[0], request, stream)
             if endpoint not in ("chat/completions", "completions"):
                 raise InvalidRequestError(f"Unknown endpoint {endpoint}")
             return self._completion(endpoint, request, stream)
@@ -223,6 +226,26 @@ class MockProvider(Provider):
         )
         return MockResponse(200, _SSE, chunks=events, delay=self.options.chunk_delay)
 
+    def _messages(self, endpoint: str, request: Any, stream: bool) -> MockResponse:
+        """The Anthropic Messages API, answered natively: the request is read as chat
+        (`aigw.dialects.messages`), answered as chat, and written back as Messages."""
+        try:
+            if endpoint == "messages/count_tokens":
+                chat = messages.count_tokens_to_chat(request)
+                tokens = count_tokens(_prompt_text(chat, True))
+                return MockResponse(200, _JSON, body=json.dumps({"input_tokens": tokens}).encode())
+            chat = messages.to_chat(request)
+        except InvalidRequestError as exc:
+            return MockResponse(exc.status, _JSON, body=messages.error_body(exc))
+        answer = self._completion("chat/completions", chat, stream)
+        digest = hashlib.sha1(_prompt_text(chat, True).encode()).hexdigest()[:24]
+        message_id = "msg_mock" + digest
+        if not stream:
+            message = messages.from_chat(json.loads(answer._body), request, message_id=message_id)
+            return MockResponse(200, _JSON, body=json.dumps(message).encode())
+        events = _messages_events(answer._chunks or (), request, message_id)
+        return MockResponse(200, _SSE, chunks=events, delay=self.options.chunk_delay)
+
     def _embeddings(self, request: dict[str, Any]) -> bytes:
         raw = request.get("input")
         inputs: list[Any] = (
@@ -296,6 +319,21 @@ def _responses_events(chat: Iterable[bytes], stream: responses.StreamFromChat) -
         events = stream.feed(json.loads(data))
         if events:
             yield events
+    yield stream.finish(None)
+
+
+def _messages_events(
+    chat_events: Iterable[bytes], request: dict[str, Any], message_id: str
+) -> Iterator[bytes]:
+    """The mock's chat stream as Messages events, translated one by one as they are read."""
+    stream = messages.StreamFromChat(request, message_id=message_id)
+    yield stream.start()
+    for event in chat_events:
+        data = event[len(b"data: ") :].rstrip(b"\n")
+        if data == b"[DONE]":
+            break
+        if piece := stream.feed(json.loads(data)):
+            yield piece
     yield stream.finish(None)
 
 
