@@ -62,6 +62,9 @@ STRATEGY_CLASSES: dict[str, str] = {
     "latency": "aigw.balancer:Latency",
 }
 BUILTIN_HOOKS: tuple[str, ...] = tuple(HOOK_CLASSES)
+#: APIs a provider type takes by translating them itself (an anthropic target answers chat
+#: completions through the Messages API).
+TRANSLATED_APIS: dict[str, tuple[str, ...]] = {"anthropic": ("chat",)}
 
 
 def import_string(spec: str) -> Any:

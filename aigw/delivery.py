@@ -137,7 +137,7 @@ async def deliver_stream(
         strip_usage=route == CHAT and not ctx.client_wants_usage,
         collect=rt.collect_stream and not native,
         max_kept=rt.config.server.max_upstream_body,
-        usage_of=dialect.event_usage if native and dialect is not None else None,
+        usage_of=dialect.stream_usage() if native and dialect is not None else None,
         done_markers=dialect.done_markers if native and dialect is not None else DONE_MARKERS,
     )
     # The client's shape of a translated stream (None: the upstream's bytes go as they came).

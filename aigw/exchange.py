@@ -37,18 +37,19 @@ class Usage:
             prompt = int(data.get("prompt_tokens") or 0)
             completion = int(data.get("completion_tokens") or 0)
             total = int(data.get("total_tokens") or (prompt + completion))
-            cached = reasoning = 0
+            cached = written = reasoning = 0
             details = data.get("prompt_tokens_details")
             if isinstance(details, dict):
                 cached = int(details.get("cached_tokens") or 0)
+                written = int(details.get("cache_write_tokens") or 0)
             details = data.get("completion_tokens_details")
             if isinstance(details, dict):
                 reasoning = int(details.get("reasoning_tokens") or 0)
         except (TypeError, ValueError, OverflowError):
             return None
-        if min(prompt, completion, total, cached, reasoning) < 0:
+        if min(prompt, completion, total, cached, written, reasoning) < 0:
             return None  # a negative count would credit the tenant's quota
-        return cls(prompt, completion, total, cached, 0, reasoning)
+        return cls(prompt, completion, total, cached, written, reasoning)
 
 
 @dataclass(slots=True)

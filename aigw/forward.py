@@ -63,20 +63,20 @@ async def forward(call: Call, raw: bytes) -> web.StreamResponse:
     cooling: TargetState | None = None  # a target paused by its upstream's 429
     soonest = float("inf")
     dialect = call.dialect
+    wanted = _WANTED[ctx.endpoint] if dialect is None else _wanted(dialect.api)
     for bal in chain:
         if bal is None:
             continue
-        tried: list[TargetState] = []
-        if dialect is not None:  # targets that speak neither the client's dialect nor chat
-            apis = rt.apis
-            tried = [t for t in bal.targets if not apis[t.provider] & {dialect.api, "chat"}]
-            if len(tried) == len(bal.targets):
-                last_error = last_error or InvalidRequestError(
-                    f"No target of model '{bal.name}' answers the {dialect.name} API or chat "
-                    "completions (see providers.NAME.apis)",
-                    param="model",
-                )
-                continue
+        # Targets whose provider cannot answer this request at all are skipped.
+        unfit = rt.unfit(bal, wanted)
+        if len(unfit) == len(bal.targets):
+            last_error = last_error or InvalidRequestError(
+                f"No target of model '{bal.name}' answers {_named(wanted)} "
+                "(see providers.NAME.apis)",
+                param="model",
+            )
+            continue
+        tried: list[TargetState] = list(unfit)
         for _ in range(bal.retries + 1):
             lease = bal.acquire(tried)
             if lease is None:
@@ -159,6 +159,88 @@ async def forward(call: Call, raw: bytes) -> web.StreamResponse:
         f"No healthy target for model '{ctx.model}': every target is cooling down.",
         soonest if soonest != float("inf") else 1.0,
     )
+
+
+#: What a target must answer to serve a request of each chat-dialect endpoint.
+_WANTED: dict[str, frozenset[str]] = {
+    "chat/completions": frozenset({"chat"}),
+    "completions": frozenset({"completions"}),
+    "embeddings": frozenset({"embeddings"}),
+}
+
+
+def _wanted(api: str) -> frozenset[str]:
+    """A request of another dialect: its own API natively, or chat through translation."""
+    return frozenset({api, "chat"})
+
+
+def _named(wanted: frozenset[str]) -> str:
+    return " or ".join(sorted(f"the {api} API" for api in wanted))
+
+
+async def count_natively(call: Call, raw: bytes) -> web.Response | None:
+    """`messages/count_tokens` by a target of the model that speaks Messages (failover between
+    them as for any request); None when the model has no such target (the caller estimates)."""
+    ctx, rt = call.ctx, call.rt
+    balancer = rt.balancers.get(ctx.model)
+    if balancer is None:
+        raise ModelNotFoundError(ctx.model)
+    unfit = rt.unfit(balancer, _MESSAGES_NATIVE)
+    if len(unfit) == len(balancer.targets):
+        return None
+    tried: list[TargetState] = list(unfit)
+    deadline = ctx.started + rt.config.server.request_timeout
+    client_body = ctx.client_body or {}
+    last_error: GatewayError | None = None
+    for _ in range(balancer.retries + 1):
+        lease = balancer.acquire(tried)
+        if lease is None:
+            break
+        target = lease.target
+        tried.append(target)
+        ctx.provider, ctx.target = target.provider, target.id
+        body = raw
+        if client_body.get("model") != target.model:
+            body = jsonutil.dumps({**client_body, "model": target.model})
+        try:
+            resp = await rt.providers[target.provider].send(
+                "messages/count_tokens",
+                body,
+                stream=False,
+                timeout=max(deadline - time.monotonic(), 0.001),
+                client_headers=call.request.raw_headers,
+            )
+        except (UpstreamError, UpstreamTimeoutError) as err:
+            lease.failure(err.message)
+            last_error = err
+            continue
+        except BaseException:
+            lease.neutral()
+            raise
+        if resp.status >= 400:
+            status_err = await status_error(resp, lease, target.provider)
+            if status_err.client_fault:
+                raise status_err
+            last_error = status_err
+            continue
+        try:
+            answer = await resp.read()
+        except GatewayError as err:
+            lease.failure(err.message)
+            last_error = err
+            continue
+        finally:
+            resp.close()
+        lease.success()
+        headers = client_headers(resp.headers, ctx.response_headers)
+        headers.setdefault("Content-Type", "application/json")
+        return web.Response(status=resp.status, body=answer, headers=headers)
+    raise last_error or NoHealthyTargetError(
+        f"No healthy target for model '{ctx.model}' that counts tokens.", 1.0
+    )
+
+
+_MESSAGES_NATIVE = frozenset({"messages"})
 
 
 def _upstream_body(body: dict[str, object], model: str, stream: bool, endpoint: str) -> bytes:

@@ -31,7 +31,7 @@ from aigw.cache import (
 )
 from aigw.call import Call, GatewayView
 from aigw.delivery import CLIENT_CLOSED, replay, replay_translated, shutting_down
-from aigw.dialects import RESPONSES, Dialect
+from aigw.dialects import MESSAGES, RESPONSES, Dialect, messages
 from aigw.errors import (
     AuthenticationError,
     ContentFilteredError,
@@ -53,7 +53,7 @@ from aigw.errors import (
     UpstreamTimeoutError,
 )
 from aigw.exchange import RequestContext, ResponseInfo
-from aigw.forward import forward
+from aigw.forward import count_natively, forward
 from aigw.limits.ratelimit import RateDecision
 from aigw.limits.ratelimit import headers as rate_headers
 
@@ -83,8 +83,10 @@ class Proxy:
             "/v1/completions": ("completions", None),
             "/v1/embeddings": ("embeddings", None),
             "/v1/responses": ("chat/completions", RESPONSES),
+            "/v1/messages": ("chat/completions", MESSAGES),
         }
         self.routes: dict[str, tuple[str, Handler]] = {
+            "/v1/messages/count_tokens": ("POST", self.count_tokens),
             "/v1/models": ("GET", self.list_models),
             "/healthz": ("GET", self.healthz),
             "/metrics": ("GET", self.metrics),
@@ -154,6 +156,42 @@ class Proxy:
         self.gw.access_log(ctx, request)
         return response
 
+    async def count_tokens(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/messages/count_tokens`: a target that speaks Messages counts (its answer
+        passes through); without one, the gateway's own estimate (`{"input_tokens": N}`). Rate
+        limits apply; nothing is charged to the quota."""
+        gw, rt = self.gw, self.gw.runtime
+        rid = _request_id()
+        ctx = RequestContext(
+            rid, "", "messages/count_tokens", {}, time.monotonic(), headers=request.headers
+        )
+        ctx.dialect = MESSAGES.name
+        ctx.response_headers.update({"x-request-id": rid, "request-id": rid})
+        limits = gw.limits
+        if limits is None:
+            return _error(ServiceUnavailableError("The gateway is not running."), rid, MESSAGES)
+        call = Call(gw, request, ctx, rt, limits, MESSAGES)
+        try:
+            ctx.tenant = rt.auth.tenant(request.headers)
+            decision = await limits.admission.take_request(ctx.tenant)
+            if decision.limit:
+                ctx.response_headers.update(rate_headers(decision))
+            raw = await _read_body(request, rt.config.server.max_body_size)
+            ctx.client_body = _parse_body(raw)
+            ctx.body = messages.count_tokens_to_chat(ctx.client_body)
+            model = ctx.body.get("model")
+            ctx.model = model if isinstance(model, str) else ""
+            answer = await count_natively(call, raw)
+            if answer is None:
+                estimate = limits.quota.estimate_prompt_tokens("chat/completions", ctx.body)
+                answer = _json({"input_tokens": estimate}, rid)
+                answer.headers.update(ctx.response_headers)
+            ctx.status = answer.status
+            call.done(answer.status)
+            return answer
+        except GatewayError as err:
+            return await self._fail(call, err)
+
     async def healthz(self, request: web.BaseRequest) -> web.Response:
         status = "draining" if self.gw.draining else "ok"
         return web.json_response({"status": status}, status=503 if self.gw.draining else 200)
@@ -180,6 +218,8 @@ class Proxy:
             ctx.dialect = dialect.name
         headers = ctx.response_headers
         headers["x-request-id"] = rid
+        if dialect is MESSAGES:  # where Anthropic's SDKs read a request's id
+            headers["request-id"] = rid
         if gw.worker_pid is not None:
             headers["x-aigw-worker"] = gw.worker_pid
         limits = gw.limits

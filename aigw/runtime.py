@@ -12,8 +12,10 @@ import logging
 from dataclasses import dataclass, field
 
 from aigw.auth import Authenticator
-from aigw.balancer import Balancers
+from aigw.balancer import Balancers, ModelBalancer
+from aigw.choices import TRANSLATED_APIS
 from aigw.config import Config, HookSpec, ProviderConfig
+from aigw.health import TargetState
 from aigw.hooks import build_hooks
 from aigw.hooks.base import Hook
 from aigw.providers import Provider, build_provider
@@ -35,7 +37,8 @@ class Runtime:
     after_hooks: tuple[Hook, ...]
     hook_specs: list[tuple[HookSpec | None, Hook]]  # what each hook was built from (reuse)
     auth: Authenticator
-    #: provider name -> the APIs it answers natively (`providers.NAME.apis`)
+    #: provider name -> the APIs it answers (`providers.NAME.apis`, and what its type
+    #: translates itself)
     apis: dict[str, frozenset[str]]
     hooks_rewrite: bool  # some hook may change the request body
     wants_stream_text: bool  # some hook needs the text of streamed answers
@@ -44,6 +47,21 @@ class Runtime:
     cache_by_bytes: bool
     #: tells runtimes apart: what one learnt about request bytes does not hold for the next
     generation: int = field(default_factory=lambda: next(_GENERATIONS))
+    _unfit: dict[tuple[str, frozenset[str]], tuple[TargetState, ...]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def unfit(self, balancer: ModelBalancer, wanted: frozenset[str]) -> tuple[TargetState, ...]:
+        """The targets of `balancer` whose provider answers none of the `wanted` APIs: the
+        balancer skips them. Worked out once per model and need."""
+        key = (balancer.name, wanted)
+        found = self._unfit.get(key)
+        if found is None:
+            apis = self.apis
+            found = self._unfit[key] = tuple(
+                t for t in balancer.targets if not apis.get(t.provider, frozenset()) & wanted
+            )
+        return found
 
 
 def build_parts(
@@ -83,7 +101,10 @@ def assemble(
         ),
         hook_specs=hook_specs,
         auth=Authenticator(config.auth.keys),
-        apis={name: pconf.speaks() for name, pconf in config.providers.items()},
+        apis={
+            name: pconf.speaks() | set(TRANSLATED_APIS.get(pconf.type, ()))
+            for name, pconf in config.providers.items()
+        },
         hooks_rewrite=any(h.modifies_request for h in hooks),
         wants_stream_text=any(h.wants_stream_text for h in hooks),
         collect_stream=collect,

@@ -242,8 +242,14 @@ async def test_probe_lists_models_and_fails_on_5xx(
         await provider.probe()
 
 
-async def test_only_the_messages_endpoints(provider: AnthropicProvider) -> None:
+async def test_only_the_messages_endpoints_and_chat_through_them(
+    provider: AnthropicProvider,
+) -> None:
     with pytest.raises(UpstreamError, match="Messages API only"):
+        await provider.send("embeddings", b"{}", stream=False, timeout=5)
+    # chat completions are taken, as a Messages call: a chat body it cannot translate is the
+    # client's 400, before anything is sent
+    with pytest.raises(InvalidRequestError, match="at least one message"):
         await provider.send("chat/completions", b"{}", stream=False, timeout=5)
 
 
@@ -671,9 +677,11 @@ def test_stream_to_chat() -> None:
         "prompt_tokens": 125,
         "completion_tokens": 30,
         "total_tokens": 155,
-        "prompt_tokens_details": {"cached_tokens": 100},
+        # cache writes travel through the chat form too (for the gateway's cost accounting)
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 20},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
+    assert Usage.from_json(got["usage"]) == stream.usage
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert chunks[-1]["choices"] == []  # the usage-only chunk ends it
     assert all(c["id"] == "msg_01Upstream" and c["created"] == 5 for c in chunks)

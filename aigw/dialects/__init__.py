@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aigw import jsonutil, sse
-from aigw.dialects import responses
+from aigw.dialects import messages, responses
 from aigw.errors import GatewayError
 from aigw.exchange import Usage
 
@@ -55,9 +55,11 @@ class Dialect:
     error_body: Callable[[GatewayError], bytes]
     #: the in-band error event of a native stream that fails after its first byte
     stream_error: Callable[[GatewayError], bytes]
-    #: the usage in a whole native answer (parsed), and in one event of a native stream
+    #: the usage in a whole native answer (parsed)
     usage: Callable[[dict[str, Any]], Usage | None]
-    event_usage: Callable[[dict[str, Any]], Usage | None]
+    #: a reader of one native stream's usage: fed each parsed event that carries a usage
+    #: object, it answers the stream's usage so far
+    stream_usage: Callable[[], Callable[[dict[str, Any]], Usage | None]]
     #: markers of a native stream's last event: the answer is complete once one is delivered
     done_markers: tuple[bytes, ...]
 
@@ -90,7 +92,7 @@ RESPONSES = Dialect(
     error_body=lambda err: err.body(),  # Responses errors are OpenAI's
     stream_error=_responses_stream_error,
     usage=lambda data: responses.usage(data.get("usage")),
-    event_usage=responses.usage_of_event,
+    stream_usage=lambda: responses.usage_of_event,
     done_markers=(
         b"event: response.completed",
         b"event: response.incomplete",
@@ -98,5 +100,47 @@ RESPONSES = Dialect(
     ),
 )
 
-#: The client dialects by the endpoint they arrive on (chat's endpoints are the proxy's own).
-DIALECTS: dict[str, Dialect] = {"responses": RESPONSES}
+
+def _message_id() -> str:
+    return "msg_" + os.urandom(12).hex()
+
+
+class _MessagesStreamUsage:
+    """The usage of a native Messages stream: `message_start` has the input side (cache reads
+    and writes included), each `message_delta` the output so far."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[str, Any] = {}
+
+    def __call__(self, event: dict[str, Any]) -> Usage | None:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message")
+            found = message.get("usage") if isinstance(message, dict) else None
+        elif kind == "message_delta":
+            found = event.get("usage")
+        else:
+            found = None
+        if isinstance(found, dict):
+            self._seen.update({k: v for k, v in found.items() if v is not None})
+        return messages.usage(self._seen) if self._seen else None
+
+
+MESSAGES = Dialect(
+    name="messages",
+    api="messages",
+    endpoint="messages",
+    to_chat=messages.to_chat,
+    answer=lambda chat, body: messages.from_chat(chat, body, message_id=_message_id()),
+    stream=lambda body: messages.StreamFromChat(body, message_id=_message_id()),
+    error_body=messages.error_body,
+    stream_error=messages.error_event,
+    usage=lambda data: messages.usage(data.get("usage")),
+    stream_usage=_MessagesStreamUsage,
+    done_markers=(b"event: message_stop",),
+)
+
+#: The client dialects by name (chat's endpoints are the proxy's own).
+DIALECTS: dict[str, Dialect] = {"responses": RESPONSES, "messages": MESSAGES}

@@ -4,7 +4,9 @@ keep-alive `HTTPClient` per provider.
 It speaks `messages` natively: `send("messages", …)` POSTs `{base_url}/v1/messages` and
 `send("messages/count_tokens", …)` `{base_url}/v1/messages/count_tokens` (either with
 `?beta=true` when the endpoint names it, as the SDKs' beta namespace does), the body as given
-(requests in another dialect are translated by the caller, `aigw.dialects.messages`). `base_url`
+(requests in another dialect are translated by the caller, `aigw.dialects.messages`). It also
+takes `chat/completions` (every chat-speaking route of the gateway reaches it): the chat body
+becomes a Messages request and the answer reads as chat (`ChatFromMessages`). `base_url`
 defaults to `https://api.anthropic.com` and may end in `/v1` or not.
 
 Headers: `x-api-key` is the provider's `api_key` (never the client's key), `anthropic-version`
@@ -15,12 +17,15 @@ answer's `request-id`, `anthropic-ratelimit-*` and `retry-after` reach the clien
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Final
 
+from aigw import sse
 from aigw.config import ProviderConfig
+from aigw.dialects import messages
 from aigw.errors import UpstreamError
 from aigw.headers import PASSED_RESPONSE_HEADERS, PASSED_RESPONSE_PREFIXES, RequestHeaderFilter
+from aigw.jsonutil import dumps, loads
 from aigw.providers.base import MAX_BODY, Provider, UpstreamResponse
 from aigw.providers.http import HTTPClient, PreparedRequest
 
@@ -118,6 +123,8 @@ class AnthropicProvider(Provider):
         timeout: float,
         client_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> UpstreamResponse:
+        if endpoint == "chat/completions":
+            return await self._send_chat(body, stream, timeout, client_headers)
         prepared = (self._streams if stream else self._plain).get(endpoint)
         if prepared is None:
             # The proxy sends only what `speaks()` lists; anything else is a gateway bug.
@@ -127,6 +134,27 @@ class AnthropicProvider(Provider):
             )
         extra = self._extra_headers(client_headers)
         return await self.client.send(prepared, body, timeout=timeout, extra_headers=extra)
+
+    async def _send_chat(
+        self,
+        body: bytes,
+        stream: bool,
+        timeout: float,
+        client_headers: Sequence[tuple[bytes, bytes]],
+    ) -> UpstreamResponse:
+        """A chat completions request, as a Messages call whose answer reads as chat: the
+        gateway sends chat to every target that can take it, and this one translates."""
+        try:
+            chat = loads(body)
+        except ValueError as exc:
+            raise UpstreamError(f"Provider '{self.name}': the chat body is not JSON") from exc
+        request = messages.request_from_chat(chat)  # InvalidRequestError names a chat field
+        prepared = (self._streams if stream else self._plain)["messages"]
+        extra = self._extra_headers(client_headers)
+        resp = await self.client.send(
+            prepared, dumps(request), timeout=timeout, extra_headers=extra
+        )
+        return ChatFromMessages(resp)
 
     async def probe(self) -> None:
         """`GET /v1/models`: free, and it checks the key as well as the reachability."""
@@ -139,3 +167,54 @@ class AnthropicProvider(Provider):
             resp.close()
         if resp.status >= 500 or resp.status == 429:
             raise UpstreamError(f"probe got HTTP {resp.status}")
+
+
+class ChatFromMessages(UpstreamResponse):
+    """A Messages answer read as a chat completions one: a `message` becomes a
+    `chat.completion`, its event stream `chat.completion.chunk` events ending in `[DONE]` (the
+    usage on the last chunk, cache reads and writes included), an Anthropic error body
+    OpenAI's error JSON."""
+
+    __slots__ = ("_resp",)
+
+    def __init__(self, resp: UpstreamResponse) -> None:
+        headers = dict(resp.headers)
+        if resp.status < 400 and "text/event-stream" not in headers.get("content-type", ""):
+            headers["content-type"] = "application/json"
+        super().__init__(resp.status, headers)
+        self._resp = resp
+
+    async def read(self) -> bytes:
+        raw = await self._resp.read()
+        if self.status >= 400:
+            return messages.error_to_chat(raw) or raw
+        try:
+            message = loads(raw)
+        except ValueError:
+            return raw  # not JSON: the proxy says so, as for any upstream
+        if not isinstance(message, dict):
+            return raw
+        return dumps(messages.response_to_chat(message))
+
+    async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
+        framer = sse.Framer()
+        translate = messages.StreamToChat()
+        chunks = self._resp.iter_chunks()
+        try:
+            async for data in chunks:
+                out = b""
+                for frame in sse.frames(framer.feed(data)):
+                    for chunk in translate.feed_frame(frame):
+                        out += sse.encode(dumps(chunk))
+                if out:
+                    yield out
+            out = b""
+            for frame in sse.frames(framer.flush()):
+                for chunk in translate.feed_frame(frame):
+                    out += sse.encode(dumps(chunk))
+            yield out + sse.DONE
+        finally:
+            await chunks.aclose()
+
+    def close(self) -> None:
+        self._resp.close()

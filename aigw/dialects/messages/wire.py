@@ -135,7 +135,12 @@ def chat_usage_json(u: Usage) -> dict[str, Any]:
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        # `cache_write_tokens` is not OpenAI's (clients ignore it): it carries Anthropic's
+        # cache writes to the gateway's own accounting through the chat form.
+        "prompt_tokens_details": {
+            "cached_tokens": u.cached_tokens,
+            "cache_write_tokens": u.cache_write_tokens,
+        },
         "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
     }
 
