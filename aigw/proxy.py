@@ -56,6 +56,9 @@ from aigw.exchange import RequestContext, ResponseInfo
 from aigw.forward import count_natively, forward
 from aigw.limits.ratelimit import RateDecision
 from aigw.limits.ratelimit import headers as rate_headers
+from aigw.multipart import boundary_of, read_head
+from aigw.passthrough import Upload, pass_through
+from aigw.providers.base import PASS_THROUGH_ENDPOINTS
 
 if TYPE_CHECKING:
     from aigw.metrics import RejectionReason
@@ -84,6 +87,7 @@ class Proxy:
             "/v1/embeddings": ("embeddings", None),
             "/v1/responses": ("chat/completions", RESPONSES),
             "/v1/messages": ("chat/completions", MESSAGES),
+            **{f"/v1/{endpoint}": (endpoint, None) for endpoint in PASS_THROUGH_ENDPOINTS},
         }
         self.routes: dict[str, tuple[str, Handler]] = {
             "/v1/messages/count_tokens": ("POST", self.count_tokens),
@@ -235,6 +239,8 @@ class Proxy:
             req_decision = await admission.take_request(ctx.tenant)
             if req_decision.limit:
                 headers.update(rate_headers(req_decision))
+            if endpoint in PASS_THROUGH_ENDPOINTS:
+                return await self._pass_through(call, req_decision)
             raw = await _read_body(request, rt.config.server.max_body_size)
             cache = gw.cache
             if cache is not None:
@@ -305,6 +311,30 @@ class Proxy:
         finally:
             if metrics is not None:
                 metrics.in_flight(-1)
+
+    async def _pass_through(self, call: Call, requests: RateDecision) -> web.StreamResponse:
+        """Images, speech, transcriptions, moderations: the body as it is (a multipart upload
+        streamed, only its head read to route it), no cache, usage where the answer has it."""
+        ctx, request, limits = call.ctx, call.request, call.limits
+        content_type = request.headers.get("Content-Type", "")
+        upload = None
+        raw = b""
+        if content_type.startswith("multipart/form-data"):
+            rest = request.content.iter_chunked(64 * 1024)
+            form = await read_head(rest, boundary_of(content_type))
+            ctx.body = dict(form.fields)
+            upload = Upload(form, rest, content_type=content_type, length=request.content_length)
+        else:
+            raw = await _read_body(request, call.rt.config.server.max_body_size)
+            ctx.body = _parse_body(raw)
+        model = ctx.body.get("model")
+        ctx.model = model if isinstance(model, str) else ""
+        for hook in call.rt.hooks:
+            await hook.before_request(ctx)
+        # Rate limits by request; the quota only checks the tenant still has some (nothing is
+        # held: what the answer reports is recorded).
+        await limits.admission.admit(ctx.tenant, call.charge, requests, ctx.response_headers)
+        return await pass_through(call, raw, upload)
 
     async def _fail(self, call: Call, err: GatewayError) -> web.Response:
         """The one way a request ends in an error response."""

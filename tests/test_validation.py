@@ -836,7 +836,7 @@ def test_first_problem_wins() -> None:
 
 def test_unknown_endpoint_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown endpoint"):
-        validate_request("images/generations", chat(), MODELS)
+        validate_request("fine_tuning/jobs", chat(), MODELS)
 
 
 @pytest.mark.parametrize(

@@ -584,11 +584,18 @@ _EMBEDDINGS: Final[dict[str, _FieldCheck]] = {
     "user": _string("user", nullable=False),
 }
 
-#: endpoint -> (its required body field besides `model`, checkers of the fields it knows)
+#: endpoint -> (its required body field besides `model`, checkers of the fields it knows). The
+#: pass-through endpoints are checked for what routing needs (their model); the upstream judges
+#: the rest, and its 400 reaches the client as it is.
 _ENDPOINTS: Final[dict[str, tuple[str, dict[str, _FieldCheck]]]] = {
     "chat/completions": ("messages", _CHAT),
     "completions": ("prompt", _COMPLETIONS),
     "embeddings": ("input", _EMBEDDINGS),
+    "images/generations": ("prompt", {}),
+    "audio/speech": ("input", {}),
+    "audio/transcriptions": ("model", {}),
+    "audio/translations": ("model", {}),
+    "moderations": ("input", {}),
 }
 
 

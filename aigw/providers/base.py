@@ -26,6 +26,7 @@ PASS_THROUGH_ENDPOINTS: Final[Mapping[str, str]] = {
     "images/generations": "images",
     "audio/speech": "audio",
     "audio/transcriptions": "audio",
+    "audio/translations": "audio",
     "moderations": "moderations",
 }
 
