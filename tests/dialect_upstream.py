@@ -47,7 +47,8 @@ class Received:
 class DialectUpstream:
     """See the module docstring. `fail_status`: the next `fail_times` requests get this status
     (an OpenAI error body) before any byte of an answer; `break_after`: a stream's connection is
-    reset after that many of its SSE events (a break after the first byte); `usage_mode`: where
+    reset after that many of its SSE events (a break after the first byte; 0: after the headers);
+    `reset`: every connection is reset as soon as its request is read; `usage_mode`: where
     a chat stream's usage rides (see `chat_chunks`)."""
 
     script: Script
@@ -55,6 +56,7 @@ class DialectUpstream:
     fail_status: int | None = None
     fail_times: int = 1 << 30
     break_after: int | None = None
+    reset: bool = False  # every request's connection is reset once it is read: no answer
     received: list[Received] = field(default_factory=list)
     sent: list[bytes] = field(default_factory=list)  # each answer's body, as written
     port: int = 0
@@ -88,6 +90,10 @@ class DialectUpstream:
     async def _take(self, request: web.Request, path: str) -> dict[str, Any] | web.Response:
         raw = await request.read()
         self.received.append(Received(path, raw, dict(request.headers)))
+        if self.reset:
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError  # the handler ends with its connection
         if self.fail_status is not None and self.fail_times > 0:
             self.fail_times -= 1
             error = {

@@ -514,3 +514,77 @@ async def test_a_stateful_request_skips_chat_only_targets_and_the_cache(
     assert stateful.parse().id.startswith("resp_up")
     assert len(chat_up.received) == 1
     assert native_up.bodies("responses")[0]["previous_response_id"] == "resp_earlier"
+
+
+# --- failures: before the first byte, and after it -----------------------------------------
+
+MODES = {"translated": CHAT_ONLY, "native": NATIVE}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+@pytest.mark.parametrize("failure", ["status", "reset", "headers"])
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_a_failing_first_target_fails_over_before_the_first_byte(
+    upstreams: Any, start_gateway: Any, sock_dir: Path, mode: str, failure: str, stream: bool
+) -> None:
+    if failure == "status":
+        bad = await upstreams(fail_status=503)
+    elif failure == "reset":
+        bad = await upstreams(reset=True)
+    elif stream:  # the stream's headers, then the connection reset: nothing reached the client
+        bad = await upstreams(break_after=0)
+    else:
+        pytest.skip("a whole answer has no headers-only state")
+    good = await upstreams()
+    apis = MODES[mode]
+    gw = await start_gateway(config(sock_dir, [(bad, apis), (good, apis)], weights=(100, 1)))
+    async with sdk(gw) as client:
+        for _ in range(2):
+            if stream:
+                async with client.responses.stream(model="gpt-test", input="one two") as events:
+                    kinds = [e.type async for e in events]
+                    final = await events.get_final_response()
+                assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+                assert kinds.count("response.created") == 1
+            else:
+                final = await client.responses.create(model="gpt-test", input="one two")
+            assert final.output_text == "You said: one two"
+    path = "chat/completions" if mode == "translated" else "responses"
+    assert len(bad.bodies(path)) == 2  # each request tried the bad target first
+    assert len(good.bodies(path)) == 2
+    # Only what was answered is charged.
+    assert await quota_used(gw) == (100, 40, 140)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_a_break_after_the_first_byte_is_an_event_the_sdk_raises_on(
+    upstreams: Any, start_gateway: Any, sock_dir: Path, mode: str
+) -> None:
+    # Translated: the role chunk and three words; native: created, in_progress, the item and
+    # its part, three words.
+    up = await upstreams(break_after=4 if mode == "translated" else 7)
+    spare = await upstreams()  # never used: the answer had begun
+    gw = await start_gateway(
+        config(sock_dir, [(up, MODES[mode]), (spare, MODES[mode])], weights=(100, 1))
+    )
+    seen: list[Any] = []
+    async with sdk(gw) as client:
+        stream = await client.responses.create(
+            model="gpt-test", input="one two three four", stream=True
+        )
+        with pytest.raises(openai.APIError) as info:
+            async for event in stream:
+                seen.append(event)
+    assert "closed the stream" in info.value.message or "broke" in info.value.message
+    deltas = [e.delta for e in seen if e.type == "response.output_text.delta"]
+    assert deltas == ["You ", "said: ", "one "]
+    if mode == "translated":  # the gateway knows the output so far: the failed response
+        assert seen[-1].type == "response.failed"
+        assert seen[-1].response.status == "failed" and seen[-1].response.error is not None
+        assert seen[-1].response.output_text == "You said: one "
+    else:  # the upstream's own events, then the gateway's in-band `error` event
+        assert seen[-1].type == "response.output_text.delta"
+    assert spare.received == []
+    prompt, completion, total = await quota_used(gw)
+    assert completion == 3  # the tokens delivered
+    assert prompt > 0 and total == prompt + completion
