@@ -261,14 +261,14 @@ class Proxy:
                             ctx.body = _parse_body(raw)
                         return await self._serve_cached(call, entry, req_decision)
             ctx.body = _parse_body(raw)
+            model = ctx.body.get("model")  # known even when the translation refuses the body
+            ctx.model = model if isinstance(model, str) else ""
             native_only = None  # why only a target that speaks the dialect may answer
             if dialect is not None:  # the hooks see the canonical (chat) form
                 ctx.client_body = translated = ctx.body
                 if dialect is RESPONSES:  # stateful parameters: the native target's business
                     translated, native_only = responses.stateless(translated)
                 ctx.body = dialect.to_chat(translated)
-            model = ctx.body.get("model")
-            ctx.model = model if isinstance(model, str) else ""
             for hook in rt.hooks:
                 await hook.before_request(ctx)
             body = ctx.body

@@ -588,3 +588,210 @@ async def test_a_break_after_the_first_byte_is_an_event_the_sdk_raises_on(
     prompt, completion, total = await quota_used(gw)
     assert completion == 3  # the tokens delivered
     assert prompt > 0 and total == prompt + completion
+
+
+# --- the rest of the pipeline: metrics, audit, cache, errors -------------------------------
+
+
+async def scrape(gw: RunningGateway) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
+        text = await r.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_responses_requests(
+    upstreams: Any, start_gateway: Any, sock_dir: Path
+) -> None:
+    chat_up, native_up = await upstreams(), await upstreams()
+    gw = await start_gateway(config(sock_dir, [(chat_up, CHAT_ONLY)]))
+    native = await start_gateway(config(sock_dir / "n", [(native_up, NATIVE)]))
+    for running in (gw, native):
+        async with sdk(running) as client:
+            await client.responses.create(model="gpt-test", input="a")
+            async with client.responses.stream(model="gpt-test", input="b") as stream:
+                await stream.get_final_response()
+            with pytest.raises(openai.BadRequestError):
+                await client.responses.create(model="gpt-test", input=5)  # type: ignore[arg-type]
+    for running, target in ((gw, "up0/up-model"), (native, "up0/up-model")):
+        samples = await scrape(running)
+
+        def value(name: str, **labels: str) -> float:
+            return samples.get((name, frozenset(labels.items())), 0.0)  # noqa: B023
+
+        assert value("aigw_requests_total", model="gpt-test", target=target, status="200") == 2
+        # A body the translation refuses still counts under its model.
+        assert value("aigw_requests_total", model="gpt-test", target="", status="400") == 1
+        assert value("aigw_rejections_total", reason="invalid") == 1
+        assert value("aigw_tokens_total", tenant="default", model="gpt-test", kind="prompt") == 100
+        assert (
+            value("aigw_tokens_total", tenant="default", model="gpt-test", kind="completion") == 40
+        )
+        assert value("aigw_time_to_first_token_seconds_count", model="gpt-test") == 1
+        assert value("aigw_request_duration_seconds_count", model="gpt-test") == 3
+
+
+async def test_an_audit_line_per_responses_request(
+    upstreams: Any, start_gateway: Any, sock_dir: Path, tmp_path: Path
+) -> None:
+    from aigw.config import HookSpec
+
+    chat_up, native_up = await upstreams(), await upstreams()
+    path = tmp_path / "audit.jsonl"
+    hooks = (HookSpec("audit", {"path": str(path), "log_bodies": True, "redact_pii": False}),)
+    gw = await start_gateway(
+        config(sock_dir, [(chat_up, CHAT_ONLY), (native_up, NATIVE)], weights=(100, 1), hooks=hooks)
+    )
+    ids = []
+    async with sdk(gw) as client:
+        raw = await client.responses.with_raw_response.create(model="gpt-test", input="one two")
+        ids.append(raw.headers["x-request-id"])
+        async with client.responses.with_streaming_response.create(
+            model="gpt-test", input="three four", stream=True
+        ) as streamed:
+            await streamed.read()
+            ids.append(streamed.headers["x-request-id"])
+        raw = await client.responses.with_raw_response.create(
+            model="gpt-test", input="five", store=True
+        )  # stateful: answered natively
+        ids.append(raw.headers["x-request-id"])
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.responses.create(
+                model="gpt-test", input=[{"role": "robot", "content": "x"}]
+            )  # type: ignore[list-item]
+        ids.append(info.value.response.headers["x-request-id"])
+    await gw.gateway.stop()  # flushes the audit file
+    lines = {line["request_id"]: line for line in map(json.loads, path.read_text().splitlines())}
+    assert list(lines) == ids
+    create, stream, stateful, refused = (lines[i] for i in ids)
+    for line in (create, stream, stateful):
+        assert line["status"] == 200 and line["model"] == "gpt-test" and line["tenant"] == "default"
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (50, 20)
+    assert (create["target"], stream["target"], stateful["target"]) == (
+        "up0/up-model",
+        "up0/up-model",
+        "up1/up-model",
+    )
+    assert (create["stream"], stream["stream"]) == (False, True)
+    assert create["prompt"] == "one two" and create["answer"] == "You said: one two"
+    assert stream["prompt"] == "three four" and stream["answer"] == "You said: three four"
+    assert stateful["prompt"] == "five"
+    assert refused["status"] == 400 and "input[0].role" in refused["error"]
+    assert refused["model"] == "gpt-test"
+
+
+async def cached(client: openai.AsyncOpenAI, text: str, stream: bool) -> tuple[str, Any]:
+    """(x-aigw-cache, the response) of one request, checked against the SDK's types."""
+    if not stream:
+        raw = await client.responses.with_raw_response.create(model="gpt-test", input=text)
+        strict_response(json.loads(raw.content))
+        return raw.headers["x-aigw-cache"], raw.parse()
+    async with client.responses.with_streaming_response.create(
+        model="gpt-test", input=text, stream=True
+    ) as streamed:
+        body = await streamed.read()
+    events = strict_events(body)
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == events[-1].response.output_text
+    return streamed.headers["x-aigw-cache"], events[-1].response
+
+
+async def test_the_cache_answers_a_translated_request_in_its_shape(
+    upstreams: Any, start_gateway: Any, sock_dir: Path
+) -> None:
+    up = await upstreams()
+    gw = await start_gateway(config(sock_dir, [(up, CHAT_ONLY)], cache=CacheConfig(enabled=True)))
+    async with sdk(gw) as client:
+        whole = [await cached(client, "cache me", stream) for stream in (False, False, True)]
+        streamed = [await cached(client, "stream me", stream) for stream in (True, True, False)]
+    for answers, text in ((whole, "cache me"), (streamed, "stream me")):
+        assert [cache for cache, _ in answers] == ["miss", "hit", "hit"]
+        first, *hits = (response for _, response in answers)
+        assert first.output_text == f"You said: {text}"
+        for hit in hits:  # a new response, rendered from the cached answer
+            assert hit.id != first.id and hit.usage == first.usage
+            assert without_unique_parts(hit.model_dump()) == without_unique_parts(
+                first.model_dump()
+            )
+    assert len(up.received) == 2  # the hits never reached the upstream
+    assert await quota_used(gw) == (100, 40, 140)  # and cost no tokens
+
+
+def openai_error(err: openai.APIStatusError) -> dict[str, Any]:
+    body = err.response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+async def test_errors_are_openai_shaped_with_the_right_status(
+    upstreams: Any, start_gateway: Any, sock_dir: Path
+) -> None:
+    from aigw.config import AuthConfig, AuthKey, RateLimitConfig, RateLimitRule, Secret
+
+    up = await upstreams()
+    gw = await start_gateway(
+        config(
+            sock_dir,
+            [(up, CHAT_ONLY)],
+            auth=AuthConfig(
+                keys=(
+                    AuthKey(tenant="team", key=Secret("sk-team-key")),
+                    AuthKey(tenant="slow", key=Secret("sk-slow-key")),
+                )
+            ),
+            rate_limit=RateLimitConfig(
+                tenants={"slow": RateLimitRule(requests_per_second=0.001, burst=1)}
+            ),
+        )
+    )
+    for stream in (False, True):
+        async with sdk(gw, "sk-wrong") as client:
+            with pytest.raises(openai.AuthenticationError) as auth:
+                await client.responses.create(model="gpt-test", input="hi", stream=stream)
+        assert openai_error(auth.value)["code"] == "invalid_api_key"
+        async with sdk(gw, "sk-team-key") as client:
+            with pytest.raises(openai.NotFoundError) as missing:
+                await client.responses.create(model="gpt-nope", input="hi", stream=stream)
+            assert openai_error(missing.value) == {
+                "message": "The model 'gpt-nope' does not exist or you do not have access to it.",
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": "model_not_found",
+            }
+            for bad, param in (
+                ({"input": 5}, "input"),
+                ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+                ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+                 "input[0].content[0].image_url"),
+                ({"input": "x", "max_output_tokens": "ten"}, "max_output_tokens"),
+                ({"input": "x", "extra_body": {"max_tokens": 10}}, "max_tokens"),
+            ):  # fmt: skip
+                with pytest.raises(openai.BadRequestError) as malformed:
+                    await client.responses.create(model="gpt-test", stream=stream, **bad)  # type: ignore[call-overload]
+                error = openai_error(malformed.value)
+                assert error["param"] == param and error["type"] == "invalid_request_error"
+                assert param.split("[")[0] in error["message"]
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            gw.v1 + "/responses",
+            data=b'{"model": "gpt-test", "input": ',
+            headers={"Authorization": "Bearer sk-team-key"},
+        ) as r,
+    ):
+        assert r.status == 400
+        assert (await r.json())["error"]["type"] == "invalid_request_error"
+    async with sdk(gw, "sk-slow-key") as client:
+        await client.responses.create(model="gpt-test", input="hi")
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.responses.create(model="gpt-test", input="hi")
+    assert float(limited.value.response.headers["retry-after"]) > 0
+    assert openai_error(limited.value)["code"] == "rate_limit_exceeded"
+    assert len(up.received) == 1  # only the good request reached it
