@@ -323,8 +323,13 @@ class Proxy:
         upload = None
         raw = b""
         if content_type.startswith("multipart/form-data"):
+            limit = call.rt.config.server.max_body_size
+            if request.content_length is not None and request.content_length > limit:
+                raise RequestTooLargeError(  # refused before any of it is read
+                    f"Request body is {request.content_length} bytes; the limit is {limit} bytes."
+                )
             rest = request.content.iter_chunked(64 * 1024)
-            form = await read_head(rest, boundary_of(content_type))
+            form = await read_head(rest, boundary_of(content_type), limit)
             ctx.body = dict(form.fields)
             upload = Upload(form, rest, content_type=content_type, length=request.content_length)
         else:
