@@ -4,8 +4,8 @@ records what it received and sent.
 
 - a multipart upload is read with aiohttp's own multipart reader, its file hashed as it arrives
   (never held), so a test compares the hash with the client's;
-- `refuse_status`: an upload is refused with that status as soon as its headers are in, before
-  any of its body is read (what a target with a full queue or a gateway in front does);
+- `refuse_status`: every request is refused with that status as soon as its headers are in,
+  before any of its body is read (what a target with a full queue or a gateway in front does);
 - speech streams its audio (or, with `stream_format: sse`, its events) in pieces and holds the
   rest until `release` is set, so a test sees the first piece reach the client before the
   upstream has sent the whole answer.
@@ -93,7 +93,16 @@ class MediaUpstream:
         self.seen.append(Seen(path, dict(request.headers), body))
         return body
 
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        if self.refuse_status is None:
+            return None
+        self.seen.append(Seen(request.path.removeprefix("/v1/"), dict(request.headers), {}))
+        error = {"message": "busy", "type": "server_error", "param": None, "code": None}
+        return web.json_response({"error": error}, status=self.refuse_status)
+
     async def images(self, request: web.Request) -> web.Response:
+        if refusal := self._refusal(request):
+            return refusal
         body = await self._read_json(request, "images/generations")
         image = base64.b64encode(f"png of {body['prompt']}".encode()).decode()
         return self._json(
@@ -105,6 +114,8 @@ class MediaUpstream:
         )
 
     async def moderations(self, request: web.Request) -> web.Response:
+        if refusal := self._refusal(request):
+            return refusal
         body = await self._read_json(request, "moderations")
         flagged = "kill" in json.dumps(body["input"])
         categories = {"violence": flagged, "hate": False}
@@ -124,6 +135,8 @@ class MediaUpstream:
         )
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
+        if refusal := self._refusal(request):
+            return refusal
         body = await self._read_json(request, "audio/speech")
         sse = body.get("stream_format") == "sse"
         if sse:
@@ -163,11 +176,9 @@ class MediaUpstream:
         return out
 
     async def transcribe(self, request: web.Request) -> web.Response:
+        if refusal := self._refusal(request):  # before reading any of the body
+            return refusal
         path = request.path.removeprefix("/v1/")
-        if self.refuse_status is not None:  # before reading any of the body
-            self.seen.append(Seen(path, dict(request.headers), {}))
-            error = {"message": "busy", "type": "server_error", "param": None, "code": None}
-            return web.json_response({"error": error}, status=self.refuse_status)
         fields: dict[str, Any] = {}
         digest = hashlib.sha256()
         size = 0

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
@@ -323,3 +324,39 @@ async def test_an_upload_over_the_limit_is_refused_and_stops_early(
             model="whisper-1", file=("a.wav", b"x" * 1000, "audio/wav")
         )
     assert result.text == "1000 bytes heard by up-whisper-1"
+
+
+async def test_every_endpoint_fails_over_through_the_balancer_and_is_counted(
+    media: Any, start_gateway: Any, sock_dir: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    busy, good = await media(refuse_status=500), await media()
+    good.release.set()  # speech answers at once
+    gw = await start_gateway(config(sock_dir, [(busy.url, 100), (good.url, 1)]))
+    async with sdk(gw) as client:
+        images = await client.images.generate(model="gpt-image-1", prompt="a fox")
+        speech = await client.audio.speech.create(model="tts-1", voice="alloy", input="hi")
+        text = await client.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", b"x" * 100, "audio/wav")
+        )
+        moderation = await client.moderations.create(model="omni-moderation-latest", input="hi")
+    assert images.data and images.data[0].revised_prompt == "a fox"
+    assert speech.content == b"".join(SPEECH_PIECES)
+    assert text.text == "100 bytes heard by up-whisper-1"
+    assert not moderation.results[0].flagged
+    paths = ["images/generations", "audio/speech", "audio/transcriptions", "moderations"]
+    assert [s.path for s in busy.seen] == [s.path for s in good.seen] == paths
+    async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
+        families = list(text_string_to_metric_families(await r.text()))
+    done = {
+        (sample.labels["model"], sample.labels["target"], sample.labels["status"]): sample.value
+        for family in families
+        if family.name == "aigw_requests"
+        for sample in family.samples
+        if sample.name == "aigw_requests_total"
+    }
+    assert done == {(model, f"up1/up-{model}", "200"): 1.0 for model in MODELS}
+    assert await quota_used(gw) == tuple(
+        a + b for a, b in zip(usage_of(IMAGE_USAGE), usage_of(TRANSCRIPTION_USAGE), strict=True)
+    )
