@@ -57,6 +57,7 @@ class DialectUpstream:
     fail_times: int = 1 << 30
     break_after: int | None = None
     reset: bool = False  # every request's connection is reset once it is read: no answer
+    ignore_stream: bool = False  # chat: a stream request gets a whole answer (some servers do)
     received: list[Received] = field(default_factory=list)
     sent: list[bytes] = field(default_factory=list)  # each answer's body, as written
     port: int = 0
@@ -113,7 +114,7 @@ class DialectUpstream:
         if isinstance(body, web.Response):
             return body
         answer = self.script(body)
-        if not body.get("stream"):
+        if not body.get("stream") or self.ignore_stream:
             raw = json.dumps(answer).encode()
             self.sent.append(raw)
             return web.Response(body=raw, content_type="application/json")

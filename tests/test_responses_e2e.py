@@ -242,6 +242,14 @@ async def test_parse_structured_output(upstreams: Any, start_gateway: Any, sock_
     assert fmt["json_schema"]["name"] == "Weather"
     assert set(fmt["json_schema"]["schema"]["properties"]) == {"city", "celsius"}
     assert response.text.format.type == "json_schema"  # echoed as asked
+    async with (
+        sdk(gw) as client,
+        client.responses.stream(
+            model="gpt-test", input="weather as JSON", text_format=Weather
+        ) as stream,
+    ):
+        streamed = await stream.get_final_response()
+    assert streamed.output_parsed == Weather(city="Paris", celsius=18)
 
 
 async def test_image_input(upstreams: Any, start_gateway: Any, sock_dir: Path) -> None:
@@ -295,6 +303,25 @@ async def test_stream_text_and_parallel_function_calls(
     for chat in up.bodies("chat/completions"):
         assert chat["stream"] is True and chat["stream_options"] == {"include_usage": True}
     assert await quota_used(gw) == (100, 40, 140)
+
+
+async def test_a_chat_upstream_that_ignores_stream_is_still_a_stream(
+    upstreams: Any, start_gateway: Any, sock_dir: Path
+) -> None:
+    up = await upstreams(ignore_stream=True)
+    gw = await start_gateway(config(sock_dir, [(up, CHAT_ONLY)]))
+    async with (
+        sdk(gw) as client,
+        client.responses.with_streaming_response.create(
+            model="gpt-test", input="one two", stream=True
+        ) as streamed,
+    ):
+        body = await streamed.read()
+    events = strict_events(body)
+    assert [e.type for e in events][:2] == ["response.created", "response.in_progress"]
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "You said: one two"
+    assert await quota_used(gw) == (50, 20, 70)
 
 
 # --- translated equals native, field by field ----------------------------------------------
