@@ -51,6 +51,9 @@ _JSON_CT = "application/json"
 MAX_TOKENS_SLACK = 16
 #: How long the rest of an upstream body is awaited after [DONE] (its connection is then kept).
 DRAIN_AFTER_DONE = 1.0
+#: A delta event of a native Responses or Messages stream (`event: response.output_text.delta`,
+#: `event: content_block_delta`): each holds at least one token.
+NATIVE_DELTA = b"delta\ndata:"
 #: Status recorded for a request whose client went away first (nginx's convention).
 CLIENT_CLOSED = 499
 SSE_HEADERS = {
@@ -189,6 +192,7 @@ async def deliver_stream(
         covered = charge.estimate - charge.prompt_estimate + tap.preamble
     failure: GatewayError | None = None
     gone: BaseException | None = None  # the client went away (or cancelled the request)
+    deltas = 0  # a native stream's delta events delivered (its estimate when it breaks)
     try:
         async with asyncio.timeout_at(when):
             await out.prepare(call.request)
@@ -225,6 +229,8 @@ async def deliver_stream(
                     break
                 if data:
                     await out.write(data if renderer is None else _shaped(renderer, data))
+                    if native:
+                        deltas += data.count(NATIVE_DELTA)
                 if tap.done:
                     break
                 try:
@@ -233,6 +239,8 @@ async def deliver_stream(
                     rest = tap.flush()
                     if rest:
                         await out.write(rest if renderer is None else _shaped(renderer, rest))
+                        if native:
+                            deltas += rest.count(NATIVE_DELTA)
                     break
                 data = tap.feed(chunk)
         # A native stream of another dialect ends as its upstream ends it; a chat one must
@@ -266,7 +274,7 @@ async def deliver_stream(
         # what was produced.
         lease.neutral()
         ctx.status = CLIENT_CLOSED
-        ctx.usage = tap.usage or _estimate(call, tap)
+        ctx.usage = tap.usage or _estimate(call, tap, deltas if native else None)
         await call.settle(ctx.usage)
         await _after_stream(call, tap)
         _stream_done(call, upstream_started, ttft)
@@ -295,7 +303,7 @@ async def deliver_stream(
         if renderer is not None:
             with contextlib.suppress(ConnectionError):
                 await out.write(renderer.finish(tap.usage))
-    ctx.usage = tap.usage or _estimate(call, tap)
+    ctx.usage = tap.usage or _estimate(call, tap, deltas if native else None)
     await call.settle(ctx.usage)
     if failure is None and tap.done and call.cache_key is not None and tap.events:
         call.store(assemble_stream(tap.events, ctx.endpoint, usage=tap.usage))
@@ -398,13 +406,16 @@ async def _after_stream(call: Call, tap: StreamTap) -> None:
     await call.observe(info, may_reject=False)  # the answer is out: nothing can take it back
 
 
-def _estimate(call: Call, tap: StreamTap) -> Usage | None:
+def _estimate(call: Call, tap: StreamTap, deltas: int | None = None) -> Usage | None:
     """A stream that ended without usage (client gone, upstream broke): count one token per
-    content chunk delivered, and the prompt by the quota estimator's rule."""
+    content chunk delivered (`deltas`: per delta event of a native stream of another dialect,
+    whose other events carry none), and the prompt by the quota estimator's rule."""
     if tap.chunks == 0:
         return None
-    # Only the chunks that arrived: a stream cut short has no finish chunk and no [DONE].
-    completion = max(0, tap.chunks - tap.preamble - tap.finished - tap.done)
+    if deltas is not None:
+        completion = deltas
+    else:  # only the chunks that arrived: a stream cut short has no finish chunk nor [DONE]
+        completion = max(0, tap.chunks - tap.preamble - tap.finished - tap.done)
     prompt = call.charge.prompt_estimate
     return Usage(prompt, completion, prompt + completion)
 

@@ -47,9 +47,13 @@ if TYPE_CHECKING:
 DEFAULT_THROTTLE = 0.0
 
 
-async def forward(call: Call, raw: bytes) -> web.StreamResponse:
+async def forward(
+    call: Call, raw: bytes, native_only: InvalidRequestError | None = None
+) -> web.StreamResponse:
     """Try targets (failover before the first byte), then deliver the answer. `raw` is the
-    client's body as it came: sent as it is when nothing had to change."""
+    client's body as it came: sent as it is when nothing had to change. `native_only`: the
+    request cannot be translated (it sets a stateful parameter, say): only targets that speak
+    its dialect are tried, and this is the error when the model has none."""
     ctx, rt = call.ctx, call.rt
     deadline = ctx.started + rt.config.server.request_timeout
     rewrite = rt.hooks_rewrite
@@ -63,17 +67,24 @@ async def forward(call: Call, raw: bytes) -> web.StreamResponse:
     cooling: TargetState | None = None  # a target paused by its upstream's 429
     soonest = float("inf")
     dialect = call.dialect
-    wanted = _WANTED[ctx.endpoint] if dialect is None else _wanted(dialect.api)
+    if dialect is None:
+        wanted = _WANTED[ctx.endpoint]
+    else:
+        wanted = frozenset({dialect.api}) if native_only else _wanted(dialect.api)
     for bal in chain:
         if bal is None:
             continue
         # Targets whose provider cannot answer this request at all are skipped.
         unfit = rt.unfit(bal, wanted)
         if len(unfit) == len(bal.targets):
-            last_error = last_error or InvalidRequestError(
-                f"No target of model '{bal.name}' answers {_named(wanted)} "
-                "(see providers.NAME.apis)",
-                param="model",
+            last_error = (
+                last_error
+                or native_only
+                or InvalidRequestError(
+                    f"No target of model '{bal.name}' answers {_named(wanted)} "
+                    "(see providers.NAME.apis)",
+                    param="model",
+                )
             )
             continue
         tried: list[TargetState] = list(unfit)

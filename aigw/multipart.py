@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from aigw.errors import InvalidRequestError
+from aigw.errors import InvalidRequestError, RequestTooLargeError
 
 #: The most read of a form before its `model` field has been seen.
 MAX_HEAD = 1024 * 1024
@@ -47,11 +47,14 @@ def boundary_of(content_type: str) -> bytes:
     return (match.group(1) or match.group(2)).encode("latin-1")
 
 
-async def read_head(chunks: AsyncIterator[bytes], boundary: bytes) -> FormHead:
+async def read_head(
+    chunks: AsyncIterator[bytes], boundary: bytes, max_bytes: int = MAX_HEAD
+) -> FormHead:
     """Read from `chunks` until the `model` field's value is whole (see the module docstring).
 
     Raises InvalidRequestError (400) for a form without a `model` field, or whose file comes
-    first and is too large to read past."""
+    first and is too large to read past; RequestTooLargeError (413) once more than `max_bytes`
+    (the request body's limit) was read."""
     delimiter = b"\r\n--" + boundary
     buf = b""
     scanned = 0  # parts before this offset are read
@@ -87,6 +90,8 @@ async def read_head(chunks: AsyncIterator[bytes], boundary: bytes) -> FormHead:
             elif value_end - value_start <= MAX_FIELD:
                 form.fields[name] = buf[value_start:value_end].decode("utf-8", "replace")
             scanned = value_end + 2
+        if len(buf) > max_bytes:
+            raise RequestTooLargeError(f"Request body exceeds the limit of {max_bytes} bytes.")
         if len(buf) > MAX_HEAD:
             raise InvalidRequestError(
                 "The form's model field must come before its file (the openai SDKs send it "

@@ -6,8 +6,14 @@ it. The same auth, rate limits, balancer, failover, metrics and audit as every r
 recorded where the answer carries it (a transcription's tokens).
 
 A multipart upload (a transcription) is streamed to the upstream as the client sends it, never
-held whole (`aigw.multipart` reads only its head, to route it). Such a body can be sent once: a
-target that fails before taking any of it is failed over, one that fails later is the answer.
+held whole (`aigw.multipart` reads only its head, to route it). Its first `REPLAY_LIMIT` bytes
+are kept while it is sent: a target that refuses it (or fails) having taken no more than that is
+failed over, the next one getting the kept bytes again before the rest; past it, the upload is
+spent and the target's answer is the client's.
+
+Usage is read in either shape an answer carries it: chat's (`prompt_tokens`) or the one images,
+audio and the Responses API use (`input_tokens`), from a JSON answer or from the events of a
+streamed one (speech with `stream_format: sse`).
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from aigw import jsonutil
+from aigw import jsonutil, sse
 from aigw.call import Call
 from aigw.delivery import CLIENT_CLOSED
+from aigw.dialects import responses
 from aigw.errors import (
     GatewayError,
     InvalidRequestError,
@@ -32,11 +39,11 @@ from aigw.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from aigw.exchange import Usage
 from aigw.forward import status_error
 from aigw.headers import client_headers
 from aigw.multipart import FormHead
 from aigw.providers.base import PASS_THROUGH_ENDPOINTS, StreamedBody
-from aigw.streaming import usage_from_body
 
 if TYPE_CHECKING:
     from aigw.health import Lease, TargetState
@@ -44,12 +51,16 @@ if TYPE_CHECKING:
 
 #: Answers read whole (and their usage looked for); anything else streams back as it comes.
 _WHOLE = ("application/json", "text/")
+_EVENT_STREAM = "text/event-stream"  # text, but streamed
+#: The most of an upload kept for another target after one refused it (see the docstring).
+REPLAY_LIMIT = 1024 * 1024
 
 
 class Upload:
-    """A multipart body: the head read to route it, and the rest still with the client."""
+    """A multipart body: the head read to route it, and the rest still with the client; what
+    was taken of the rest is kept up to `REPLAY_LIMIT` bytes, for another target."""
 
-    __slots__ = ("content_type", "form", "length", "rest")
+    __slots__ = ("_kept", "_kept_size", "content_type", "form", "length", "replayable", "rest")
 
     def __init__(
         self,
@@ -63,14 +74,34 @@ class Upload:
         self.rest = rest
         self.content_type = content_type
         self.length = length
+        self._kept: list[bytes] = []
+        self._kept_size = 0
+        #: whether every byte taken from the client is still kept (another target may have it)
+        self.replayable = True
 
     def body(self, model: str, max_bytes: int) -> StreamedBody:
-        """The body for a target whose model is `model`, its length adjusted to the rename."""
+        """The body for a target whose model is `model` (its length adjusted to the rename):
+        the head, what an earlier attempt took, then the rest as the client sends it."""
         head = self.form.rename(model)
         length = self.length
         if length is not None:
             length += len(head) - len(self.form.head)
-        return StreamedBody(self.rest, length=length, max_bytes=max_bytes, head=head)
+        head += b"".join(self._kept)
+        return StreamedBody(self._taken(), length=length, max_bytes=max_bytes, head=head)
+
+    async def _taken(self) -> AsyncIterator[bytes]:
+        async for data in self.rest:
+            if self.replayable:
+                self._kept_size += len(data)
+                if self._kept_size <= REPLAY_LIMIT:
+                    self._kept.append(data)
+                    # A client's buffered body is read without a pause: give the target's
+                    # answer (a refusal, say) its turn while the upload may still go elsewhere.
+                    await asyncio.sleep(0)
+                else:  # too much to keep: this attempt is the last
+                    self.replayable = False
+                    self._kept = []
+            yield data
 
 
 async def pass_through(call: Call, raw: bytes, upload: Upload | None) -> web.StreamResponse:
@@ -108,7 +139,11 @@ async def pass_through(call: Call, raw: bytes, upload: Upload | None) -> web.Str
             raise UpstreamTimeoutError("The request deadline passed before an upstream answered")
         body: bytes | StreamedBody
         if upload is not None:
-            body = upload.body(target.model, limit)
+            try:
+                body = upload.body(target.model, limit)
+            except BaseException:
+                lease.neutral()  # the client's body is at fault (its declared length)
+                raise
         elif ctx.body.get("model") != target.model:
             body = jsonutil.dumps({**ctx.body, "model": target.model})
         else:
@@ -125,14 +160,14 @@ async def pass_through(call: Call, raw: bytes, upload: Upload | None) -> web.Str
         except UpstreamBusyError as err:
             lease.neutral()
             last_error = err
-            if _spent(body):
+            if _spent(upload):
                 raise
             continue
         except (UpstreamError, UpstreamTimeoutError) as err:
             call.upstream_time += time.monotonic() - started
             lease.failure(err.message)
             last_error = err
-            if _spent(body):
+            if _spent(upload):
                 raise
             continue
         except BaseException:
@@ -144,7 +179,7 @@ async def pass_through(call: Call, raw: bytes, upload: Upload | None) -> web.Str
         if resp.status >= 400:
             refused = await status_error(resp, lease, target.provider)
             call.upstream_time += time.monotonic() - started
-            if refused.client_fault or _spent(body):
+            if refused.client_fault or _spent(upload):
                 raise refused
             last_error = refused
             continue
@@ -154,9 +189,9 @@ async def pass_through(call: Call, raw: bytes, upload: Upload | None) -> web.Str
     )
 
 
-def _spent(body: bytes | StreamedBody) -> bool:
-    """A streamed body some of which is gone: it cannot be sent to another target."""
-    return isinstance(body, StreamedBody) and not body.replayable
+def _spent(upload: Upload | None) -> bool:
+    """An upload some of which is gone: it cannot be sent to another target."""
+    return upload is not None and not upload.replayable
 
 
 async def _answer(
@@ -165,7 +200,7 @@ async def _answer(
     ctx = call.ctx
     headers = client_headers(resp.headers, ctx.response_headers)
     content_type = resp.headers.get("content-type", "application/octet-stream")
-    if content_type.startswith(_WHOLE):
+    if content_type.startswith(_WHOLE) and not content_type.startswith(_EVENT_STREAM):
         try:
             body = await resp.read()
         except GatewayError as err:
@@ -177,12 +212,13 @@ async def _answer(
             raise
         lease.success()
         call.upstream_time += time.monotonic() - started
-        ctx.usage = usage_from_body(body) if content_type.startswith("application/json") else None
+        ctx.usage = _usage_of_json(body) if content_type.startswith("application/json") else None
         ctx.status = resp.status
         await call.settle(ctx.usage)
         call.done(resp.status)
         return web.Response(status=resp.status, body=body, headers=headers)
-    # Binary (speech): streamed on as it comes, within the request deadline.
+    # Binary (speech) and events: streamed on as it comes, within the request deadline.
+    events = _StreamUsage() if content_type.startswith(_EVENT_STREAM) else None
     length = resp.body_length()
     if length is not None:
         headers["Content-Length"] = str(length)
@@ -197,6 +233,8 @@ async def _answer(
             lease.first_byte()
             async for data in chunks:
                 await out.write(data)
+                if events is not None:
+                    events.feed(data)
             await out.write_eof()
     except (ConnectionError, asyncio.CancelledError):
         lease.neutral()
@@ -220,6 +258,68 @@ async def _answer(
         await chunks.aclose()
         resp.close()
     lease.success()
-    await call.settle(None)
+    ctx.usage = events.usage if events is not None else None
+    await call.settle(ctx.usage)
     call.done(resp.status, call.upstream_time + (time.monotonic() - started))
     return out
+
+
+def _usage(data: object) -> Usage | None:
+    """The usage of an answer object in either shape (see the module docstring)."""
+    if not isinstance(data, dict):
+        return None
+    usage = data.get("usage")
+    if isinstance(usage, dict) and "input_tokens" in usage:
+        return responses.usage(usage)
+    return Usage.from_json(usage)
+
+
+def _usage_of_json(body: bytes) -> Usage | None:
+    """The usage of a JSON answer (maybe megabytes of base64 images): where OpenAI puts it,
+    last, from its key to the object's closing brace; else from the whole answer parsed."""
+    idx = body.rfind(b'"usage"')
+    if idx < 0:
+        return None
+    colon, end = body.find(b":", idx), body.rfind(b"}")
+    try:
+        found = _usage({"usage": jsonutil.loads(body[colon + 1 : end])})
+    except ValueError:
+        found = None
+    if found is not None:
+        return found
+    try:
+        return _usage(jsonutil.loads(body))
+    except ValueError:
+        return None
+
+
+class _StreamUsage:
+    """The usage in the events of a streamed answer, as they pass (the bytes go on as they came:
+    only a copy of the event that carries a usage is parsed)."""
+
+    __slots__ = ("_framer", "usage")
+
+    def __init__(self) -> None:
+        self._framer: sse.Framer | None = sse.Framer()
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> None:
+        framer = self._framer
+        if framer is None:
+            return
+        try:
+            complete = framer.feed(data)
+        except sse.EventTooLarge:  # not ours to refuse: the usage is just not read
+            self._framer = None
+            return
+        if b'"usage"' not in complete:
+            return
+        for frame in sse.frames(complete):
+            payload = sse.data_of(frame)
+            if payload is not None and b'"usage"' in payload:
+                try:
+                    found = _usage(jsonutil.loads(payload))
+                except ValueError:
+                    continue
+                if found is not None:
+                    self.usage = found

@@ -31,7 +31,7 @@ from aigw.cache import (
 )
 from aigw.call import Call, GatewayView
 from aigw.delivery import CLIENT_CLOSED, replay, replay_translated, shutting_down
-from aigw.dialects import MESSAGES, RESPONSES, Dialect, messages
+from aigw.dialects import MESSAGES, RESPONSES, Dialect, messages, responses
 from aigw.errors import (
     AuthenticationError,
     ContentFilteredError,
@@ -261,11 +261,14 @@ class Proxy:
                             ctx.body = _parse_body(raw)
                         return await self._serve_cached(call, entry, req_decision)
             ctx.body = _parse_body(raw)
-            if dialect is not None:  # the hooks see the canonical (chat) form
-                ctx.client_body = ctx.body
-                ctx.body = dialect.to_chat(ctx.body)
-            model = ctx.body.get("model")
+            model = ctx.body.get("model")  # known even when the translation refuses the body
             ctx.model = model if isinstance(model, str) else ""
+            native_only = None  # why only a target that speaks the dialect may answer
+            if dialect is not None:  # the hooks see the canonical (chat) form
+                ctx.client_body = translated = ctx.body
+                if dialect is RESPONSES:  # stateful parameters: the native target's business
+                    translated, native_only = responses.stateless(translated)
+                ctx.body = dialect.to_chat(translated)
             for hook in rt.hooks:
                 await hook.before_request(ctx)
             body = ctx.body
@@ -278,7 +281,7 @@ class Proxy:
                 ctx.client_wants_usage = (
                     isinstance(opts, dict) and opts.get("include_usage") is True
                 )
-            if cache is not None:
+            if cache is not None and native_only is None:  # stateful answers are not kept
                 hit = self._cache_lookup(call, cache, directives, raw_key)
                 if hit is not None:
                     return await self._serve_cached(call, hit, req_decision)
@@ -286,7 +289,7 @@ class Proxy:
             charge = call.charge
             charge.prompt_estimate, charge.estimate = limits.quota.estimate(endpoint, body)
             await admission.admit(ctx.tenant, charge, req_decision, headers)
-            return await forward(call, raw)
+            return await forward(call, raw, native_only)
         except GatewayError as err:
             return await self._fail(call, err)
         except asyncio.CancelledError:
@@ -320,8 +323,13 @@ class Proxy:
         upload = None
         raw = b""
         if content_type.startswith("multipart/form-data"):
+            limit = call.rt.config.server.max_body_size
+            if request.content_length is not None and request.content_length > limit:
+                raise RequestTooLargeError(  # refused before any of it is read
+                    f"Request body is {request.content_length} bytes; the limit is {limit} bytes."
+                )
             rest = request.content.iter_chunked(64 * 1024)
-            form = await read_head(rest, boundary_of(content_type))
+            form = await read_head(rest, boundary_of(content_type), limit)
             ctx.body = dict(form.fields)
             upload = Upload(form, rest, content_type=content_type, length=request.content_length)
         else:

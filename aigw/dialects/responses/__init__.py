@@ -27,6 +27,9 @@ What the translation does with each part of a Responses request, where the mappi
   input items), stored `prompt` templates, `context_management`, tools and tool choices other
   than functions, `reasoning.mode` other than standard, `n` other than 1, unknown `include`
   values, and the chat spellings of Responses parameters (`messages`, `max_tokens`, ...).
+  The pipeline takes the stateful parameters out first (`stateless`): a request that sets one
+  still goes, as it came, to a target that speaks the Responses API natively, and gets their
+  400 only when the model has none.
 - Every other top-level field chat also understands passes through unchanged.
 
 On the way back, `reasoning_content` (or `reasoning`) from a chat upstream becomes a `reasoning`
@@ -44,6 +47,15 @@ and streams back to Responses objects and events); this package's face is the wh
 from __future__ import annotations
 
 from aigw.dialects.responses.answer import StreamFromChat, from_chat, usage, usage_of_event
-from aigw.dialects.responses.request import API, STATEFUL, to_chat
+from aigw.dialects.responses.request import API, STATEFUL, stateless, to_chat
 
-__all__ = ["API", "STATEFUL", "StreamFromChat", "from_chat", "to_chat", "usage", "usage_of_event"]
+__all__ = [
+    "API",
+    "STATEFUL",
+    "StreamFromChat",
+    "from_chat",
+    "stateless",
+    "to_chat",
+    "usage",
+    "usage_of_event",
+]

@@ -53,6 +53,7 @@ _HANDLED: Final = frozenset(
 
 #: The fields whose mere presence needs a look (a refusal, maybe).
 _CHECKED: Final = frozenset({*STATEFUL, *_CHAT_SPELLINGS})
+_STATEFUL_SET: Final = frozenset(STATEFUL)
 
 _LOGPROBS_INCLUDE: Final = "message.output_text.logprobs"
 #: `include` values that add data only hosted tools, stored inputs or OpenAI's encrypted
@@ -137,6 +138,21 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # response.completed carries usage
     return chat
+
+
+def stateless(body: dict[str, Any]) -> tuple[dict[str, Any], InvalidRequestError | None]:
+    """`body` without its stateful parameters, and the refusal a translation gives them (None
+    when it sets none). The request is still translated for the hooks, quota and cache to read,
+    but only a target that speaks the Responses API natively may answer it (the state is its)."""
+    if not body.keys() & _STATEFUL_SET:  # the common case: nothing to take out
+        return body, None
+    refusal = None
+    for name in STATEFUL:
+        value = body.get(name)
+        if value is not None and value is not False:
+            refusal = _stateful(name)
+            break
+    return {k: v for k, v in body.items() if k not in _STATEFUL_SET}, refusal
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
