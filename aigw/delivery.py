@@ -37,6 +37,7 @@ from aigw.errors import (
 )
 from aigw.exchange import RequestContext, ResponseInfo, Usage
 from aigw.headers import client_headers
+from aigw.hooks.texts import stream_texts
 from aigw.streaming import DONE_MARKERS, StreamTap, usage_from_body
 
 if TYPE_CHECKING:
@@ -138,7 +139,9 @@ async def deliver_stream(
     tap = StreamTap(
         # A translated stream is read whole, usage included: its renderer needs it.
         strip_usage=route == CHAT and not ctx.client_wants_usage,
-        collect=rt.collect_stream and not native,
+        # A native stream of another dialect is never cached (the cache keeps canonical
+        # answers), but hooks that read answers (content filter, audit) still get its text.
+        collect=rt.wants_stream_text if native else rt.collect_stream,
         max_kept=rt.config.server.max_upstream_body,
         usage_of=dialect.stream_usage() if native and dialect is not None else None,
         done_markers=dialect.done_markers if native and dialect is not None else DONE_MARKERS,
@@ -305,7 +308,7 @@ async def deliver_stream(
                 await out.write(renderer.finish(tap.usage))
     ctx.usage = tap.usage or _estimate(call, tap, deltas if native else None)
     await call.settle(ctx.usage)
-    if failure is None and tap.done and call.cache_key is not None and tap.events:
+    if failure is None and tap.done and call.cache_key is not None and tap.events and not native:
         call.store(assemble_stream(tap.events, ctx.endpoint, usage=tap.usage))
     await _after_stream(call, tap)
     _stream_done(call, upstream_started, ttft)
@@ -460,7 +463,7 @@ async def _drain(chunks: AsyncGenerator[bytes, None], resp: UpstreamResponse) ->
 
 
 def _stream_text(events: list[bytes]) -> str:
-    """The answer text of a streamed chat or completions answer (for hooks that want it)."""
+    """The answer text of a streamed answer in any dialect (for hooks that want it)."""
     parts: list[str] = []
     for event in events:
         payload = sse.data_of(event)
@@ -470,11 +473,6 @@ def _stream_text(events: list[bytes]) -> str:
             data: Any = jsonutil.loads(payload)
         except ValueError:
             continue
-        for choice in data.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if text is None:
-                text = choice.get("text")
-            if isinstance(text, str):
-                parts.append(text)
+        if isinstance(data, dict):
+            stream_texts(data, parts)
     return "".join(parts)

@@ -81,6 +81,7 @@ async def test_one_line_per_request_without_bodies(tmp_path: Path) -> None:
         "request_id": "req-1",
         "tenant": "team-a",
         "endpoint": "chat/completions",
+        "dialect": "chat",
         "model": "gpt",
         "target": "openai/gpt-4o-mini",
         "upstream_request_id": None,

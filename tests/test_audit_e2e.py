@@ -52,6 +52,7 @@ LINE_FIELDS = {
     "request_id",
     "tenant",
     "endpoint",
+    "dialect",
     "model",
     "target",
     "upstream_request_id",

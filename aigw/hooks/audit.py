@@ -1,10 +1,13 @@
 """The built-in `audit` hook: one JSON line per request in a size-rotated file.
 
     {"time": "2024-05-01T12:00:00.123Z", "request_id": "…", "tenant": "team-a",
-     "endpoint": "chat/completions", "model": "gpt-4o-mini", "target": "openai/gpt-4o-mini",
-     "upstream_request_id": "req_…", "status": 200, "stream": false, "cache": "miss",
-     "prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42, "latency_ms": 812.4,
-     "error": null}
+     "endpoint": "chat/completions", "dialect": "chat", "model": "gpt-4o-mini",
+     "target": "openai/gpt-4o-mini", "upstream_request_id": "req_…", "status": 200,
+     "stream": false, "cache": "miss", "prompt_tokens": 12, "completion_tokens": 30,
+     "total_tokens": 42, "latency_ms": 812.4, "error": null}
+
+`endpoint` is the API of the body the hooks saw (a Responses or Messages request is seen in its
+chat form), `dialect` the API the client spoke: chat, responses or messages.
 
 With `log_bodies` the line also has `prompt` (the text of every message, completion prompt or
 embedding input) and `answer` (the answer text; never embedding vectors). With `redact_pii`
@@ -69,6 +72,7 @@ class _Record:
         "answer_body",
         "answer_text",
         "cache",
+        "dialect",
         "endpoint",
         "error",
         "latency_ms",
@@ -97,6 +101,7 @@ class _Record:
         self.request_id = ctx.request_id
         self.tenant = ctx.tenant
         self.endpoint = ctx.endpoint
+        self.dialect = ctx.dialect
         self.model = ctx.model
         self.target = ctx.target
         self.upstream_request_id = ctx.upstream_request_id
@@ -272,6 +277,7 @@ class AuditHook(Hook):
             "request_id": r.request_id,
             "tenant": r.tenant,
             "endpoint": r.endpoint,
+            "dialect": r.dialect,
             "model": r.model,
             "target": r.target,
             "upstream_request_id": r.upstream_request_id,

@@ -24,7 +24,16 @@ from aigw.errors import ContentFilteredError
 from aigw.hooks.base import Hook, RequestContext, ResponseInfo
 from aigw.hooks.texts import answer_texts, request_texts
 
-_PARAM = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}
+_PARAM = {
+    "chat/completions": "messages",
+    "completions": "prompt",
+    "embeddings": "input",
+    "moderations": "input",
+    "images/generations": "prompt",
+    "audio/speech": "input",
+    "audio/transcriptions": "prompt",
+    "audio/translations": "prompt",
+}
 
 
 def _compile(kind: str, patterns: object) -> list[tuple[str, re.Pattern[str]]]:
