@@ -6,6 +6,7 @@ attempt, with the GenAI semantic conventions, exported over OTLP/HTTP off the re
     span.request(model, body, stream=True)         # once the body is parsed (and hooks ran)
     attempt = span.attempt(provider_config, "gpt-4o-mini")   # one per upstream try
     attempt.inject(upstream_headers)               # traceparent (+ tracestate) for the upstream
+                                                   # (or attempt.header_lines(): raw head lines)
     attempt.first_token()                          # the first streamed content
     attempt.end(200, usage=usage, answer=body)     # or end(error=err) when the try failed
     span.end(200, tenant="team-a", cache="miss", usage=usage, answer=body)
@@ -514,6 +515,13 @@ class AttemptSpan:
         )
         if context.trace_state:
             headers["tracestate"] = context.trace_state.to_header()
+
+    def header_lines(self) -> bytes:
+        """The same headers as raw HTTP/1.1 header lines (`name: value\\r\\n`), for a client
+        that writes its request head itself (aigw/providers/http.py's `extra_headers`)."""
+        headers: dict[str, str] = {}
+        self.inject(headers)
+        return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("ascii")
 
     def first_token(self) -> None:
         """The first streamed content arrived (once; later calls are ignored)."""

@@ -231,6 +231,9 @@ async def test_failover_makes_a_server_span_with_two_attempt_spans(
     assert second.start_ns <= event.time_ns <= second.end_ns
 
     # Propagation: each attempt sent its own span as the parent; the upstream got the second.
+    lines = f"traceparent: 00-{TRACE_ID}-{second.span_id}-01\r\n"
+    lines += "tracestate: congo=t61rcWkgMzE,rojo=00f067aa\r\n"
+    assert attempt.header_lines() == lines.encode()
     assert sent[0]["traceparent"] == f"00-{TRACE_ID}-{first.span_id}-01"
     assert sent[1]["traceparent"] == f"00-{TRACE_ID}-{second.span_id}-01"
     assert upstream.headers[-1]["traceparent"] == f"00-{TRACE_ID}-{second.span_id}-01"
