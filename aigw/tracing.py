@@ -450,17 +450,20 @@ class RequestSpan:
             if status >= 500 or (error is not None and not _client_fault(error, status)):
                 span_status = tracing._status(tracing._error_code, _error_message(error, status))
         tracing._finish(
-            tracing._readable_span(
-                name=self.name,
-                context=self.context,
-                parent=self.parent,
-                resource=tracing._resource,
-                attributes=attributes,
-                kind=tracing._server,
-                status=span_status,
-                start_time=self.start_ns,
-                end_time=time.time_ns(),
-                instrumentation_scope=tracing._scope,
+            tracing._readable_span(  # positional: ~0.5 µs less than by keyword
+                self.name,
+                self.context,
+                self.parent,
+                tracing._resource,
+                attributes,
+                (),  # events
+                (),  # links
+                tracing._server,
+                None,  # instrumentation_info (deprecated)
+                span_status,
+                self.start_ns,
+                time.time_ns(),
+                tracing._scope,
             )
         )
 
@@ -557,11 +560,11 @@ class AttemptSpan:
         if usage is not None:
             _usage(usage, attributes)
         if answer is not None:
-            head = _head_fields(answer)
             if response_model is None:
-                response_model = head.get(b"model")
-            if b"id" in head:
-                attributes["gen_ai.response.id"] = head[b"id"]
+                response_model = _head_string(answer, b'"model"')
+            response_id = _head_string(answer, b'"id"')
+            if response_id is not None:
+                attributes["gen_ai.response.id"] = response_id
             if finish_reasons is None:
                 finish_reasons = _finish_reasons(answer)
         if response_model:
@@ -574,18 +577,20 @@ class AttemptSpan:
             attributes["error.type"] = _error_type(error, code)
             span_status = tracing._status(tracing._error_code, _error_message(error, code))
         tracing._finish(
-            tracing._readable_span(
-                name=self.name,
-                context=self.context,
-                parent=self._request.context,
-                resource=tracing._resource,
-                attributes=attributes,
-                events=self.events,
-                kind=tracing._client,
-                status=span_status,
-                start_time=self.start_ns,
-                end_time=time.time_ns(),
-                instrumentation_scope=tracing._scope,
+            tracing._readable_span(  # positional, as in RequestSpan.end
+                self.name,
+                self.context,
+                self._request.context,
+                tracing._resource,
+                attributes,
+                self.events,
+                (),  # links
+                tracing._client,
+                None,  # instrumentation_info (deprecated)
+                span_status,
+                self.start_ns,
+                time.time_ns(),
+                tracing._scope,
             )
         )
 
@@ -693,38 +698,33 @@ def _client_fault(error: BaseException | str, status: int) -> bool:
     return 400 <= status < 500
 
 
-# The first "id" and "model" strings of an answer: top-level keys come first in every dialect's
-# answer (and in each stream chunk). A key inside the answer's text is escaped (\\"model\\")
-# and never matches.
-_HEAD_FIELDS = re.compile(rb'"(id|model)"[ \t\r\n]*:[ \t\r\n]*"([^"\\]{1,256})"')
-_HEAD = 2048
-_FINISH_KEYS = (b'"finish_reason"', b'"stop_reason"')
-_FINISH = re.compile(rb'"(?:finish|stop)_reason"[ \t\r\n]*:[ \t\r\n]*"([^"\\]{1,64})"')
-_FINISH_AFTER_KEY = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*"([^"\\]{1,64})"')
-#: Past this size the finish reasons are looked for with `bytes.find` (C speed over a long
-#: answer) rather than the regex, which stops at every quote.
-_SMALL = 16 * 1024
+# An answer's model, id and finish reasons are found with `bytes.find` (C speed, no parse of a
+# maybe large body) and one anchored match for the string after the key. Top-level keys come
+# first in every dialect's answer and in each stream chunk; a key inside the answer's text is
+# escaped (\\"model\\") and never matches.
+_STRING_AFTER_KEY = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*"([^"\\]{1,256})"')
+_HEAD: Final = 2048  # where an answer's top-level "id" and "model" are looked for
+_FINISH_KEYS: Final = (b'"finish_reason"', b'"stop_reason"')
 
 
-def _head_fields(data: bytes) -> dict[bytes, str]:
-    """{b"id": ..., b"model": ...} as far as the answer's head has them."""
-    found: dict[bytes, str] = {}
-    for key, value in _HEAD_FIELDS.findall(data, 0, _HEAD):
-        if key not in found:
-            found[key] = value.decode("utf-8", "replace")
-    return found
+def _head_string(data: bytes, key: bytes) -> str | None:
+    """The string value of the first `key` (b'"model"') in the answer's head; None when absent
+    or null."""
+    at = data.find(key, 0, _HEAD)
+    if at < 0:
+        return None
+    m = _STRING_AFTER_KEY.match(data, at + len(key))
+    return m.group(1).decode("utf-8", "replace") if m is not None else None
 
 
 def _finish_reasons(data: bytes) -> tuple[str, ...]:
     """Every non-null `finish_reason` (OpenAI) or `stop_reason` (Anthropic), in order."""
-    if len(data) <= _SMALL:
-        return tuple(r.decode("ascii", "replace") for r in _FINISH.findall(data)[:128])
     out: list[str] = []
     for key in _FINISH_KEYS:
         at = data.find(key)
         while at >= 0 and len(out) < 128:
-            m = _FINISH_AFTER_KEY.match(data, at + len(key))
-            if m is not None:
+            m = _STRING_AFTER_KEY.match(data, at + len(key))
+            if m is not None and len(m.group(1)) <= 64:
                 out.append(m.group(1).decode("ascii", "replace"))
             at = data.find(key, at + len(key))
         if out:

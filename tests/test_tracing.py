@@ -296,6 +296,58 @@ async def test_every_dialect_has_its_operation_name(
     assert one(spans, kind="CLIENT").name == f"{operation} up"
 
 
+@pytest.mark.parametrize(
+    ("answer", "model", "response_id", "reasons"),
+    [
+        # Two choices; the text quotes the keys (escaped in JSON), which must not count.
+        (
+            b'{"id": "chatcmpl-7", "model": "gpt-4o-2024", "choices": [{"message": {"content": '
+            b'"say \\"finish_reason\\": \\"x\\" and \\"model\\": \\"y\\""}, "finish_reason": '
+            b'"stop"}, {"message": {"content": "' + b"z " * 20_000 + b'"}, "finish_reason": '
+            b'"length"}]}',
+            "gpt-4o-2024",
+            "chatcmpl-7",
+            ("stop", "length"),
+        ),
+        # Anthropic messages.
+        (
+            b'{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",'
+            b'"content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn"}',
+            "claude-x",
+            "msg_1",
+            ("end_turn",),
+        ),
+        # The last events of a stream: null finish reasons until the last chunk.
+        (
+            b'data: {"id":"c1","model":"m-1","choices":[{"delta":{"content":"a"},'
+            b'"finish_reason":null}]}\n\ndata: {"id":"c1","model":"m-1","choices":[{"delta":{},'
+            b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+            "m-1",
+            "c1",
+            ("stop",),
+        ),
+        (b"<html>bad gateway</html>", None, None, ()),
+    ],
+)
+async def test_the_answer_gives_model_id_and_finish_reasons(
+    receiver: OtlpReceiver,
+    make_tracing: Callable[..., Tracing],
+    answer: bytes,
+    model: str | None,
+    response_id: str | None,
+    reasons: tuple[str, ...],
+) -> None:
+    tracing = make_tracing(endpoint=receiver.endpoint)
+    span = tracing.start_request("POST", CHAT_ROUTE, client_headers())
+    span.attempt(provider("oa", "https://api.openai.com/v1"), "gpt-4o").end(200, answer=answer)
+    span.end(200)
+    await flush(tracing)
+    client = one(await receiver.wait_for(2), kind="CLIENT")
+    assert client.attributes.get("gen_ai.response.model") == model
+    assert client.attributes.get("gen_ai.response.id") == response_id
+    assert client.attributes.get("gen_ai.response.finish_reasons", ()) == reasons
+
+
 async def test_other_routes_get_a_server_span_without_genai_attributes(
     receiver: OtlpReceiver, make_tracing: Callable[..., Tracing]
 ) -> None:
