@@ -169,6 +169,7 @@ class SpanEncoder:
             scope += _field(b"\x12", scope_version.encode())
         self._scope = _field(b"\x0a", scope)  # ScopeSpans.scope
         self._key_values = _KeyValues()
+        self._names: dict[str, bytes] = {}  # span name -> its field (a few routes and models)
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         scope_spans = self._scope + b"".join(_field(b"\x12", self.span(s)) for s in spans)
@@ -189,7 +190,13 @@ class SpanEncoder:
         if parent is not None:
             out += b"\x22\x08"
             out += parent.span_id.to_bytes(8, "big")
-        out += _field(b"\x2a", span.name.encode("utf-8", "replace"))
+        name = self._names.get(span.name)
+        if name is None:
+            name = _field(b"\x2a", span.name.encode("utf-8", "replace"))
+            if len(self._names) >= _KeyValues.MAX_ENTRIES:
+                self._names.clear()
+            self._names[span.name] = name
+        out += name
         out += _KINDS[span.kind.value]
         out += b"\x39"
         out += _FIXED64(span.start_time or 0)

@@ -42,7 +42,7 @@ def span(
         name=name,
         context=SpanContext(TRACE_ID, span_id, False, TraceFlags(1), state),
         parent=parent,
-        resource=Resource.create(RESOURCE),
+        resource=Resource(RESOURCE),
         attributes=attributes or {},
         events=events,
         kind=kind,
@@ -119,6 +119,20 @@ def test_spans_decode_with_opentelemetry_proto() -> None:
         1_700_000_000_100_000_000,
         {"chunk": 1},
     )
+
+
+def test_remembered_fields_stay_right_past_their_limit() -> None:
+    """Values that repeat are remembered encoded, up to a bound: ever-new values (request ids,
+    span names) start the memory over, and every span still says what it should."""
+    target = encoder()
+    spans = [
+        span(f"GET /v1/models/m{i}", span_id=i + 1, attributes={"id": f"req-{i}", "n": i % 7})
+        for i in range(10_000)
+    ]
+    decoded = decode(b"".join(target.encode(spans[i : i + 500]) for i in range(0, 10_000, 500)))
+    assert [(s.name, s.attributes) for s in decoded] == [
+        (f"GET /v1/models/m{i}", {"id": f"req-{i}", "n": i % 7}) for i in range(10_000)
+    ]
 
 
 class Rendered:
