@@ -1630,6 +1630,9 @@ class _Loader:
             if any(c in value for c in "\r\n\0"):
                 self.rule(sub, "a header value cannot hold a line break or NUL")
                 continue
+            if not value.isascii():
+                self.rule(sub, "a header value must be ASCII")
+                continue
             if not _collector_credential(header):
                 continue
             raw = self.raw.get(sub, "")

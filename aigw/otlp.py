@@ -278,8 +278,8 @@ class OtlpHttpExporter:
         try:
             body = gzip.compress(self.encoder.encode(spans), compresslevel=1)
             error = self._send(body)
-        except Exception as exc:  # a bug here must not kill the export thread
-            log.exception("tracing: spans could not be exported")
+        except Exception as exc:  # a bug here must not kill the export thread, nor flood the log
+            log.debug("tracing: spans could not be exported", exc_info=True)
             error = f"{type(exc).__name__}: {exc}"
         if error is None:
             self.exported += len(spans)

@@ -224,6 +224,26 @@ async def test_stopping_ends_the_wait_between_retries(receiver: OtlpReceiver) ->
     assert receiver.exports == 1
 
 
+class Broken:
+    def render(self) -> str:
+        raise RuntimeError("redaction bug")
+
+
+async def test_a_failure_inside_the_exporter_loses_the_batch_not_the_thread(
+    receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = exporter(receiver.endpoint)
+    broken = [span(attributes={"gen_ai.input.messages": Broken()})]
+    for _ in range(3):
+        assert await asyncio.to_thread(target.export, broken) is SpanExportResult.FAILURE
+    assert await export(target) is SpanExportResult.SUCCESS  # the next batch goes out
+    assert (target.exported, target.failed) == (3, 3)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == [
+        f"tracing: spans to {receiver.endpoint} are being lost: RuntimeError: redaction bug"
+    ]
+
+
 async def test_a_refused_connection_is_a_lost_batch(caplog: pytest.LogCaptureFixture) -> None:
     import socket
 

@@ -925,6 +925,8 @@ def test_tracing_config_is_validated() -> None:
         assert "abc123" not in literal
     [crlf] = problems('tracing: {headers: {x-dataset: "${D}"}}', env={"D": "a\r\nX-Evil: 1"})
     assert "cannot hold a line break" in crlf
+    [latin] = problems("tracing: {headers: {x-dataset: 'café'}}")
+    assert "tracing.headers.x-dataset: a header value must be ASCII" in latin
 
 
 def test_validate_says_when_tracing_is_enabled_without_the_extra(tmp_path: Path) -> None:
