@@ -37,7 +37,6 @@ from aigw.exchange import Usage
 from aigw.tracing import (
     FIRST_TOKEN_EVENT,
     MAX_CONTENT_CHARS,
-    RequestSpan,
     Tracing,
     TracingStats,
     build_tracing,
@@ -1008,7 +1007,3 @@ def test_validate_summary_shows_tracing(tmp_path: Path) -> None:
         "capture_content": True,
     }
     assert "hunter2" not in result.output
-
-
-def test_request_span_is_exported_from_the_module() -> None:
-    assert RequestSpan.__module__ == "aigw.tracing"
