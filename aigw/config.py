@@ -577,6 +577,98 @@ class MetricsConfig:
     )
 
 
+#: The modules the `otel` extra brings (`pip install 'aigw[otel]'`); imported only when tracing
+#: is enabled.
+OTEL_MODULES: tuple[str, ...] = ("opentelemetry.sdk.trace",)
+OTEL_INSTALL_HINT = "install them with: pip install 'aigw[otel]'"
+
+
+def missing_otel_module() -> str | None:
+    """The first module of the `otel` extra that cannot be imported here, or None."""
+    import importlib.util
+
+    for name in OTEL_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):  # a parent package is missing or blocked
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    enabled: bool = field(
+        default=False,
+        metadata=_doc(
+            "Export OpenTelemetry traces over OTLP/HTTP: a server span per request and a client "
+            "span per upstream attempt, with the GenAI semantic conventions. Needs "
+            "`pip install 'aigw[otel]'`."
+        ),
+    )
+    endpoint: str = field(
+        default="http://127.0.0.1:4318",
+        metadata=_doc(
+            "OTLP/HTTP collector: a base URL (spans go to `<endpoint>/v1/traces`) or a full URL "
+            "ending in `/v1/traces`."
+        ),
+    )
+    headers: dict[str, str] = field(
+        default_factory=dict,
+        repr=False,  # values carry the collector's credentials from ${ENV}
+        metadata=_doc(
+            "Headers sent with every export (a vendor's API key: `x-honeycomb-team: "
+            "${HONEYCOMB_API_KEY}`); credential headers only from `${ENV}`."
+        ),
+    )
+    sample_ratio: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Fraction of new traces recorded; a client's `traceparent` decides for the traces "
+            "it started (parent-based sampling).",
+            min=0,
+            max=1,
+        ),
+    )
+    service_name: str = field(default="aigw", metadata=_doc("`service.name` of the spans."))
+    capture_content: bool = field(
+        default=False,
+        metadata=_doc(
+            "Record prompt and answer text on the server span (`gen_ai.input.messages`, "
+            "`gen_ai.output.messages`), redacted like the audit log and cut at 16,384 "
+            "characters each."
+        ),
+    )
+    export_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Longest one export to the collector may take, retries included.",
+            unit="duration",
+            min=0.001,
+        ),
+    )
+    max_queue_size: int = field(
+        default=2048,
+        metadata=_doc(
+            "Finished spans waiting for export; beyond it new spans are dropped, so a dead "
+            "collector costs bounded memory.",
+            min=1,
+        ),
+    )
+    ca_file: str | None = field(
+        default=None,
+        metadata=_doc(
+            "CA bundle (PEM) that verifies an https:// endpoint, instead of the system's.",
+            path=True,
+        ),
+    )
+
+    def export_url(self) -> str:
+        """Where spans are POSTed: `endpoint`, with `/v1/traces` added unless it ends so."""
+        url = self.endpoint.rstrip("/")
+        return url if url.endswith("/v1/traces") else url + "/v1/traces"
+
+
 @dataclass(frozen=True)
 class Config:
     version: int = field(default=1, metadata=_doc("Config format version; must be 1."))
@@ -625,6 +717,9 @@ class Config:
     )
     metrics: MetricsConfig = field(
         default_factory=MetricsConfig, metadata=_doc("Prometheus metrics.")
+    )
+    tracing: TracingConfig = field(
+        default_factory=TracingConfig, metadata=_doc("OpenTelemetry traces (optional extra).")
     )
     #: Where this config came from ("<built-in default>" when no file was found).
     source: str = field(default="<built-in default>", metadata=_INTERNAL)
@@ -817,6 +912,16 @@ def _literal_header_credential(raw: str) -> bool:
     """Whether a credential header's value as written holds more than a scheme word and
     `${ENV}` references."""
     return _AUTH_SCHEME_RE.fullmatch(_from_env(raw).replace(_FROM_ENV, "")) is None
+
+
+#: Collector headers that carry a credential though their names do not say so.
+_COLLECTOR_CREDENTIAL_HEADERS = frozenset({"x-honeycomb-team", "uptrace-dsn"})
+
+
+def _collector_credential(header: str) -> bool:
+    """Whether a `tracing.headers` name carries a credential (its value only from `${ENV}`)."""
+    name = header.lower()
+    return name in _COLLECTOR_CREDENTIAL_HEADERS or _CREDENTIAL_HEADER_RE.search(name) is not None
 
 
 def _header_example(header: str) -> str:
@@ -1527,6 +1632,7 @@ class _Loader:
         self.check_money(config)
         self.check_auth(config)
         self.check_state(config.state)
+        self.check_tracing(config.tracing)
         self.check_misc(config)
         return config
 
@@ -1757,6 +1863,70 @@ class _Loader:
                 "url holds a password written in the file; secrets only come from the environment",
                 "write redis://:${REDIS_PASSWORD}@host:6379/0 and set REDIS_PASSWORD "
                 "in the environment",
+            )
+
+    def check_tracing(self, tracing: TracingConfig) -> None:
+        raw_url = self.raw.get("tracing.endpoint", "")
+        if "tracing.endpoint" not in self.problem_keys():
+            try:
+                url = urlsplit(tracing.endpoint)
+                scheme, host = url.scheme, url.hostname
+            except ValueError:
+                scheme, host = "", None
+            if scheme not in ("http", "https") or not host:
+                # Not echoed: the URL may carry credentials.
+                self.rule(
+                    "tracing.endpoint",
+                    "endpoint must be an http:// or https:// URL with a host",
+                    "e.g. http://127.0.0.1:4318, an OpenTelemetry Collector's OTLP/HTTP port",
+                )
+            elif _literal_url_credentials(raw_url):
+                self.rule(
+                    "tracing.endpoint",
+                    "endpoint holds credentials written in the file; secrets only come from "
+                    "the environment",
+                    "send them in a header instead: headers: {Authorization: "
+                    '"Bearer ${COLLECTOR_TOKEN}"}',
+                )
+        for header, value in tracing.headers.items():
+            sub = f"tracing.headers.{header}"
+            if not _HEADER_NAME_RE.fullmatch(header):
+                self.rule(sub, f"{_show(header)} is not an HTTP header name")
+                continue
+            if any(c in value for c in "\r\n\0"):
+                self.rule(sub, "a header value cannot hold a line break or NUL")
+                continue
+            if not value.isascii():
+                self.rule(sub, "a header value must be ASCII")
+                continue
+            if not _collector_credential(header):
+                continue
+            raw = self.raw.get(sub, "")
+            if _literal_header_credential(raw):
+                example = (
+                    "Bearer ${COLLECTOR_TOKEN}"
+                    if "authorization" in header.lower()
+                    else "${COLLECTOR_TOKEN}"
+                )
+                self.rule(
+                    sub,
+                    f"header '{header}' holds a credential written in the file; secrets only "
+                    "come from the environment",
+                    f'write {header}: "{example}" and set COLLECTOR_TOKEN in the environment',
+                )
+            elif (names := _ENV_NAMES_RE.findall(raw)) and _AUTH_SCHEME_RE.fullmatch(value):
+                self.warn(
+                    sub,
+                    f"header '{header}' is empty ({names[0]} is unset or empty): the collector "
+                    "will likely refuse the spans",
+                    f"export {names[0]}=<the credential> before `aigw serve`",
+                )
+        if tracing.enabled and (module := missing_otel_module()) is not None:
+            self.rule(
+                "tracing.enabled",
+                "tracing is enabled but the OpenTelemetry packages are not installed "
+                f"(no module {module})",
+                f"{OTEL_INSTALL_HINT}, or set enabled: false",
             )
 
     def check_misc(self, config: Config) -> None:

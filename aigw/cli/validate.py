@@ -235,8 +235,25 @@ def summary_data(config: Config) -> dict[str, Any]:
             "ttl": config.cache.ttl,
         },
         "metrics": config.metrics.enabled,
+        "tracing": {
+            "enabled": config.tracing.enabled,
+            "endpoint": _public_url(config.tracing.export_url()),
+            "sample_ratio": config.tracing.sample_ratio,
+            "capture_content": config.tracing.capture_content,
+        },
         "hooks": [h.name for h in config.hooks],
     }
+
+
+def _tracing_line(config: Config) -> str:
+    tracing = config.tracing
+    if not tracing.enabled:
+        return "tracing: off"
+    line = (
+        f"tracing: on (OTLP/HTTP to {_public_url(tracing.export_url())}, "
+        f"sampling {tracing.sample_ratio:.0%} of new traces"
+    )
+    return line + (", with prompt and answer text)" if tracing.capture_content else ")")
 
 
 def _limit(value: float) -> str:
@@ -303,6 +320,7 @@ def render_summary(config: Config) -> RenderableType:
             else "cache: off"
         ),
         f"metrics: {'on' if config.metrics.enabled else 'off'}",
+        _tracing_line(config),
         "hooks: " + ", ".join(h.name for h in config.hooks),
         "auth: "
         + (f"{len(config.auth.keys)} key(s)" if config.auth.keys else "none (laptop mode)"),
