@@ -85,6 +85,11 @@ def never_forwarded(name: str) -> bool:
     return lower in NEVER_FORWARDED or lower.startswith(NEVER_FORWARDED_PREFIXES)
 
 
+#: The W3C trace context: when tracing is on, the gateway's own attempt span is the upstream's
+#: parent, so a client's values are never forwarded beside it.
+TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate")
+
+
 class RequestHeaderFilter:
     """Picks the client's request headers one provider forwards, as ready-to-send header lines.
 
@@ -99,6 +104,14 @@ class RequestHeaderFilter:
         names = (FORWARDED_REQUEST_HEADERS | {h.lower() for h in extra}) - own_lower
         self._names = frozenset(n.encode("latin-1") for n in names if not never_forwarded(n))
         self._prefixes = tuple(p.encode("latin-1") for p in FORWARDED_REQUEST_PREFIXES)
+
+    def without(self, names: Iterable[str]) -> RequestHeaderFilter:
+        """This filter, never forwarding `names` (the trace context when the gateway sends its
+        own)."""
+        out = RequestHeaderFilter.__new__(RequestHeaderFilter)
+        out._names = self._names - {n.lower().encode("latin-1") for n in names}
+        out._prefixes = self._prefixes
+        return out
 
     def lines(self, raw: Iterable[tuple[bytes, bytes]]) -> bytes:
         names, prefixes = self._names, self._prefixes

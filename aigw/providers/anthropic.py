@@ -24,7 +24,12 @@ from aigw import sse
 from aigw.config import ProviderConfig
 from aigw.dialects import messages
 from aigw.errors import UpstreamError
-from aigw.headers import PASSED_RESPONSE_HEADERS, PASSED_RESPONSE_PREFIXES, RequestHeaderFilter
+from aigw.headers import (
+    PASSED_RESPONSE_HEADERS,
+    PASSED_RESPONSE_PREFIXES,
+    TRACE_CONTEXT_HEADERS,
+    RequestHeaderFilter,
+)
 from aigw.jsonutil import dumps, loads
 from aigw.providers.base import MAX_BODY, Provider, UpstreamResponse
 from aigw.providers.http import HTTPClient, PreparedRequest
@@ -86,6 +91,7 @@ class AnthropicProvider(Provider):
         self._forward = RequestHeaderFilter(
             (*config.forward_headers, *ANTHROPIC_REQUEST_HEADERS), own=headers
         )
+        self._traced = self._forward.without(TRACE_CONTEXT_HEADERS)
         # Request heads encoded once per endpoint: a send only adds its header lines and body.
         self._plain = {e: self._prepare("POST", e, "application/json") for e in ENDPOINTS}
         self._streams = {e: self._prepare("POST", e, "text/event-stream") for e in ENDPOINTS}
@@ -106,8 +112,13 @@ class AnthropicProvider(Provider):
     async def close(self) -> None:
         await self.client.close()
 
-    def _extra_headers(self, client_headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-        extra = self._forward.lines(client_headers) if client_headers else b""
+    def _extra_headers(
+        self, client_headers: Sequence[tuple[bytes, bytes]], trace_headers: bytes = b""
+    ) -> bytes:
+        if trace_headers:
+            extra = self._traced.lines(client_headers) + trace_headers
+        else:
+            extra = self._forward.lines(client_headers) if client_headers else b""
         if self._default_version and not any(
             name.lower() == _VERSION_NAME for name, _ in client_headers
         ):
@@ -122,9 +133,10 @@ class AnthropicProvider(Provider):
         stream: bool,
         timeout: float,
         client_headers: Sequence[tuple[bytes, bytes]] = (),
+        trace_headers: bytes = b"",
     ) -> UpstreamResponse:
         if endpoint == "chat/completions":
-            return await self._send_chat(body, stream, timeout, client_headers)
+            return await self._send_chat(body, stream, timeout, client_headers, trace_headers)
         prepared = (self._streams if stream else self._plain).get(endpoint)
         if prepared is None:
             # The proxy sends only what `speaks()` lists; anything else is a gateway bug.
@@ -132,7 +144,7 @@ class AnthropicProvider(Provider):
                 f"Provider '{self.name}' (type anthropic) speaks the Messages API only, "
                 f"not {endpoint}"
             )
-        extra = self._extra_headers(client_headers)
+        extra = self._extra_headers(client_headers, trace_headers)
         return await self.client.send(prepared, body, timeout=timeout, extra_headers=extra)
 
     async def _send_chat(
@@ -141,6 +153,7 @@ class AnthropicProvider(Provider):
         stream: bool,
         timeout: float,
         client_headers: Sequence[tuple[bytes, bytes]],
+        trace_headers: bytes,
     ) -> UpstreamResponse:
         """A chat completions request, as a Messages call whose answer reads as chat: the
         gateway sends chat to every target that can take it, and this one translates."""
@@ -150,7 +163,7 @@ class AnthropicProvider(Provider):
             raise UpstreamError(f"Provider '{self.name}': the chat body is not JSON") from exc
         request = messages.request_from_chat(chat)  # InvalidRequestError names a chat field
         prepared = (self._streams if stream else self._plain)["messages"]
-        extra = self._extra_headers(client_headers)
+        extra = self._extra_headers(client_headers, trace_headers)
         resp = await self.client.send(
             prepared, dumps(request), timeout=timeout, extra_headers=extra
         )

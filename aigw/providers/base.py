@@ -136,10 +136,12 @@ class Provider(ABC):
         stream: bool,
         timeout: float,
         client_headers: Sequence[tuple[bytes, bytes]] = (),
+        trace_headers: bytes = b"",
     ) -> UpstreamResponse:
         """POST `body` (JSON) to `endpoint`; `timeout` is the time left of the request deadline.
         `client_headers` are the client's raw request headers: the provider forwards the ones
-        its rules allow (`aigw.headers`), never credentials.
+        its rules allow (`aigw.headers`), never credentials. `trace_headers` are whole header lines
+        (`traceparent`, `tracestate` of the attempt's span) sent instead of the client's own.
 
         Raises UpstreamError / UpstreamTimeoutError when no HTTP answer could be had."""
 
@@ -151,6 +153,7 @@ class Provider(ABC):
         content_type: str,
         timeout: float,
         client_headers: Sequence[tuple[bytes, bytes]] = (),
+        trace_headers: bytes = b"",
     ) -> UpstreamResponse:
         """POST `body` unchanged to a pass-through `endpoint` (`PASS_THROUGH_ENDPOINTS`) with
         the client's `content_type` (a multipart boundary differs per request); the answer is

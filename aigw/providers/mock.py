@@ -95,6 +95,7 @@ class MockProvider(Provider):
         content_type: str,
         timeout: float,
         client_headers: Sequence[tuple[bytes, bytes]] = (),
+        trace_headers: bytes = b"",
     ) -> UpstreamResponse:
         """The pass-through endpoints (`aigw.providers.mock_media`); latency and failures as
         for `send()`: a failed request leaves a streamed body unread (still replayable)."""
@@ -126,6 +127,7 @@ class MockProvider(Provider):
         stream: bool,
         timeout: float,
         client_headers: Sequence[tuple[bytes, bytes]] = (),
+        trace_headers: bytes = b"",
     ) -> UpstreamResponse:
         opts = self.options
         if opts.latency:

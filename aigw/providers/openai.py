@@ -20,7 +20,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aigw.config import ProviderConfig
 from aigw.errors import InvalidRequestError, UpstreamError
-from aigw.headers import PASSED_RESPONSE_HEADERS, PASSED_RESPONSE_PREFIXES, RequestHeaderFilter
+from aigw.headers import (
+    PASSED_RESPONSE_HEADERS,
+    PASSED_RESPONSE_PREFIXES,
+    TRACE_CONTEXT_HEADERS,
+    RequestHeaderFilter,
+)
 from aigw.providers.base import MAX_BODY, Provider, StreamedBody, UpstreamResponse
 from aigw.providers.http import HTTPClient, PreparedRequest
 
@@ -67,6 +72,7 @@ class OpenAIProvider(Provider):
             max_body=max_body,
         )
         self._forward = RequestHeaderFilter(config.forward_headers, own=headers)
+        self._traced = self._forward.without(TRACE_CONTEXT_HEADERS)
         # Request heads encoded once per endpoint: a send only adds Content-Length and the body.
         self._plain: dict[str, PreparedRequest] = {}
         self._streams: dict[str, PreparedRequest] = {}
@@ -95,13 +101,17 @@ class OpenAIProvider(Provider):
         stream: bool,
         timeout: float,
         client_headers: Sequence[tuple[bytes, bytes]] = (),
+        trace_headers: bytes = b"",
     ) -> UpstreamResponse:
         prepared = (self._streams if stream else self._plain).get(endpoint)
         if prepared is None:
             accept = "text/event-stream" if stream else "application/json"
             prepared = self._prepare("POST", endpoint, accept)
             (self._streams if stream else self._plain)[endpoint] = prepared
-        extra = self._forward.lines(client_headers) if client_headers else b""
+        if trace_headers:
+            extra = self._traced.lines(client_headers) + trace_headers
+        else:
+            extra = self._forward.lines(client_headers) if client_headers else b""
         return await self.client.send(prepared, body, timeout=timeout, extra_headers=extra)
 
     async def forward(
@@ -112,13 +122,17 @@ class OpenAIProvider(Provider):
         content_type: str,
         timeout: float,
         client_headers: Sequence[tuple[bytes, bytes]] = (),
+        trace_headers: bytes = b"",
     ) -> UpstreamResponse:
         prepared = self._forwards.get(endpoint)
         if prepared is None:
             # Any answer type: JSON, text, or audio bytes (`Accept: */*`, as curl sends).
             prepared = self._prepare("POST", endpoint, "*/*", content_type=False)
             self._forwards[endpoint] = prepared
-        extra = self._forward.lines(client_headers) if client_headers else b""
+        if trace_headers:
+            extra = self._traced.lines(client_headers) + trace_headers
+        else:
+            extra = self._forward.lines(client_headers) if client_headers else b""
         extra += b"Content-Type: " + _header_value(content_type) + b"\r\n"
         if isinstance(body, bytes):
             return await self.client.send(prepared, body, timeout=timeout, extra_headers=extra)
