@@ -2,11 +2,17 @@
 
     GET  /status                  pid, version, uptime, config path, listen address
     GET  /lb/stats                balancer snapshot (per model and target) + uptime
-    GET  /quota                   every known tenant's quota status
+    GET  /quota                   every known tenant's quota status (tokens, cost, budget)
     GET  /quota/{tenant}          one tenant
-    POST /quota/{tenant}          {"tokens": int, "period": str | null} → runtime override
-                                  (no period: the tenant keeps the one it has)
-    POST /quota/{tenant}/reset    zero the tenant's usage (404 for a tenant nobody knows)
+    POST /quota/{tenant}          {"tokens": int, "period": str | null} → runtime override;
+                                  {"usd": "20.50", "period": str | null} → runtime money
+                                  budget (a decimal string; 0 = none); no period: the tenant
+                                  keeps the one it has
+    POST /quota/{tenant}/reset    zero the tenant's usage and spending (404 for a tenant
+                                  nobody knows)
+    GET  /usage                   the usage history: ?since=24h&by=hour|day|tenant|model
+                                  &tenant=T&model=M → {"buckets": [...], "totals": {...}}
+                                  (404 when usage.enabled is false)
     POST /reload                  re-read the config file
 
 Every error is JSON, `{"error": {"message": "..."}}` with a 4xx/5xx status, never aiohttp's plain
@@ -27,7 +33,9 @@ from aigw.config import MAX_QUOTA_TOKENS, Config
 from aigw.errors import ConfigError, GatewayError, ServiceUnavailableError
 from aigw.limits import Limits
 from aigw.limits.quota import QuotaManager
+from aigw.pricing import parse_usd, to_nanos
 from aigw.runtime import Runtime
+from aigw.usage_history import UsageQuery, hour_of, summarise
 
 
 class AdminTarget(Protocol):
@@ -95,18 +103,39 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         except ValueError:
             return _problem("body must be JSON")
         if not isinstance(body, dict):
-            return _problem('body must be a JSON object: {"tokens": N, "period": P}')
+            return _problem(
+                'body must be a JSON object: {"tokens": N, "period": P}'
+                ' or {"usd": "X", "period": P}'
+            )
+        unknown = sorted(set(body) - {"tokens", "usd", "period"})
+        if unknown:
+            return _problem(f"unknown field {unknown[0][:40]!r}: use tokens or usd, and period")
+        if ("tokens" in body) == ("usd" in body):
+            return _problem("give either tokens or usd (a money budget), not both")
+        period = body.get("period")
+        if period is not None and not isinstance(period, str):
+            return _problem("period must be a string or null")
+        tenant = request.match_info["tenant"]
+        if "usd" in body:
+            usd = body["usd"]
+            # A decimal string keeps the amount exact; a JSON number goes through a float.
+            if isinstance(usd, bool) or not isinstance(usd, str | int):
+                return _problem('usd must be an amount as a decimal string, e.g. "20.50"')
+            try:
+                nanos = to_nanos(parse_usd(str(usd)))
+                await quota.set_budget(tenant, nanos, period)
+                statuses = await quota.status(tenant)
+            except ValueError as exc:
+                return _problem(str(exc))
+            return _reply({"tenants": [s.to_dict() for s in statuses]})
         tokens = body.get("tokens")
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
             return _problem("tokens must be an integer >= 0")
         if tokens > MAX_QUOTA_TOKENS:
             return _problem(f"tokens must be at most {MAX_QUOTA_TOKENS:,} (10**15)")
-        period = body.get("period")
-        if period is not None and not isinstance(period, str):
-            return _problem("period must be a string or null")
         try:
-            await quota.set_limit(request.match_info["tenant"], tokens, period)
-            statuses = await quota.status(request.match_info["tenant"])
+            await quota.set_limit(tenant, tokens, period)
+            statuses = await quota.status(tenant)
         except ValueError as exc:
             return _problem(str(exc))
         return _reply({"tenants": [s.to_dict() for s in statuses]})
@@ -122,6 +151,25 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         except ValueError as exc:
             return _problem(str(exc))
         return _reply({"tenants": [s.to_dict() for s in statuses]})
+
+    @routes.get("/usage")
+    async def usage(request: web.Request) -> web.Response:
+        if not gateway.config.usage.enabled:
+            return _problem(
+                "the usage history is off (usage.enabled: false in the daemon's config)", 404
+            )
+        try:
+            query = UsageQuery.from_params(request.query)
+        except ValueError as exc:
+            return _problem(str(exc))
+        limits = _limits(gateway)
+        now = time.time()
+        since = now - query.seconds
+        # What the store holds, and what this instance has not flushed yet.
+        rows = await limits.quota.store.read_history(hour_of(since), query.tenant, query.model)
+        rows += limits.history.rows()
+        report = summarise(rows, since, query.by, query.tenant, query.model, until=now)
+        return _reply(report.to_dict())
 
     @routes.post("/reload")
     async def reload(request: web.Request) -> web.Response:
@@ -172,7 +220,11 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     return response
 
 
-def _quota(gateway: AdminTarget) -> QuotaManager:
+def _limits(gateway: AdminTarget) -> Limits:
     if gateway.limits is None:
         raise ServiceUnavailableError("quota manager not running")
-    return gateway.limits.quota
+    return gateway.limits
+
+
+def _quota(gateway: AdminTarget) -> QuotaManager:
+    return _limits(gateway).quota

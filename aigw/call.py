@@ -2,9 +2,10 @@
 
 A `Call` holds what the pipeline modules share about one request (the client's request, its
 `RequestContext`, the runtime it started on, what it took of the limits, what it may store in
-the cache) and does the things every ending needs, once each: settle the limits, store the
-answer in the cache, run the hooks that see the answer, count the request in the metrics and the
-access log. `proxy` starts calls, `forward` tries targets for them, `delivery` hands answers
+the cache) and does the things every ending needs, once each: settle the limits (tokens, and
+money at the price of the upstream model that answered), store the answer in the cache, run the
+hooks that see the answer, count the request in the metrics, the usage history and the access
+log. `proxy` starts calls, `forward` tries targets for them, `delivery` hands answers
 back.
 
 `GatewayView` is what these modules read of the gateway: a small Protocol, so they depend on the
@@ -95,7 +96,7 @@ class Call:
         self.ctx = ctx
         self.rt = rt
         self.limits = limits
-        self.charge = Charge()
+        self.charge = Charge(ctx)
         self.cache: ResponseCache | None = None
         self.cache_key: bytes | None = None  # None: do not store the answer
         self.counted = False  # in the metrics and the access log already
@@ -114,18 +115,42 @@ class Call:
     # --- the endings every request shares ------------------------------------------------------
 
     async def settle(self, usage: Usage | None, *, answered: bool = False) -> None:
-        """Replace the request's worst-case charges (quota reservation, token-rate estimate)
-        by what it really used; exactly once per request. `answered`: the client got an answer,
-        so one without usage (some servers omit it) costs the worst case, never nothing."""
+        """Replace the request's worst-case charges (quota reservation, money reservation,
+        token-rate estimate) by what it really used and cost; exactly once per request.
+        `answered`: the client got an answer, so one without usage (some servers omit it)
+        costs the worst case, never nothing."""
         charge = self.charge
         if charge.settled:
             return
         charge.settled = True
         ctx, metrics = self.ctx, self.gw.metrics
-        if usage is not None and metrics is not None:
-            metrics.tokens(ctx.tenant, ctx.model, usage.prompt_tokens, usage.completion_tokens)
-        if usage is None and answered:
+        charge.usage = usage
+        if usage is not None:
+            # Priced by the upstream model that answered; an unpriced one costs 0.
+            upstream = ctx.response_headers.get("x-aigw-model")
+            nanos = self.limits.pricing.cost(upstream, usage)
+            charge.cost_nanos = nanos or 0
+            if metrics is not None:
+                metrics.tokens(
+                    ctx.tenant,
+                    ctx.model,
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.cached_tokens,
+                )
+                if nanos is None:
+                    metrics.unpriced(upstream or "")
+                elif nanos:
+                    metrics.cost(ctx.tenant, ctx.model, nanos)
+        elif answered:
             usage = Usage(0, 0, charge.estimate)
+            reservation = charge.reservation
+            held = reservation.nanos if reservation is not None else 0
+            charge.cost_nanos = held or self.limits.pricing.estimate(
+                ctx.model, charge.prompt_estimate, charge.output_estimate
+            )
+            if metrics is not None and charge.cost_nanos:
+                metrics.cost(ctx.tenant, ctx.model, charge.cost_nanos)
         if charge.limiter is not None or charge.reservation is not None:
             await self.limits.admission.settle(ctx.tenant, charge, usage)
         reservation = charge.reservation
@@ -141,14 +166,14 @@ class Call:
 
     async def extend(self) -> int:
         """A stream passed what its reservation covers (an upstream ignoring max_tokens, or a
-        request without one): reserve more of the tenant's quota. Returns the tokens added, 0
-        when the quota has none left (the stream must be cut)."""
+        request without one): reserve more of the tenant's quota, and of its money budget at
+        the worst output price of the model. Returns the tokens added, 0 when either has none
+        left (the stream must be cut)."""
         for block in STREAM_EXTENSION_BLOCKS:
             try:
-                extension = await self.limits.quota.reserve(self.ctx.tenant, block)
+                await self.limits.admission.extend(self.ctx.tenant, self.charge, block)
             except QuotaExceededError:
                 continue
-            self.charge.extensions.append(extension)
             return block
         return 0
 
@@ -199,10 +224,26 @@ class Call:
         ttft: float | None = None,
         target: str | None = None,
     ) -> None:
-        """Count the finished request in the metrics and the access log: once, whichever way
-        it ended (answered, refused, failed, abandoned)."""
+        """Count the finished request in the metrics, the usage history and the access log:
+        once, whichever way it ended (answered, refused, failed, abandoned)."""
         self.counted = True
         ctx = self.ctx
+        config = self.rt.config
+        if ctx.tenant and config.usage.enabled:
+            charge = self.charge
+            # A request of another dialect runs as chat/completions: it is kept under its own
+            # API. A model nobody configured (a 404, a refusal before the body) is kept as "-".
+            endpoint = ctx.endpoint
+            if ctx.dialect != CHAT and endpoint == "chat/completions":
+                endpoint = ctx.dialect
+            self.limits.history.record(
+                ctx.tenant,
+                ctx.model if ctx.model in config.models else "-",
+                endpoint,
+                charge.usage,
+                charge.cost_nanos,
+                status >= 400,
+            )
         metrics = self.gw.metrics
         if metrics is not None:
             metrics.request_done(

@@ -28,6 +28,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from aigw.pricing import NANOS_PER_USD
+
 OTHER: Final = "other"
 MAX_TENANTS: Final = 1000
 MAX_MODELS: Final = 256
@@ -48,8 +50,8 @@ REJECTION_REASONS: tuple[str, ...] = ("rate_limit", "quota", "content_filter", "
 #: Value of aigw_target_circuit_state per circuit state name.
 CIRCUIT_STATES: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
 
-#: (exposed name, type, labels, help). aigw_tokens_total loses `tenant` when the tenant label is
-#: turned off.
+#: (exposed name, type, labels, help). aigw_tokens_total and aigw_cost_usd_total lose `tenant`
+#: when the tenant label is turned off.
 METRICS_DOC: list[tuple[str, str, tuple[str, ...], str]] = [
     ("aigw_requests_total", "counter", ("model", "target", "status"),
      "Finished requests by gateway model, answering target and HTTP status."),
@@ -60,7 +62,14 @@ METRICS_DOC: list[tuple[str, str, tuple[str, ...], str]] = [
     ("aigw_gateway_overhead_seconds", "histogram", (),
      "Request time spent in the gateway: total minus time waiting on the upstream."),
     ("aigw_tokens_total", "counter", ("tenant", "model", "kind"),
-     "Tokens used, kind prompt or completion."),
+     "Tokens used, kind prompt, completion or cached (prompt tokens read from the provider's "
+     "cache: also counted in prompt)."),
+    ("aigw_cost_usd_total", "counter", ("tenant", "model"),
+     "US dollars spent, priced by the upstream model that answered (`prices:`); `model` is "
+     "the gateway model."),
+    ("aigw_unpriced_requests_total", "counter", ("model",),
+     "Requests with usage whose upstream model has no price (they cost 0); `model` is the "
+     "upstream model."),
     ("aigw_cache_hits_total", "counter", (), "Response cache hits."),
     ("aigw_cache_misses_total", "counter", (), "Response cache misses."),
     ("aigw_cache_evictions_total", "counter", (), "Entries evicted to respect the cache limits."),
@@ -150,12 +159,15 @@ class Metrics:
         # Cells by folded labels (what is exposed) ...
         self._requests: dict[tuple[str, str, str], list[int]] = {}
         self._durations: dict[str, tuple[_Hist, _Hist]] = {}
-        self._tokens: dict[tuple[str, ...], tuple[list[int], list[int]]] = {}
+        self._tokens: dict[tuple[str, ...], tuple[list[int], list[int], list[int]]] = {}
+        self._costs: dict[tuple[str, ...], list[int]] = {}  # nano-dollars
+        self._unpriced: dict[str, int] = {}
         self._targets: dict[str, list[int]] = {}
         # ... and the same cells by raw label values, so the hot path skips folding.
         self._requests_fast: dict[Hashable, list[int]] = {}
         self._durations_fast: dict[str, tuple[_Hist, _Hist]] = {}
-        self._tokens_fast: dict[Hashable, tuple[list[int], list[int]]] = {}
+        self._tokens_fast: dict[Hashable, tuple[list[int], list[int], list[int]]] = {}
+        self._costs_fast: dict[Hashable, list[int]] = {}
         self._overhead = _Hist(OVERHEAD_BUCKETS)
         self._cache_hits = 0
         self._cache_misses = 0
@@ -207,22 +219,50 @@ class Metrics:
         overhead = duration - upstream_time
         self._overhead.observe(overhead if overhead > 0.0 else 0.0)
 
-    def tokens(self, tenant: str, model: str, prompt: int, completion: int) -> None:
+    def tokens(
+        self, tenant: str, model: str, prompt: int, completion: int, cached: int = 0
+    ) -> None:
+        """Tokens of one answer; `cached` of the prompt tokens were read from the provider's
+        cache (counted in `prompt` too, and in a kind of their own)."""
         if not self.enabled:
             return
         key = (tenant, model)
         cells = self._tokens_fast.get(key)
         if cells is None:
-            folded: tuple[str, ...] = (self._model(model),)
-            if self.tenant_label:
-                folded = (self._tenant(tenant), *folded)
-            cells = self._tokens.setdefault(folded, ([0], [0]))
+            cells = self._tokens.setdefault(self._tenant_model(tenant, model), ([0], [0], [0]))
             if len(self._tokens_fast) < _MAX_CACHED:
                 self._tokens_fast[key] = cells
         if prompt > 0:
             cells[0][0] += prompt
         if completion > 0:
             cells[1][0] += completion
+        if cached > 0:
+            cells[2][0] += cached
+
+    def cost(self, tenant: str, model: str, nanos: int) -> None:
+        """`nanos` nano-dollars spent by `tenant` on gateway `model` (exported in USD)."""
+        if not self.enabled or nanos <= 0:
+            return
+        key = (tenant, model)
+        cell = self._costs_fast.get(key)
+        if cell is None:
+            cell = self._costs.setdefault(self._tenant_model(tenant, model), [0])
+            if len(self._costs_fast) < _MAX_CACHED:
+                self._costs_fast[key] = cell
+        cell[0] += nanos
+
+    def unpriced(self, upstream_model: str) -> None:
+        """A request with usage on an upstream model that has no price."""
+        if not self.enabled:
+            return
+        label = self._model(upstream_model)
+        self._unpriced[label] = self._unpriced.get(label, 0) + 1
+
+    def _tenant_model(self, tenant: str, model: str) -> tuple[str, ...]:
+        folded: tuple[str, ...] = (self._model(model),)
+        if self.tenant_label:
+            folded = (self._tenant(tenant), *folded)
+        return folded
 
     def cache_event(self, kind: CacheEvent, count: int = 1) -> None:
         if not self.enabled:
@@ -301,10 +341,24 @@ class Metrics:
         yield overhead
         token_labels = ("tenant", "model", "kind") if self.tenant_label else ("model", "kind")
         tokens = CounterMetricFamily("aigw_tokens", _HELP["aigw_tokens_total"], labels=token_labels)
-        for token_key, (prompt, completion) in self._tokens.items():
+        for token_key, (prompt, completion, cached) in self._tokens.items():
             tokens.add_metric((*token_key, "prompt"), prompt[0])
             tokens.add_metric((*token_key, "completion"), completion[0])
+            tokens.add_metric((*token_key, "cached"), cached[0])
         yield tokens
+        cost_labels = ("tenant", "model") if self.tenant_label else ("model",)
+        costs = CounterMetricFamily(
+            "aigw_cost_usd", _HELP["aigw_cost_usd_total"], labels=cost_labels
+        )
+        for cost_key, cell in self._costs.items():
+            costs.add_metric(cost_key, cell[0] / NANOS_PER_USD)
+        yield costs
+        unpriced = CounterMetricFamily(
+            "aigw_unpriced_requests", _HELP["aigw_unpriced_requests_total"], labels=("model",)
+        )
+        for model, count in self._unpriced.items():
+            unpriced.add_metric((model,), count)
+        yield unpriced
         yield _single(CounterMetricFamily, "aigw_cache_hits", self._cache_hits)
         yield _single(CounterMetricFamily, "aigw_cache_misses", self._cache_misses)
         yield _single(CounterMetricFamily, "aigw_cache_evictions", self._cache_evictions)

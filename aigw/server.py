@@ -6,9 +6,15 @@ The drain: stop accepting, close idle connections, let the requests in flight fi
 `ProxyServer.drain`). Client connections themselves (timeouts, cap, bad HTTP) are
 `aigw.connections`.
 
-`Gateway` owns long-lived parts (state store, quota manager, rate limiter, cache, metrics) and a
-`Runtime`: the parts a config reload replaces (providers, balancers, hooks, auth). Requests hold
-on to the runtime they started with, so a reload never disturbs a request in flight.
+`Gateway` owns long-lived parts (state store, quota manager, rate limiter, prices, usage
+rollup, cache, metrics) and a `Runtime`: the parts a config reload replaces (providers,
+balancers, hooks, auth). Requests hold on to the runtime they started with, so a reload never
+disturbs a request in flight.
+
+The usage history: requests add to the in-memory rollup (`Limits.history`); a background task
+adds it to the store every `usage.flush_interval` (a failed write keeps the rows for the next
+one) and prunes rows past `usage.retention` hourly; a graceful stop writes what is left after
+the drain, so only `kill -9` loses anything (at most one interval).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from aigw.private_socket import unsafe_directory
 from aigw.providers import Provider
 from aigw.proxy import Proxy
 from aigw.runtime import Runtime, assemble, build_parts, close_all
+from aigw.usage_history import Row, UsageRollup, retention_cutoff
 
 if TYPE_CHECKING:
     from aigw.cache import ResponseCache
@@ -57,6 +64,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aigw")
 access = logging.getLogger("aigw.access")
+
+#: How often rows past `usage.retention` are pruned from the store (and once at start).
+PRUNE_INTERVAL = 3600.0
 
 
 class Gateway:
@@ -110,6 +120,9 @@ class Gateway:
         #: upstream under load must not write thousands of lines a second
         self.upstream_failures = RateLimitedLog(logging.getLogger("aigw.upstream"))
         self._tasks: list[asyncio.Task[Any]] = []
+        #: the usage history write under way (it finishes even when its flusher is cancelled)
+        self._usage_write: asyncio.Task[bool] | None = None
+        self._usage_failing = False
         self._reload_lock = asyncio.Lock()
         self._retired: list[tuple[list[Provider], list[Hook]]] = []  # replaced by a reload
         self.listen_address = host_port(config.server.host, config.server.port)
@@ -122,6 +135,7 @@ class Gateway:
         from aigw.state import open_store
 
         self.store = await open_store(config.state)
+        # With the limits: the price table (rebuilt on reload) and the usage rollup.
         self.limits = build_limits(self.store, config)
         if config.cache.enabled:
             from aigw.cache import ResponseCache
@@ -175,6 +189,7 @@ class Gateway:
                 f"cannot create the admin socket {self.admin_socket}: {exc.strerror or exc}"
             ) from None
         self._tasks.append(asyncio.create_task(self._probe_loop(), name="aigw-probes"))
+        self._tasks.append(asyncio.create_task(self._usage_loop(), name="aigw-usage-flush"))
         if self.cache is not None:
             self._tasks.append(asyncio.create_task(self._cache_sweep(), name="aigw-cache-sweep"))
 
@@ -269,6 +284,7 @@ class Gateway:
 
     async def _close_long_lived(self) -> None:
         if self.limits is not None:
+            await self.flush_usage(final=True)  # after the drain: every request is in it
             await self.limits.close()
             self.limits = None
         if self.store is not None:
@@ -355,6 +371,80 @@ class Gateway:
         await close_all(providers, hooks)
 
     # --- background --------------------------------------------------------------------------
+
+    async def _usage_loop(self) -> None:
+        """Add the usage rollup to the store every `usage.flush_interval`; prune the history
+        past `usage.retention` at start and then hourly. Off the request path."""
+        next_prune = 0.0
+        while True:
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_INTERVAL
+                await self.prune_usage()
+            await asyncio.sleep(self.config.usage.flush_interval)
+            await self.flush_usage()
+
+    async def flush_usage(self, *, final: bool = False) -> bool:
+        """Add what the rollup holds to the store; False when the write failed (the rows are
+        back in the rollup, for the next flush). One write at a time, and a write under way
+        finishes even when the flusher is cancelled (at stop), so no row is written twice or
+        lost."""
+        limits, store = self.limits, self.store
+        if limits is None or store is None:
+            return True
+        if self._usage_write is not None:
+            await asyncio.shield(self._usage_write)
+        rows = limits.history.drain()
+        if not rows:
+            return True
+        write = asyncio.ensure_future(self._write_usage(store, limits.history, rows, final))
+        self._usage_write = write
+
+        def written(task: asyncio.Future[bool]) -> None:
+            if self._usage_write is task:
+                self._usage_write = None
+
+        write.add_done_callback(written)
+        return await asyncio.shield(write)
+
+    async def _write_usage(
+        self, store: StateStore, rollup: UsageRollup, rows: list[Row], final: bool
+    ) -> bool:
+        try:
+            await store.add_history(rows, self.config.usage.retention)
+        except Exception as exc:
+            rollup.restore(rows)
+            if final:
+                log.error(
+                    "usage history: could not write %d row(s) at shutdown (%s); they are lost",
+                    len(rows),
+                    str(exc)[:200] or type(exc).__name__,
+                )
+            elif not self._usage_failing:
+                self._usage_failing = True
+                log.warning(
+                    "usage history: writing to the state store failed (%s); kept in memory "
+                    "and written when it works again",
+                    str(exc)[:200] or type(exc).__name__,
+                )
+            return False
+        if self._usage_failing:
+            self._usage_failing = False
+            log.warning("usage history: writing to the state store works again")
+        return True
+
+    async def prune_usage(self) -> None:
+        """Drop the history rows of hours past `usage.retention`."""
+        store = self.store
+        if store is None:
+            return
+        cutoff = retention_cutoff(time.time(), self.config.usage.retention)
+        try:
+            pruned = await store.prune_history(cutoff)
+        except Exception as exc:  # the next prune tries again
+            log.warning("usage history: pruning failed (%s)", str(exc)[:200] or type(exc).__name__)
+            return
+        if pruned:
+            log.info("usage history: pruned %d row(s) past usage.retention", pruned)
 
     async def _cache_sweep(self) -> None:
         """Give back the memory of cached answers past their ttl that nobody asked for again

@@ -397,6 +397,8 @@ class Supervisor:
         app = web.Application()
         app.add_routes(routes)
         app.router.add_route("GET", "/quota", any_worker)
+        # The history is shared in Redis: any worker answers (with what it has not flushed).
+        app.router.add_route("GET", "/usage", any_worker)
         app.router.add_route("*", "/quota/{tail:.+}", any_worker)
         return app
 

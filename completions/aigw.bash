@@ -22,10 +22,10 @@ _aigw_options() {
         'aigw') _aigw_reply='-h --help --install-completion --show-completion -V --version' ;;  # A local AI gateway: OpenAI-compatible proxy with tenants, limits and failover.
         'aigw lb') _aigw_reply='-h --help' ;;  # Load balancing of the running daemon.
         'aigw lb stats') _aigw_reply='--admin-socket -c --config -h --help --interval --json --model --once' ;;  # Per model and target: health, circuit, traffic, errors, latency.
-        'aigw quota') _aigw_reply='-h --help' ;;  # Per-tenant token quotas of the running daemon.
-        'aigw quota reset') _aigw_reply='--admin-socket -c --config -h --help' ;;  # Zero a tenant's usage in its current period.
-        'aigw quota set') _aigw_reply='--admin-socket -c --config -h --help --period' ;;  # Set a tenant's token quota at runtime (persisted; wins over the config).
-        'aigw quota show') _aigw_reply='--admin-socket -c --config -h --help --json' ;;  # Usage per tenant: input/output/total tokens, limit, % used, next reset.
+        'aigw quota') _aigw_reply='-h --help' ;;  # Per-tenant token quotas and money budgets of the running daemon.
+        'aigw quota reset') _aigw_reply='--admin-socket -c --config -h --help' ;;  # Zero a tenant's usage and spending in its current period.
+        'aigw quota set') _aigw_reply='--admin-socket -c --config -h --help --period --usd' ;;  # Set a tenant's token quota or money budget at runtime (persisted; wins over the config).
+        'aigw quota show') _aigw_reply='--admin-socket -c --config -h --help --json' ;;  # Usage per tenant: input/output/total tokens, limit, % used, cost, money budget, next reset.
         'aigw reload') _aigw_reply='--admin-socket -c --config -h --help --json' ;;  # Tell the running daemon to re-read its config file (as SIGHUP does); the running config stays when the file does not load.
         'aigw serve') _aigw_reply='--access-log --admin-socket -c --config -h --help --host --log-level --loop -p --port -w --workers' ;;  # Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).
         'aigw status') _aigw_reply='--admin-socket -c --config -h --help --json' ;;  # Show the running daemon: pid, version, uptime, config, listen address (and workers).
@@ -61,6 +61,7 @@ _aigw_option() {
         'aigw quota set -c' | 'aigw quota set --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
         'aigw quota set -h' | 'aigw quota set --help') _aigw_reply=flag ;;  # Show this message and exit.
         'aigw quota set --period') _aigw_reply=choice _aigw_choices='hourly daily weekly monthly never' ;;  # Quota period: hourly, daily, weekly, monthly or never (default: the tenant's current period).
+        'aigw quota set --usd') _aigw_reply=flag ;;  # Set the tenant's money budget (US dollars per period, priced with `prices:`) instead of its token quota; either limit can refuse a request.
         'aigw quota show --admin-socket') _aigw_reply=file ;;  # Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config's, then the default).
         'aigw quota show -c' | 'aigw quota show --config') _aigw_reply=file ;;  # Config file (default: $AIGW_CONFIG, then the user config).
         'aigw quota show -h' | 'aigw quota show --help') _aigw_reply=flag ;;  # Show this message and exit.
@@ -106,7 +107,7 @@ _aigw_argument() {
     case "$1 $2" in
         'aigw quota reset 0') _aigw_reply=value ;;  # TENANT: Tenant name.
         'aigw quota set 0') _aigw_reply=value ;;  # TENANT: Tenant name.
-        'aigw quota set 1') _aigw_reply=value ;;  # TOKENS: Tokens per period: 0 (unlimited) up to 1,000,000,000,000,000 (10^15); 100_000 and 100,000 are read as 100000.
+        'aigw quota set 1') _aigw_reply=value ;;  # TOKENS: Tokens per period: 0 (unlimited) up to 1,000,000,000,000,000 (10^15); 100_000 and 100,000 are read as 100000. With --usd: US dollars per period (20, 20.50, $1,000; 0 = no money budget).
         'aigw quota show 0') _aigw_reply=value ;;  # TENANT: Only this tenant.
         'aigw validate 0') _aigw_reply=file ;;  # PATH: Config file (default: $AIGW_CONFIG, then the user config, then the built-in one).
         *) _aigw_reply=none ;;

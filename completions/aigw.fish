@@ -61,7 +61,7 @@ complete -c aigw -f  # no file names unless a value is a path
 
 # aigw
 complete -c aigw -n '__aigw_at aigw' -a 'lb' -d 'Load balancing of the running daemon.'
-complete -c aigw -n '__aigw_at aigw' -a 'quota' -d 'Per-tenant token quotas of the running daemon.'
+complete -c aigw -n '__aigw_at aigw' -a 'quota' -d 'Per-tenant token quotas and money budgets of the running daemon.'
 complete -c aigw -n '__aigw_at aigw' -a 'reload' -d 'Tell the running daemon to re-read its config file (as SIGHUP does); the running config stays when the file does not load.'
 complete -c aigw -n '__aigw_at aigw' -a 'serve' -d 'Run the gateway daemon in the foreground (SIGTERM/SIGINT drain, SIGHUP reloads).'
 complete -c aigw -n '__aigw_at aigw' -a 'status' -d 'Show the running daemon: pid, version, uptime, config, listen address (and workers).'
@@ -87,9 +87,9 @@ complete -c aigw -n '__aigw_at aigw lb stats' -l 'model' -x -d 'Show only this m
 complete -c aigw -n '__aigw_at aigw lb stats' -l 'once' -d 'Print one snapshot and exit.'
 
 # aigw quota
-complete -c aigw -n '__aigw_at aigw quota' -a 'reset' -d 'Zero a tenant\'s usage in its current period.'
-complete -c aigw -n '__aigw_at aigw quota' -a 'set' -d 'Set a tenant\'s token quota at runtime (persisted; wins over the config).'
-complete -c aigw -n '__aigw_at aigw quota' -a 'show' -d 'Usage per tenant: input/output/total tokens, limit, % used, next reset.'
+complete -c aigw -n '__aigw_at aigw quota' -a 'reset' -d 'Zero a tenant\'s usage and spending in its current period.'
+complete -c aigw -n '__aigw_at aigw quota' -a 'set' -d 'Set a tenant\'s token quota or money budget at runtime (persisted; wins over the config).'
+complete -c aigw -n '__aigw_at aigw quota' -a 'show' -d 'Usage per tenant: input/output/total tokens, limit, % used, cost, money budget, next reset.'
 complete -c aigw -n '__aigw_at aigw quota' -s 'h' -l 'help' -d 'Show this message and exit.'
 
 # aigw quota reset
@@ -102,6 +102,7 @@ complete -c aigw -n '__aigw_at aigw quota set' -l 'admin-socket' -r -F -d 'Admin
 complete -c aigw -n '__aigw_at aigw quota set' -s 'c' -l 'config' -r -F -d 'Config file (default: $AIGW_CONFIG, then the user config).'
 complete -c aigw -n '__aigw_at aigw quota set' -s 'h' -l 'help' -d 'Show this message and exit.'
 complete -c aigw -n '__aigw_at aigw quota set' -l 'period' -x -a 'hourly daily weekly monthly never' -d 'Quota period: hourly, daily, weekly, monthly or never (default: the tenant\'s current period).'
+complete -c aigw -n '__aigw_at aigw quota set' -l 'usd' -d 'Set the tenant\'s money budget (US dollars per period, priced with `prices:`) instead of its token quota; either limit can refuse a request.'
 
 # aigw quota show
 complete -c aigw -n '__aigw_at aigw quota show' -l 'admin-socket' -r -F -d 'Admin socket path (default: $AIGW_ADMIN_SOCKET, then the config\'s, then the default).'

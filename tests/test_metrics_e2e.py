@@ -151,7 +151,11 @@ async def test_known_workload_exact_counts(
     assert named(samples, "aigw_tokens_total") == {
         labelset(tenant="team-a", model="gpt-test", kind="prompt"): 8 * PROMPT_TOKENS,
         labelset(tenant="team-a", model="gpt-test", kind="completion"): 8 * COMPLETION_TOKENS,
+        labelset(tenant="team-a", model="gpt-test", kind="cached"): 0,
     }
+    # The upstream model has no price: every answer with usage is counted, nothing is spent.
+    assert named(samples, "aigw_unpriced_requests_total") == {labelset(model="up-model"): 8}
+    assert named(samples, "aigw_cost_usd_total") == {}
     cache = gw.gateway.cache
     assert cache is not None
     assert value(samples, "aigw_cache_hits_total") == 1
@@ -186,6 +190,7 @@ async def test_tenant_label_off(upstream: Upstream, start_gateway: Any, sock_dir
     assert named(samples, "aigw_tokens_total") == {
         labelset(model="gpt-test", kind="prompt"): 2 * PROMPT_TOKENS,
         labelset(model="gpt-test", kind="completion"): 2 * COMPLETION_TOKENS,
+        labelset(model="gpt-test", kind="cached"): 0,
     }
     # No cache configured: no cache traffic.
     assert value(samples, "aigw_cache_hits_total") == value(samples, "aigw_cache_misses_total") == 0

@@ -1,4 +1,4 @@
-"""`aigw quota set|show|reset`: per-tenant token quotas on the running daemon.
+"""`aigw quota set|show|reset`: per-tenant token quotas and money budgets on the running daemon.
 
 A client command: it talks to the daemon through `AdminClient` (standard library only) and never
 imports aiohttp or the daemon's modules.
@@ -56,10 +56,12 @@ _LAYOUTS: tuple[_Layout, ...] = (
 
 def quota_table(statuses: list[dict[str, Any]], width: int | None = None) -> Table:
     """Render QuotaStatus dicts (as the daemon sends them) as a table no wider than `width`
-    (None: as wide as it needs). Pure: no I/O. Nothing wraps and no number is ever cut: to fit,
-    the usage bar goes first (the percentage stays), then the Input and Output columns (Total
-    stays), then Period and Next reset, and last the tenant names are shortened with `…`. The
-    caption names what was left out."""
+    (None: as wide as it needs). Pure: no I/O. Cost and Budget columns come with a daemon that
+    sends `cost_usd`/`budget_usd`, and a Spent column (% of the budget) when any tenant has a
+    money budget. Nothing wraps and no number is ever cut: to fit, the usage bars go first (the
+    percentages stay), then the Input and Output columns (Total stays), then Period and Next
+    reset, and last the tenant names are shortened with `…`. The caption names what was left
+    out."""
     layout = _LAYOUTS[0]
     table = _build_table(statuses, layout, None)
     if width is None:
@@ -79,18 +81,23 @@ def _build_table(
     from rich import box
     from rich.table import Table
 
+    money = any("cost_usd" in status or "budget_usd" in status for status in statuses)
+    budgets = any(_usd(status.get("budget_usd")) > 0 for status in statuses)
     table = Table(
-        title="Token quotas", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True
+        title="Quotas and budgets" if money else "Token quotas",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
     )
-    shown = [
-        name
-        for name in ("Tenant", "Input", "Output", "Total", "Limit", "Used", "Period", "Next reset")
-        if name not in layout.hidden
-    ]
+    columns = ["Tenant", "Input", "Output", "Total", "Limit", "Used"]
+    if money:
+        columns += ["Cost", "Budget"] + (["Spent"] if budgets else [])
+    columns += ["Period", "Next reset"]
+    shown = [name for name in columns if name not in layout.hidden]
     for name in shown:
         table.add_column(
             name,
-            justify="right" if name in ("Input", "Output", "Total", "Limit") else "left",
+            justify="right" if name in _NUMERIC else "left",
             style="bold" if name == "Tenant" else None,
             no_wrap=True,
             overflow="ellipsis",
@@ -98,8 +105,10 @@ def _build_table(
         )
     # The override marker `*` follows the number: the others get a space, so digits line up.
     unmarked = " " if any(status.get("source") == "override" for status in statuses) else ""
+    budget_unmarked = " " if any(_budget_override(status) for status in statuses) else ""
     for status in statuses:
         limit = int(status.get("limit") or 0)
+        cost, budget = _usd(status.get("cost_usd")), _usd(status.get("budget_usd"))
         cells: dict[str, str | Text] = {
             "Tenant": str(status.get("tenant", "")),
             "Input": _count(status.get("input_tokens")),
@@ -110,12 +119,18 @@ def _build_table(
             "Used": _usage_bar(
                 float(status.get("percent_used") or 0.0), limited=limit > 0, bar=layout.bar
             ),
+            "Cost": _money(cost),
+            "Budget": (_money(budget) if budget else "none")
+            + ("*" if _budget_override(status) else budget_unmarked),
+            "Spent": _usage_bar(
+                cost * 100.0 / budget if budget else 0.0, limited=budget > 0, bar=layout.bar
+            ),
             "Period": str(status.get("period", "")),
             "Next reset": _reset_time(status.get("next_reset")),
         }
         table.add_row(*(cells[name] for name in shown))
     notes = []
-    if any(status.get("source") == "override" for status in statuses):
+    if any(status.get("source") == "override" or _budget_override(status) for status in statuses):
         notes.append("* set at runtime with `aigw quota set`")
     if layout.hidden:
         notes.append(f"{', '.join(layout.hidden)} hidden at this width (`--json` shows all)")
@@ -137,6 +152,27 @@ def _width_of(table: Table) -> int:
 
 def _count(value: object) -> str:
     return f"{int(value):,}" if isinstance(value, int | float) else "0"
+
+
+_NUMERIC = ("Input", "Output", "Total", "Limit", "Cost", "Budget")
+
+
+def _usd(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value)
+
+
+def _budget_override(status: dict[str, Any]) -> bool:
+    return status.get("budget_source") == "override"
+
+
+def _money(usd: float) -> str:
+    """`$1,234.50`; amounts under a dollar keep four decimals (`$0.0042`), so a small spend
+    never shows as nothing."""
+    if usd == 0 or usd >= 1:
+        return f"${usd:,.2f}"
+    return f"${usd:.4f}"
 
 
 def _usage_bar(percent: float, *, limited: bool, bar: bool = True) -> Text:
@@ -208,9 +244,36 @@ def _statuses(data: Any) -> list[dict[str, Any]]:
     return [data] if isinstance(data, dict) else []
 
 
+def _set_budget(
+    tenant: str,
+    text: str,
+    period: str | None,
+    admin_socket: str | None,
+    config: str | None,
+) -> None:
+    from aigw.pricing import parse_usd
+
+    try:
+        amount = parse_usd(text)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    # A decimal string: the daemon reads the amount exactly, never through a float.
+    data = _call(
+        admin_socket, config, "POST", f"/quota/{tenant}", {"usd": str(amount), "period": period}
+    )
+    statuses = _statuses(data)
+    shown_period = statuses[0].get("period") if statuses else period
+    shown = f"${amount:,.2f} per {shown_period} period" if amount else "no money budget"
+    if amount and amount != round(amount, 2):
+        shown = f"${amount:,f} per {shown_period} period"
+    console.print(f"Budget of [bold]{tenant}[/bold] set to {shown}.", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     quota_app = typer.Typer(
-        name="quota", help="Per-tenant token quotas of the running daemon.", no_args_is_help=True
+        name="quota",
+        help="Per-tenant token quotas and money budgets of the running daemon.",
+        no_args_is_help=True,
     )
 
     @quota_app.command("set", cls=SignedNumberCommand)
@@ -222,9 +285,18 @@ def register(app: typer.Typer) -> None:
                 metavar="TOKENS",
                 show_default=False,
                 help=f"Tokens per period: 0 (unlimited) up to {MAX_TOKENS:,} (10^15); "
-                "100_000 and 100,000 are read as 100000.",
+                "100_000 and 100,000 are read as 100000. With --usd: US dollars per period "
+                "(20, 20.50, $1,000; 0 = no money budget).",
             ),
         ],
+        usd: Annotated[
+            bool,
+            typer.Option(
+                "--usd",
+                help="Set the tenant's money budget (US dollars per period, priced with "
+                "`prices:`) instead of its token quota; either limit can refuse a request.",
+            ),
+        ] = False,
         period: Annotated[
             PeriodName | None,
             typer.Option(
@@ -237,8 +309,12 @@ def register(app: typer.Typer) -> None:
         admin_socket: str | None = AdminSocketOption,
         config: str | None = ConfigOption,
     ) -> None:
-        """Set a tenant's token quota at runtime (persisted; wins over the config)."""
+        """Set a tenant's token quota or money budget at runtime (persisted; wins over the
+        config)."""
         _check_tenant(tenant)
+        if usd:
+            _set_budget(tenant, tokens, period, admin_socket, config)
+            return
         try:
             amount = parse_tokens(tokens)
         except ValueError as exc:
@@ -258,7 +334,8 @@ def register(app: typer.Typer) -> None:
         admin_socket: str | None = AdminSocketOption,
         config: str | None = ConfigOption,
     ) -> None:
-        """Usage per tenant: input/output/total tokens, limit, % used, next reset."""
+        """Usage per tenant: input/output/total tokens, limit, % used, cost, money budget,
+        next reset."""
         if tenant is not None:
             _check_tenant(tenant)
         path = f"/quota/{tenant}" if tenant is not None else "/quota"
@@ -276,7 +353,7 @@ def register(app: typer.Typer) -> None:
         admin_socket: str | None = AdminSocketOption,
         config: str | None = ConfigOption,
     ) -> None:
-        """Zero a tenant's usage in its current period."""
+        """Zero a tenant's usage and spending in its current period."""
         _check_tenant(tenant)
         _call(admin_socket, config, "POST", f"/quota/{tenant}/reset")
         console.print(f"Usage of [bold]{tenant}[/bold] reset to 0.", highlight=False)

@@ -1,7 +1,9 @@
-"""Policy: what a tenant may do (rate limits, token quotas) and what a request has taken.
+"""Policy: what a tenant may do (rate limits, token quotas, money budgets) and what a request
+has taken.
 
     ratelimit.py   token buckets (GCRA) per tenant, for requests and tokens per minute
-    quota.py       tokens per calendar period: reserve before, commit or release after
+    quota.py       tokens and money per calendar period: reserve before, commit or release after
+    budget.py      money: prices of a config, the worst-case reservation price, budgets in USD
     admission.py   the steps the proxy calls (`Admission`) and what a request holds (`Charge`)
     shared.py      the same rules with the state in a shared store (redis), one round trip each
 
@@ -18,24 +20,31 @@ from typing import cast
 
 from aigw.config import Config
 from aigw.limits.admission import Admission, Charge
+from aigw.limits.budget import Pricing
 from aigw.limits.quota import QuotaManager
 from aigw.limits.ratelimit import RateLimiter
 from aigw.state.base import StateStore
+from aigw.usage_history import UsageRollup
 
-__all__ = ["Admission", "Charge", "Limits", "build_limits"]
+__all__ = ["Admission", "Charge", "Limits", "Pricing", "build_limits"]
 
 
 @dataclass(frozen=True, eq=False)
 class Limits:
-    """The gateway's limits over one store; reloaded in place, replaced only with the store."""
+    """The gateway's limits over one store; reloaded in place, replaced only with the store.
+    `pricing` prices requests for the money budgets, the cost metric and the usage history;
+    `history` is the hourly usage rollup a background task flushes into the store."""
 
     quota: QuotaManager
     rate: RateLimiter
     admission: Admission
+    pricing: Pricing
+    history: UsageRollup
 
     def reload(self, config: Config) -> None:
         self.rate.reload(config.rate_limit)
         self.quota.reload(config.quota)
+        self.pricing.reload(config)
 
     async def close(self) -> None:
         """Flush what the quota recorded (the store's owner closes the store)."""
@@ -57,13 +66,16 @@ def build_limits(
     # longest a request may take, plus slack for the settle after it.
     ttl = config.server.request_timeout + 60.0
     quota = QuotaManager(store, config.quota, clock=wall_clock, reservation_ttl=ttl)
+    pricing = Pricing(config)
     if store.shared:
         from aigw.limits.shared import SharedAdmission, SharedRateLimiter, SharedStore
 
         shared = cast(SharedStore, store)
         rate: RateLimiter = SharedRateLimiter(config.rate_limit, shared, clock=clock)
-        admission: Admission = SharedAdmission(cast(SharedRateLimiter, rate), quota, shared)
+        admission: Admission = SharedAdmission(
+            cast(SharedRateLimiter, rate), quota, shared, pricing
+        )
     else:
         rate = RateLimiter(config.rate_limit, clock=clock)
-        admission = Admission(rate, quota)
-    return Limits(quota, rate, admission)
+        admission = Admission(rate, quota, pricing)
+    return Limits(quota, rate, admission, pricing, UsageRollup())

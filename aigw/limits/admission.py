@@ -13,6 +13,11 @@ shared store) takes the request bucket, the token bucket and the quota reservati
 server-side script at `admit` (its `take_request` takes nothing), and settles the quota and the
 token bucket in one more, so a request costs it two round trips with every limit on.
 
+Money. A tenant with a money budget also reserves the request's worst-case cost, priced by
+`Pricing` for the gateway model the request names (`Charge.ctx.model`), in the same step as its
+token reservation; `Charge.cost_nanos` (what the answer cost, set by the caller) replaces it at
+settlement.
+
 Refusals. Here each step refuses on its own, in pipeline order: a request refused by its token
 bucket has spent a request-bucket slot, one refused by its quota has spent a slot too (its token
 estimate is given back when it settles). A shared admission decides all three at once and takes
@@ -21,7 +26,8 @@ nothing when any refuses.
 
 from __future__ import annotations
 
-from aigw.exchange import Usage
+from aigw.exchange import RequestContext, Usage
+from aigw.limits.budget import Pricing
 from aigw.limits.quota import QuotaManager, Reservation
 from aigw.limits.ratelimit import UNLIMITED, RateDecision, RateLimiter, limit_error
 from aigw.limits.ratelimit import headers as rate_headers
@@ -29,9 +35,12 @@ from aigw.limits.ratelimit import headers as rate_headers
 
 class Charge:
     """What one request has provisionally taken of its tenant's limits (the quota reservation
-    and any extension of it, the token-rate estimate), settled once when it ends."""
+    and any extension of it, the token-rate estimate), settled once when it ends; and, once it
+    ended, what it cost."""
 
     __slots__ = (
+        "cost_nanos",
+        "ctx",
         "estimate",
         "extensions",
         "limiter",
@@ -39,9 +48,12 @@ class Charge:
         "reservation",
         "settled",
         "tokens_taken",
+        "usage",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: RequestContext | None = None) -> None:
+        #: the request (its gateway model prices the money reservation)
+        self.ctx = ctx
         self.estimate = 0  # worst-case tokens: what the quota holds for the request
         self.prompt_estimate = 0  # the prompt's share of `estimate`
         self.reservation: Reservation | None = None
@@ -50,17 +62,47 @@ class Charge:
         self.limiter: RateLimiter | None = None  # set only when a token limit applies
         self.tokens_taken = 0  # what the token bucket really gave
         self.settled = False
+        #: what the request used and cost (nano-dollars), known once it settled
+        self.usage: Usage | None = None
+        self.cost_nanos = 0
+
+    @property
+    def output_estimate(self) -> int:
+        """The completion's share of `estimate` (max output tokens times n)."""
+        return self.estimate - self.prompt_estimate
+
+    @property
+    def held_nanos(self) -> int:
+        """Money held for the request, its extensions included."""
+        held = self.reservation.nanos if self.reservation is not None else 0
+        return held + sum(extension.nanos for extension in self.extensions)
 
 
 class Admission:
     """In-process admission: the rate limiter's buckets, then the quota manager's reserve.
     Either part may be None (not running)."""
 
-    __slots__ = ("limiter", "quota")
+    __slots__ = ("limiter", "pricing", "quota")
 
-    def __init__(self, limiter: RateLimiter | None, quota: QuotaManager | None) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter | None,
+        quota: QuotaManager | None,
+        pricing: Pricing | None = None,
+    ) -> None:
         self.limiter = limiter
         self.quota = quota
+        self.pricing = pricing
+
+    def money(self, tenant: str, charge: Charge, tokens: int | None = None) -> int:
+        """Nano-dollars to hold for `charge` (or for `tokens` more of its output, a stream's
+        extension); 0 when the tenant has no money budget."""
+        quota, pricing, ctx = self.quota, self.pricing, charge.ctx
+        if quota is None or pricing is None or ctx is None or quota.budget(tenant)[0] <= 0:
+            return 0
+        if tokens is not None:
+            return pricing.estimate(ctx.model, 0, tokens)
+        return pricing.estimate(ctx.model, charge.prompt_estimate, charge.output_estimate)
 
     async def take_request(self, tenant: str) -> RateDecision:
         """Take one slot of the tenant's request bucket, or raise the 429. The decision is
@@ -91,11 +133,23 @@ class Admission:
                 headers.update(rate_headers(requests, tokens))
         quota = self.quota
         if quota is not None:
-            charge.reservation = await quota.reserve(tenant, charge.estimate)
+            nanos = self.money(tenant, charge)
+            charge.reservation = await quota.reserve(tenant, charge.estimate, nanos=nanos)
+
+    async def extend(self, tenant: str, charge: Charge, tokens: int) -> Reservation:
+        """Reserve `tokens` more output for a stream past its reservation (and their worst
+        cost against a money budget), or raise `QuotaExceededError`."""
+        quota = self.quota
+        if quota is None:
+            raise RuntimeError("no quota manager")
+        nanos = self.money(tenant, charge, tokens)
+        extension = await quota.reserve(tenant, tokens, nanos=nanos)
+        charge.extensions.append(extension)
+        return extension
 
     async def settle(self, tenant: str, charge: Charge, usage: Usage | None) -> None:
         """Replace the request's worst-case charges by what it used (`usage=None`: nothing,
-        the reservation is released). Called once per request."""
+        the reservation is released) and `charge.cost_nanos`. Called once per request."""
         if charge.limiter is not None:
             used = usage.total_tokens if usage is not None else 0
             await charge.limiter.settle_tokens(tenant, charge.tokens_taken, used)
@@ -105,4 +159,4 @@ class Admission:
             if usage is None:
                 await quota.release(reservation)
             else:
-                await quota.commit(reservation, usage)
+                await quota.commit(reservation, usage, charge.cost_nanos)

@@ -1,4 +1,5 @@
-"""Per-tenant token quotas: calendar periods, reserve → commit/release, runtime overrides.
+"""Per-tenant token quotas and money budgets: calendar periods, reserve → commit/release,
+runtime overrides.
 
 A request reserves its worst case (prompt estimate + max completion tokens) before it goes
 upstream; the answer's real usage then replaces the reservation (`commit`), or a failed request
@@ -13,6 +14,12 @@ at zero; nothing sweeps old counters.
 Limits: a runtime override (`aigw quota set`, persisted in the store) wins over
 `quota.tenants[tenant]`, which wins over `quota.default`. 0 means unlimited; usage of unlimited
 tenants is still recorded so `aigw quota show` can show it.
+
+Money budgets (`aigw.limits.budget`) ride along: the same period, the same reservation, the same
+atomic check in the store (`spent + reserved + cost <= budget` beside the token check), the same
+runtime overrides (`aigw quota set TENANT 20 --usd`); either limit can refuse. A tenant with
+either limit holds its token estimate in the store (a stream past it extends or is cut); a
+tenant with neither holds nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from zoneinfo import ZoneInfo
 from aigw.config import MAX_QUOTA_TOKENS, PERIODS, QuotaConfig
 from aigw.errors import QuotaExceededError, ServiceUnavailableError, UnknownTenantError
 from aigw.exchange import Usage
+from aigw.limits.budget import Budgets, exceeded_message
+from aigw.pricing import MAX_BUDGET_USD, NANOS_PER_USD, usd_number
 from aigw.state.base import Override, ReserveResult, StateStore
 from aigw.tenants import (  # noqa: F401 - re-exported for callers of the quota API
     TENANT_RULE,
@@ -100,8 +109,12 @@ def period_window(period: str, now: float, tz: tzinfo) -> PeriodWindow:
 
 # --- reservations and status -------------------------------------------------------------
 
-#: `attempt(limit, window, reservation_id, held)`: one try at reserving (see `reserve`).
-ReserveAttempt = Callable[[int, "PeriodWindow", int, int], Awaitable[ReserveResult]]
+#: `attempt(limit, window, reservation_id, held, budget, held_nanos)`: one try at reserving
+#: (see `reserve`).
+ReserveAttempt = Callable[[int, "PeriodWindow", int, int, int, int], Awaitable[ReserveResult]]
+
+#: The largest money budget, in nano-dollars.
+MAX_BUDGET_NANOS = MAX_BUDGET_USD * NANOS_PER_USD
 
 #: How often a reserve is retried when a shared store reports changed overrides.
 STALE_RETRIES = 8
@@ -109,14 +122,16 @@ STALE_RETRIES = 8
 
 @dataclass(slots=True)
 class Reservation:
-    """Tokens held for one in-flight request. Commit or release it exactly once; repeated
-    calls are ignored."""
+    """Tokens and money held for one in-flight request. Commit or release it exactly once;
+    repeated calls are ignored."""
 
     tenant: str
     period_key: str
     tokens: int
     id: int
     done: bool = False
+    #: nano-dollars held against the tenant's money budget (0: it has none)
+    nanos: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +146,10 @@ class QuotaStatus:
     next_reset: str | None  # ISO 8601 UTC, None for `never`
     reserved: int
     source: str  # "config" | "override"
+    #: money spent in the period and the money budget per period, USD (0: no budget)
+    cost_usd: float = 0.0
+    budget_usd: float = 0.0
+    budget_source: str = "config"  # "config" | "override"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +182,7 @@ class QuotaManager:
         if config.period not in PERIODS:
             raise ValueError(f"unknown quota period {config.period!r}")
         self._config = config
+        self._budgets = Budgets(config)
         self._tz = ZoneInfo(config.timezone)
         self._windows: dict[str, PeriodWindow] = {}
 
@@ -177,9 +197,20 @@ class QuotaManager:
     def policy(self, tenant: str) -> tuple[int, str, str]:
         """`(limit, period, source)` in force for a tenant."""
         override = self._store.overrides.get(tenant)
-        if override is not None:
-            return override.tokens, override.period or self._config.period, "override"
-        return self._config.tenants.get(tenant, self._config.default), self._config.period, "config"
+        config = self._config
+        if override is None:
+            return config.tenants.get(tenant, config.default), config.period, "config"
+        period = override.period or config.period
+        if override.tokens is None:  # an override of the money budget only
+            return config.tenants.get(tenant, config.default), period, "config"
+        return override.tokens, period, "override"
+
+    def budget(self, tenant: str) -> tuple[int, str]:
+        """`(budget in nano-dollars, source)` in force for a tenant; 0 = no money budget."""
+        override = self._store.overrides.get(tenant)
+        if override is not None and override.usd_nanos is not None:
+            return override.usd_nanos, "override"
+        return self._budgets.configured(tenant), "config"
 
     def window(self, period: str) -> PeriodWindow:
         """The current window of `period`; recomputed only when the clock leaves it."""
@@ -193,25 +224,35 @@ class QuotaManager:
     # --- hot path -------------------------------------------------------------------------
 
     async def reserve(
-        self, tenant: str, tokens: int, attempt: ReserveAttempt | None = None
+        self,
+        tenant: str,
+        tokens: int,
+        attempt: ReserveAttempt | None = None,
+        *,
+        nanos: int = 0,
     ) -> Reservation:
-        """Hold `tokens` for a request, or raise `QuotaExceededError` when
-        used + reserved + tokens would pass the limit. Unlimited tenants get a no-op
-        reservation of 0 tokens (the store only notes the tenant's current period).
+        """Hold `tokens` (and `nanos` of money) for a request, or raise `QuotaExceededError`
+        when used + reserved + tokens would pass the token limit or spent + reserved + nanos
+        the money budget. A tenant with a budget holds at least one nano-dollar. Tenants with
+        neither limit get a no-op reservation (the store only notes the tenant's current
+        period).
 
-        `attempt(limit, window, reservation_id, held)` replaces the store's own `reserve`: the
-        shared admission takes its rate-limit buckets in the same round trip (and raises its
-        own refusals). Either way the quota's rules are these: the limit and period in force,
-        a retry when another instance changed the overrides, the refusal."""
+        `attempt(limit, window, reservation_id, held, budget, held_nanos)` replaces the
+        store's own `reserve`: the shared admission takes its rate-limit buckets in the same
+        round trip (and raises its own refusals). Either way the quota's rules are these: the
+        limits and period in force, a retry when another instance changed the overrides, the
+        refusal."""
         if not is_valid_tenant(tenant):
             raise InvalidTenantName(tenant)
-        if tokens < 0:
-            raise ValueError("tokens must be >= 0")
+        if tokens < 0 or nanos < 0:
+            raise ValueError("tokens and nanos must be >= 0")
         for _ in range(STALE_RETRIES):
             limit, period, _ = self.policy(tenant)
+            budget, _ = self.budget(tenant)
             window = self.window(period)
             rid = next(self._ids)
-            held = tokens if limit > 0 else 0
+            held = tokens if limit > 0 or budget > 0 else 0
+            held_nanos = max(nanos, 1) if budget > 0 else 0
             if attempt is None:
                 result = await self._store.reserve(
                     tenant,
@@ -221,14 +262,16 @@ class QuotaManager:
                     reservation_id=rid,
                     ttl=self.reservation_ttl,
                     expires_at=window.end,
+                    nanos=held_nanos,
+                    budget=budget,
                 )
             else:
-                result = await attempt(limit, window, rid, held)
+                result = await attempt(limit, window, rid, held, budget, held_nanos)
             if result.stale:  # another instance changed an override: resolve the limit again
                 continue
             if not result.allowed:
-                raise self.exceeded(tenant, limit, window, result.used, result.reserved, tokens)
-            return Reservation(tenant, window.key, held, rid)
+                raise self.refused(tenant, limit, budget, window, result, tokens, held_nanos)
+            return Reservation(tenant, window.key, held, rid, nanos=held_nanos)
         raise overrides_unsettled()
 
     @staticmethod
@@ -242,9 +285,43 @@ class QuotaManager:
             retryable=used + tokens <= limit,
         )
 
-    async def commit(self, reservation: Reservation, usage: Usage | None) -> None:
-        """Replace the reservation by the real usage. With `usage=None` (the upstream reported
-        none) the reserved worst case is charged as total tokens."""
+    @staticmethod
+    def refused(
+        tenant: str,
+        limit: int,
+        budget: int,
+        window: PeriodWindow,
+        result: ReserveResult,
+        tokens: int,
+        nanos: int,
+    ) -> QuotaExceededError:
+        """The 429 for a reservation the store refused: the token quota's words, or the
+        budget's when money refused it (a limit that would refuse even with nothing in flight
+        is named first: retrying will not help)."""
+        by_tokens = limit > 0 and result.used + result.reserved + tokens > limit
+        by_money = budget > 0 and result.cost_nanos + result.reserved_nanos + nanos > budget
+        tokens_final = by_tokens and result.used + tokens > limit
+        money_final = by_money and result.cost_nanos + nanos > budget
+        if by_money and (money_final or not tokens_final or not by_tokens):
+            message = exceeded_message(
+                tenant,
+                budget,
+                window.period,
+                result.cost_nanos,
+                result.reserved_nanos,
+                nanos,
+                window.next_reset(),
+            )
+        else:
+            message = _exceeded_message(tenant, limit, window, result.used, result.reserved, tokens)
+        return QuotaExceededError(message, retryable=not (tokens_final or money_final))
+
+    async def commit(
+        self, reservation: Reservation, usage: Usage | None, cost_nanos: int = 0
+    ) -> None:
+        """Replace the reservation by the real usage and its cost (nano-dollars). With
+        `usage=None` (the upstream reported none) the reserved worst case is charged as total
+        tokens (the caller says what it cost)."""
         if reservation.done:
             return
         reservation.done = True
@@ -257,6 +334,8 @@ class QuotaManager:
             completion,
             total,
             reservation_id=reservation.id,
+            reserved_nanos=reservation.nanos,
+            cost_nanos=cost_nanos,
         )
 
     async def release(self, reservation: Reservation) -> None:
@@ -264,12 +343,13 @@ class QuotaManager:
         if reservation.done:
             return
         reservation.done = True
-        if reservation.tokens:
+        if reservation.tokens or reservation.nanos:
             await self._store.release(
                 reservation.tenant,
                 reservation.period_key,
                 reservation.tokens,
                 reservation_id=reservation.id,
+                reserved_nanos=reservation.nanos,
             )
 
     def estimate_tokens(self, endpoint: str, body: Mapping[str, Any]) -> int:
@@ -337,11 +417,32 @@ class QuotaManager:
         if period is not None and (not isinstance(period, str) or period not in PERIODS):
             shown = repr(period) if isinstance(period, str) else type(period).__name__
             raise ValueError(f"unknown quota period {shown} (choose from {', '.join(PERIODS)})")
+        await self._store.refresh_overrides()
+        existing = self._store.overrides.get(tenant)
         if period is None:
-            await self._store.refresh_overrides()
-            existing = self._store.overrides.get(tenant)
             period = existing.period if existing is not None else None
-        await self._store.set_override(tenant, Override(tokens, period))
+        usd = existing.usd_nanos if existing is not None else None
+        await self._store.set_override(tenant, Override(tokens, period, usd))
+
+    async def set_budget(self, tenant: str, nanos: int, period: str | None = None) -> None:
+        """Persist a runtime money budget: `nanos` nano-dollars per `period` (0 = no budget,
+        whatever the config says); the tenant's token quota stays as it is. Without a period
+        the tenant keeps the one it has (one period counts both). Takes effect on the next
+        request."""
+        validate_tenant(tenant)
+        if isinstance(nanos, bool) or not isinstance(nanos, int) or nanos < 0:
+            raise ValueError("a budget must be an amount of money >= 0")
+        if nanos > MAX_BUDGET_NANOS:
+            raise ValueError(f"a budget is at most {MAX_BUDGET_USD:,} US dollars")
+        if period is not None and (not isinstance(period, str) or period not in PERIODS):
+            shown = repr(period) if isinstance(period, str) else type(period).__name__
+            raise ValueError(f"unknown quota period {shown} (choose from {', '.join(PERIODS)})")
+        await self._store.refresh_overrides()
+        existing = self._store.overrides.get(tenant)
+        if period is None:
+            period = existing.period if existing is not None else None
+        tokens = existing.tokens if existing is not None else None
+        await self._store.set_override(tenant, Override(tokens, period, nanos))
 
     async def reset(self, tenant: str, *, known: Collection[str] = ()) -> None:
         """Zero the tenant's usage in its current period (in-flight reservations stay).
@@ -362,6 +463,7 @@ class QuotaManager:
         return (
             tenant in known
             or tenant in self._config.tenants
+            or tenant in self._config.tenants_usd
             or tenant in self._store.overrides
             or tenant in await self._store.tenants()
         )
@@ -375,16 +477,18 @@ class QuotaManager:
         if tenant is None:
             known = await self._store.tenants()
             known.update(self._config.tenants)
+            known.update(self._config.tenants_usd)
             known.update(self._store.overrides)
             names = sorted(known)
         policies = [self.policy(name) for name in names]
+        budgets = [self.budget(name) for name in names]
         windows = [self.window(period) for _, period, _ in policies]
         counters = await self._store.get_usage(
             [(name, window.key) for name, window in zip(names, windows, strict=True)]
         )
         result = []
-        for name, (limit, period, source), window, usage in zip(
-            names, policies, windows, counters, strict=True
+        for name, (limit, period, source), (budget, budget_source), window, usage in zip(
+            names, policies, budgets, windows, counters, strict=True
         ):
             percent = round(usage.total_tokens * 100.0 / limit, 2) if limit > 0 else 0.0
             result.append(
@@ -399,6 +503,9 @@ class QuotaManager:
                     next_reset=window.next_reset(),
                     reserved=usage.reserved,
                     source=source,
+                    cost_usd=usd_number(usage.cost_nanos),
+                    budget_usd=usd_number(budget),
+                    budget_source=budget_source,
                 )
             )
         return result

@@ -16,6 +16,7 @@ from aigw.config import RateLimitConfig
 from aigw.errors import StateUnavailableError
 from aigw.exchange import Usage
 from aigw.limits.admission import Admission, Charge
+from aigw.limits.budget import Pricing
 from aigw.limits.quota import PeriodWindow, QuotaManager, charged_tokens
 from aigw.limits.ratelimit import UNLIMITED, BucketShape, RateDecision, RateLimiter, limit_error
 from aigw.limits.ratelimit import headers as rate_headers
@@ -49,6 +50,8 @@ class SharedStore(Protocol):
         requests: tuple[float, int] | None = None,
         token_bucket: tuple[float, int] | None = None,
         units: float = 0.0,
+        nanos: int = 0,
+        budget: int = 0,
     ) -> AdmitReply | None: ...
 
     async def settle(
@@ -63,10 +66,18 @@ class SharedStore(Protocol):
         reservation_id: int,
         token_interval: float | None = None,
         token_delta: float = 0.0,
+        reserved_nanos: int = 0,
+        cost_nanos: int = 0,
     ) -> bool: ...
 
     def reserve_locally(
-        self, key: UsageKey, tokens: int, limit: int, reservation_id: int
+        self,
+        key: UsageKey,
+        tokens: int,
+        limit: int,
+        reservation_id: int,
+        nanos: int = 0,
+        budget: int = 0,
     ) -> ReserveResult: ...
 
     def unavailable_error(self) -> StateUnavailableError: ...
@@ -171,8 +182,14 @@ class SharedAdmission(Admission):
 
     __slots__ = ("_limiter", "store")
 
-    def __init__(self, limiter: SharedRateLimiter, quota: QuotaManager, store: SharedStore) -> None:
-        super().__init__(limiter, quota)
+    def __init__(
+        self,
+        limiter: SharedRateLimiter,
+        quota: QuotaManager,
+        store: SharedStore,
+        pricing: Pricing | None = None,
+    ) -> None:
+        super().__init__(limiter, quota, pricing)
         self._limiter = limiter
         self.store = store
 
@@ -188,8 +205,11 @@ class SharedAdmission(Admission):
         tok_shape = limiter.token_bucket(tenant)
         estimate = charge.estimate
         units = float(min(estimate, tok_shape.size)) if tok_shape is not None else 0.0
+        nanos = self.money(tenant, charge)
 
-        async def attempt(limit: int, window: PeriodWindow, rid: int, held: int) -> ReserveResult:
+        async def attempt(
+            limit: int, window: PeriodWindow, rid: int, held: int, budget: int, held_nanos: int
+        ) -> ReserveResult:
             reply = await store.admit(
                 tenant,
                 window.key,
@@ -201,6 +221,8 @@ class SharedAdmission(Admission):
                 requests=_shape_args(req_shape),
                 token_bucket=_shape_args(tok_shape),
                 units=units,
+                nanos=held_nanos,
+                budget=budget,
             )
             if reply is None:
                 raise _Unreachable
@@ -212,10 +234,16 @@ class SharedAdmission(Admission):
                 raise limit_error(tenant, req, tok)
             if req.limit or tok.limit:
                 headers.update(rate_headers(req, tok))
-            return ReserveResult(reply.allowed, reply.used, reply.reserved)
+            return ReserveResult(
+                reply.allowed,
+                reply.used,
+                reply.reserved,
+                cost_nanos=reply.cost_nanos,
+                reserved_nanos=reply.reserved_nanos,
+            )
 
         try:
-            charge.reservation = await quota.reserve(tenant, estimate, attempt)
+            charge.reservation = await quota.reserve(tenant, estimate, attempt, nanos=nanos)
         except _Unreachable:
             return await self._admit_locally(tenant, charge, headers)
         if tok_shape is not None:
@@ -239,7 +267,8 @@ class SharedAdmission(Admission):
         if tokens.limit:
             charge.limiter = limiter
             charge.tokens_taken = min(charge.estimate, tokens.limit)
-        charge.reservation = await quota.reserve(tenant, charge.estimate)
+        nanos = self.money(tenant, charge)
+        charge.reservation = await quota.reserve(tenant, charge.estimate, nanos=nanos)
 
     async def settle(self, tenant: str, charge: Charge, usage: Usage | None) -> None:
         limiter = self._limiter
@@ -262,6 +291,8 @@ class SharedAdmission(Admission):
                 reservation_id=reservation.id,
                 token_interval=None if shape is None else shape.interval,
                 token_delta=delta,
+                reserved_nanos=reservation.nanos,
+                cost_nanos=0 if usage is None else charge.cost_nanos,
             )
         elif shape is not None:
             key = self.store.bucket_key(tenant, "tok")

@@ -6,7 +6,9 @@ that must not write files. `SqliteStore` extends it with write-behind persistenc
 Memory stays bounded by the number of tenants: each tenant keeps the counters of its current
 period only. `reserve()` defines the current period (the quota manager calls it for every
 request, unlimited ones included); when it moves on, the old counters are dropped as soon as no
-reservation holds them, and late usage for a past period does not stay in memory.
+reservation holds them, and late usage for a past period does not stay in memory. The usage
+history is bounded by `usage.retention` (the gateway prunes it hourly) and by what the rollup
+folds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from aigw.config import StateConfig
+from aigw.pricing import MAX_NANOS
 from aigw.state.base import Override, ReserveResult, StateStore, UsageCounters, UsageKey
+from aigw.usage_history import Row, RowKey
 
 
 class MemoryStore(StateStore):
@@ -29,6 +33,7 @@ class MemoryStore(StateStore):
         #: tenant -> the period key of its latest reservation
         self._current: dict[str, str] = {}
         self._overrides: dict[str, Override] = {}
+        self._history: dict[RowKey, list[int]] = {}
 
     async def open(self) -> None:
         return None
@@ -62,7 +67,7 @@ class MemoryStore(StateStore):
 
     def _drop_if_idle(self, key: UsageKey) -> None:
         counters = self._counters.get(key)
-        if counters is not None and counters.reserved <= 0:
+        if counters is not None and counters.reserved <= 0 and counters.reserved_nanos <= 0:
             del self._counters[key]
 
     def _drop_if_past(self, tenant: str, period_key: str) -> None:
@@ -80,6 +85,8 @@ class MemoryStore(StateStore):
         reservation_id: int,
         ttl: float,
         expires_at: float | None = None,
+        nanos: int = 0,
+        budget: int = 0,
     ) -> ReserveResult:
         key = (tenant, period_key)
         counters = self._counters.get(key)
@@ -91,11 +98,22 @@ class MemoryStore(StateStore):
             self._current[tenant] = period_key
             if previous is not None:
                 self._drop_if_idle((tenant, previous))
-        used = counters.total_tokens
-        if limit > 0 and used + counters.reserved + tokens > limit:
-            return ReserveResult(False, used, counters.reserved)
+        used, cost = counters.total_tokens, counters.cost_nanos
+        if (limit > 0 and used + counters.reserved + tokens > limit) or (
+            budget > 0 and cost + counters.reserved_nanos + nanos > budget
+        ):
+            return ReserveResult(
+                False,
+                used,
+                counters.reserved,
+                cost_nanos=cost,
+                reserved_nanos=counters.reserved_nanos,
+            )
         counters.reserved += tokens
-        return ReserveResult(True, used, counters.reserved)
+        counters.reserved_nanos += nanos
+        return ReserveResult(
+            True, used, counters.reserved, cost_nanos=cost, reserved_nanos=counters.reserved_nanos
+        )
 
     async def commit(
         self,
@@ -107,26 +125,38 @@ class MemoryStore(StateStore):
         total_tokens: int,
         *,
         reservation_id: int,
+        reserved_nanos: int = 0,
+        cost_nanos: int = 0,
     ) -> None:
         key = (tenant, period_key)
         counters = self._counters.get(key)
         if counters is None:
             counters = await self._load(key)
         counters.reserved = max(0, counters.reserved - reserved)
+        counters.reserved_nanos = max(0, counters.reserved_nanos - reserved_nanos)
         counters.input_tokens += input_tokens
         counters.output_tokens += output_tokens
         counters.total_tokens += total_tokens
+        if cost_nanos:
+            counters.cost_nanos = min(counters.cost_nanos + cost_nanos, MAX_NANOS)
         self._touched(key, counters)
         self._drop_if_past(tenant, period_key)  # a late commit into a past period
 
     async def release(
-        self, tenant: str, period_key: str, reserved: int, *, reservation_id: int
+        self,
+        tenant: str,
+        period_key: str,
+        reserved: int,
+        *,
+        reservation_id: int,
+        reserved_nanos: int = 0,
     ) -> None:
         key = (tenant, period_key)
         counters = self._counters.get(key)
         if counters is None:  # nothing reserved here (e.g. an unlimited tenant)
             return
         counters.reserved = max(0, counters.reserved - reserved)
+        counters.reserved_nanos = max(0, counters.reserved_nanos - reserved_nanos)
         self._drop_if_past(tenant, period_key)
 
     async def get_usage(self, keys: Sequence[UsageKey]) -> list[UsageCounters]:
@@ -155,6 +185,7 @@ class MemoryStore(StateStore):
         if counters is None:
             counters = await self._load(key)
         counters.input_tokens = counters.output_tokens = counters.total_tokens = 0
+        counters.cost_nanos = 0
         self._touched(key, counters)
         self._drop_if_past(tenant, period_key)
 
@@ -163,6 +194,36 @@ class MemoryStore(StateStore):
             self._overrides.pop(tenant, None)
         else:
             self._overrides[tenant] = override
+
+    # --- usage history ------------------------------------------------------------------------
+
+    async def add_history(self, rows: Sequence[Row], retention: float) -> None:
+        history = self._history
+        for row in rows:
+            cells = history.get(row.key)
+            if cells is None:
+                history[row.key] = list(row.counts())
+                continue
+            for i, value in enumerate(row.counts()):
+                total = cells[i] + value
+                cells[i] = total if total <= MAX_NANOS else MAX_NANOS
+
+    async def read_history(
+        self, since_hour: int, tenant: str | None = None, model: str | None = None
+    ) -> list[Row]:
+        return [
+            Row.from_key(key, cells)
+            for key, cells in self._history.items()
+            if key[0] >= since_hour
+            and (tenant is None or key[1] == tenant)
+            and (model is None or key[2] == model)
+        ]
+
+    async def prune_history(self, before_hour: int) -> int:
+        old = [key for key in self._history if key[0] < before_hour]
+        for key in old:
+            del self._history[key]
+        return len(old)
 
     async def flush(self) -> None:
         return None

@@ -3,14 +3,22 @@ gateway instance (and every `--workers` process) pointing at the same Redis.
 
 Keys, all under `prefix` (default `aigw:`):
 
-    aigw:u:<tenant>:<period>     hash    i, o, t = input/output/total tokens; r = reserved
-    aigw:r:<tenant>:<period>     zset    in-flight reservations "<instance>:<id>:<tokens>",
-                                         scored by their expiry (ms)
+    aigw:u:<tenant>:<period>     hash    i, o, t = input/output/total tokens; r = reserved;
+                                         c = money spent, rc = money reserved (nano-dollars)
+    aigw:r:<tenant>:<period>     zset    in-flight reservations "<instance>:<id>:<tokens>" or
+                                         "<instance>:<id>:<tokens>/<nano-dollars>", scored by
+                                         their expiry (ms)
     aigw:tenants                 zset    tenant -> last usage (s), trimmed after TENANT_RETENTION
-    aigw:overrides               hash    tenant -> "<tokens>:<period>" (`aigw quota set`)
+    aigw:overrides               hash    tenant -> "<tokens>:<period>[:<nano-dollars>]"
+                                         (`aigw quota set`; tokens '' = the config's)
     aigw:overrides:v             int     bumped by every override change
     aigw:rl:<tenant>:req|tok     string  token bucket as a GCRA arrival time (epoch µs, a
                                          float), PX expiry
+    aigw:h:<hour>                hash    usage history of one hour (epoch s of its start):
+                                         "<tenant>\t<model>\t<endpoint>\t<counter>" -> count,
+                                         counter one of r e i ci o c (requests, errors, input,
+                                         cached input, output tokens, nano-dollars); expires
+                                         `usage.retention` after the hour ends
 
 Atomicity: each operation is one round trip running one Lua script, so no instance can
 interleave another's check and write. A request costs two (`aigw.limits.shared`): at admission
@@ -20,6 +28,9 @@ corrects the token bucket by the difference from the estimate. (`reserve`, `comm
 and `adjust` are the same scripts one limit at a time, for the store contract and the
 standalone limiter.) Scripts read Redis's own clock (`TIME`), so instances with skewed clocks
 still agree.
+
+Usage history is added by each instance's flusher (one script per hour written: counters added,
+saturating at 2^63-1, and the expiry set), so every instance reads what all of them flushed.
 
 Nothing grows without bound: usage hashes (and their reservation sets) expire
 `RETENTION_MARGIN` after their period ends (`never` periods do not expire; usage recorded for a
@@ -82,7 +93,8 @@ from redis.exceptions import RedisError
 from aigw.config import StateConfig
 from aigw.errors import StateUnavailableError
 from aigw.state.base import STALE, Override, ReserveResult, StateStore, UsageCounters, UsageKey
-from aigw.state.redis_scripts import ADJUST, ADMIT, COMMIT, READ, RESET, TAKE
+from aigw.state.redis_scripts import ADD_HISTORY, ADJUST, ADMIT, COMMIT, READ, RESET, TAKE
+from aigw.usage_history import HOUR, Row, RowKey, expires_at, hour_of
 
 log = logging.getLogger("aigw.state")
 
@@ -120,11 +132,13 @@ class _Pending:
     total_tokens: int = 0
     #: reservations made in Redis before the outage, to drop when the usage is written
     members: list[str] = field(default_factory=list)
+    cost_nanos: int = 0
 
     def merge(self, other: _Pending) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.total_tokens += other.total_tokens
+        self.cost_nanos += other.cost_nanos
         self.members.extend(other.members)
 
 
@@ -155,6 +169,9 @@ class AdmitReply:
     tokens: BucketStep | None = None
     #: the overrides had changed: nothing was done, resolve the limit again
     stale: bool = False
+    #: money: nano-dollars spent in the period, and held by reservations (this one included)
+    cost_nanos: int = 0
+    reserved_nanos: int = 0
 
 
 _STALE_ADMISSION = AdmitReply(False, 0, 0, stale=True)
@@ -228,6 +245,7 @@ class RedisStore(StateStore):
         self._reset = self._redis.register_script(RESET)
         self._take = self._redis.register_script(TAKE)
         self._adjust = self._redis.register_script(ADJUST)
+        self._add_history = self._redis.register_script(ADD_HISTORY)
         self._overrides: dict[str, Override] = {}
         self._version = "0"
         #: tells this process's reservations apart from other instances' with the same id
@@ -244,9 +262,12 @@ class RedisStore(StateStore):
         self._attempt: asyncio.Task[bool] | None = None
         self._pending: dict[UsageKey, _Pending] = {}
         self._local_reserved: dict[UsageKey, int] = {}
+        self._local_reserved_nanos: dict[UsageKey, int] = {}
         self._local_ids: set[tuple[str, str, int]] = set()
         #: used + reserved as last seen in Redis, the base of local enforcement in an outage
         self._last_seen: dict[UsageKey, int] = {}
+        #: the same for money: nano-dollars spent + reserved
+        self._last_seen_cost: dict[UsageKey, int] = {}
         #: outages seen and usage records reconciled (stats, tests)
         self.outages = 0
         self.reconciled = 0
@@ -301,6 +322,13 @@ class RedisStore(StateStore):
     def _reservations_key(self, tenant: str, period_key: str) -> str:
         return f"{self.prefix}r:{tenant}:{period_key}"
 
+    def _history_key(self, hour: int) -> str:
+        return f"{self.prefix}h:{hour}"
+
+    def _member(self, reservation_id: int, tokens: int, nanos: int) -> str:
+        base = f"{self._instance}:{reservation_id}:{tokens}"
+        return f"{base}/{nanos}" if nanos else base
+
     def bucket_key(self, tenant: str, kind: str) -> str:
         return f"{self.prefix}rl:{tenant}:{kind}"
 
@@ -332,6 +360,8 @@ class RedisStore(StateStore):
         reservation_id: int,
         ttl: float,
         expires_at: float | None = None,
+        nanos: int = 0,
+        budget: int = 0,
     ) -> ReserveResult:
         result = await self.admit(
             tenant,
@@ -341,12 +371,22 @@ class RedisStore(StateStore):
             reservation_id=reservation_id,
             ttl=ttl,
             expires_at=expires_at,
+            nanos=nanos,
+            budget=budget,
         )
         if result is None:
-            return self.reserve_locally((tenant, period_key), tokens, limit, reservation_id)
+            return self.reserve_locally(
+                (tenant, period_key), tokens, limit, reservation_id, nanos, budget
+            )
         if result.stale:
             return STALE
-        return ReserveResult(result.allowed, result.used, result.reserved)
+        return ReserveResult(
+            result.allowed,
+            result.used,
+            result.reserved,
+            cost_nanos=result.cost_nanos,
+            reserved_nanos=result.reserved_nanos,
+        )
 
     async def admit(
         self,
@@ -361,10 +401,12 @@ class RedisStore(StateStore):
         requests: tuple[float, int] | None = None,
         token_bucket: tuple[float, int] | None = None,
         units: float = 0.0,
+        nanos: int = 0,
+        budget: int = 0,
     ) -> AdmitReply | None:
-        """`reserve()` plus one request from the `requests` bucket and `units` from the
-        `token_bucket` (each `(interval seconds, size)`, None: no such limit), in one round
-        trip: all are taken or none is.
+        """`reserve()` (tokens and money) plus one request from the `requests` bucket and
+        `units` from the `token_bucket` (each `(interval seconds, size)`, None: no such limit),
+        in one round trip: all are taken or none is.
 
         None: Redis is unreachable, nothing was taken (the caller falls back per the failure
         policy). `stale`: the overrides changed, nothing was taken, the view is reloaded."""
@@ -379,12 +421,14 @@ class RedisStore(StateStore):
         args: list[str | int] = [
             tokens,
             limit,
-            f"{self._instance}:{reservation_id}:{tokens}",
+            self._member(reservation_id, tokens, nanos),
             max(1, int(ttl * 1000)),
             at,
             self._version,
             self._now_us(),
             DEFAULT_RETENTION,
+            nanos,
+            budget,
         ]
         if requests is not None or token_bucket is not None:
             keys.append(self.bucket_key(tenant, "req"))
@@ -410,51 +454,78 @@ class RedisStore(StateStore):
             return _STALE_ADMISSION
         admitted = int(reply[0]) == 1
         used, reserved = int(reply[1]), int(reply[2])
+        cost, reserved_nanos = int(reply[9]), int(reply[10])
+        key = (tenant, period_key)
         if limit > 0:
             if len(self._last_seen) > 100_000:
                 self._last_seen.clear()
-            self._last_seen[(tenant, period_key)] = used + reserved
+            self._last_seen[key] = used + reserved
+        if budget > 0:
+            if len(self._last_seen_cost) > 100_000:
+                self._last_seen_cost.clear()
+            self._last_seen_cost[key] = cost + reserved_nanos
         return AdmitReply(
             admitted,
             used,
             reserved,
             _step(requests, reply[3], reply[4], reply[5]),
             _step(token_bucket, reply[6], reply[7], reply[8]),
+            cost_nanos=cost,
+            reserved_nanos=reserved_nanos,
         )
 
     def reserve_locally(
-        self, key: UsageKey, tokens: int, limit: int, reservation_id: int
+        self,
+        key: UsageKey,
+        tokens: int,
+        limit: int,
+        reservation_id: int,
+        nanos: int = 0,
+        budget: int = 0,
     ) -> ReserveResult:
-        """A reservation while Redis is unreachable (`fail_open`): against the last usage seen
-        there plus what this instance counted since; `fail_closed` refuses with 503."""
+        """A reservation while Redis is unreachable (`fail_open`): against the last usage and
+        spending seen there plus what this instance counted since; `fail_closed` refuses with
+        503."""
         if self.on_failure == "fail_closed":
             raise self.unavailable_error()
         held = self._local_reserved.get(key, 0)
+        held_nanos = self._local_reserved_nanos.get(key, 0)
         pending = self._pending.get(key)
         used = self._last_seen.get(key, 0) + (pending.total_tokens if pending else 0)
-        if limit > 0 and used + held + tokens > limit:
-            return ReserveResult(False, used, held)
-        if tokens > 0:
+        cost = self._last_seen_cost.get(key, 0) + (pending.cost_nanos if pending else 0)
+        if (limit > 0 and used + held + tokens > limit) or (
+            budget > 0 and cost + held_nanos + nanos > budget
+        ):
+            return ReserveResult(False, used, held, cost_nanos=cost, reserved_nanos=held_nanos)
+        if tokens > 0 or nanos > 0:
             held += tokens
+            held_nanos += nanos
             self._local_reserved[key] = held
+            self._local_reserved_nanos[key] = held_nanos
             self._local_ids.add((key[0], key[1], reservation_id))
-        return ReserveResult(True, used, held)
+        return ReserveResult(True, used, held, cost_nanos=cost, reserved_nanos=held_nanos)
 
-    def _settle_local(self, key: UsageKey, reserved: int, reservation_id: int) -> str | None:
+    def _settle_local(
+        self, key: UsageKey, reserved: int, reservation_id: int, reserved_nanos: int = 0
+    ) -> str | None:
         """Drop a reservation made locally during an outage (returns None), or name the Redis
         reservation to remove."""
-        if reserved <= 0:
+        if reserved <= 0 and reserved_nanos <= 0:
             return None
         local = (key[0], key[1], reservation_id)
         if local in self._local_ids:
             self._local_ids.discard(local)
-            left = self._local_reserved.get(key, 0) - reserved
-            if left > 0:
-                self._local_reserved[key] = left
-            else:
-                self._local_reserved.pop(key, None)
+            for held, amount in (
+                (self._local_reserved, reserved),
+                (self._local_reserved_nanos, reserved_nanos),
+            ):
+                left = held.get(key, 0) - amount
+                if left > 0:
+                    held[key] = left
+                else:
+                    held.pop(key, None)
             return None
-        return f"{self._instance}:{reservation_id}:{reserved}"
+        return self._member(reservation_id, reserved, reserved_nanos)
 
     async def commit(
         self,
@@ -466,6 +537,8 @@ class RedisStore(StateStore):
         total_tokens: int,
         *,
         reservation_id: int,
+        reserved_nanos: int = 0,
+        cost_nanos: int = 0,
     ) -> None:
         await self.settle(
             tenant,
@@ -475,6 +548,8 @@ class RedisStore(StateStore):
             output_tokens,
             total_tokens,
             reservation_id=reservation_id,
+            reserved_nanos=reserved_nanos,
+            cost_nanos=cost_nanos,
         )
 
     async def settle(
@@ -489,6 +564,8 @@ class RedisStore(StateStore):
         reservation_id: int,
         token_interval: float | None = None,
         token_delta: float = 0.0,
+        reserved_nanos: int = 0,
+        cost_nanos: int = 0,
     ) -> bool:
         """`commit()` plus a correction of `token_delta` tokens (> 0 charge, < 0 refund) to the
         tenant's token bucket (one token every `token_interval` seconds), in one round trip.
@@ -496,12 +573,20 @@ class RedisStore(StateStore):
         when the bucket correction did not reach Redis, so the caller can apply it to its
         local buckets."""
         key = (tenant, period_key)
-        member = self._settle_local(key, reserved, reservation_id)
+        member = self._settle_local(key, reserved, reservation_id, reserved_nanos)
         adjust = token_interval is not None and token_delta != 0
-        has_usage = member is not None or bool(input_tokens or output_tokens or total_tokens)
+        has_usage = member is not None or bool(
+            input_tokens or output_tokens or total_tokens or cost_nanos
+        )
         if not has_usage and not adjust:
             return True
-        pending = _Pending(input_tokens, output_tokens, total_tokens, [member] if member else [])
+        pending = _Pending(
+            input_tokens,
+            output_tokens,
+            total_tokens,
+            [member] if member else [],
+            cost_nanos,
+        )
         if not self._down:
             try:
                 if token_interval is not None and adjust:
@@ -517,9 +602,24 @@ class RedisStore(StateStore):
         return not adjust
 
     async def release(
-        self, tenant: str, period_key: str, reserved: int, *, reservation_id: int
+        self,
+        tenant: str,
+        period_key: str,
+        reserved: int,
+        *,
+        reservation_id: int,
+        reserved_nanos: int = 0,
     ) -> None:
-        await self.commit(tenant, period_key, reserved, 0, 0, 0, reservation_id=reservation_id)
+        await self.commit(
+            tenant,
+            period_key,
+            reserved,
+            0,
+            0,
+            0,
+            reservation_id=reservation_id,
+            reserved_nanos=reserved_nanos,
+        )
 
     async def _write(
         self,
@@ -531,7 +631,12 @@ class RedisStore(StateStore):
         recovering: bool = False,
     ) -> None:
         tenant, period_key = key
-        used = pending.input_tokens or pending.output_tokens or pending.total_tokens
+        used = (
+            pending.input_tokens
+            or pending.output_tokens
+            or pending.total_tokens
+            or pending.cost_nanos
+        )
         keys = [
             self._usage_key(tenant, period_key),
             self._reservations_key(tenant, period_key),
@@ -552,12 +657,16 @@ class RedisStore(StateStore):
                 self._now_us(),
                 TENANT_RETENTION,
                 delta_us,
+                pending.cost_nanos,
                 *pending.members,
             ],
             recovering=recovering,
         )
-        if key in self._last_seen:  # only tenants with a limit are tracked
-            self._last_seen[key] = int(seen)
+        # only tenants with a limit are tracked
+        if key in self._last_seen:
+            self._last_seen[key] = int(seen[0])
+        if key in self._last_seen_cost:
+            self._last_seen_cost[key] = int(seen[1])
 
     def _keep(self, key: UsageKey, pending: _Pending) -> None:
         kept = self._pending.get(key)
@@ -576,8 +685,15 @@ class RedisStore(StateStore):
             self._lost(exc)
             raise self.unavailable_error() from None
         return [
-            UsageCounters(int(i), int(o), int(t), int(r) + self._local_reserved.get(key, 0))
-            for key, (i, o, t, r) in zip(keys, replies, strict=True)
+            UsageCounters(
+                int(i),
+                int(o),
+                int(t),
+                int(r) + self._local_reserved.get(key, 0),
+                int(c),
+                int(rc) + self._local_reserved_nanos.get(key, 0),
+            )
+            for key, (i, o, t, r, c, rc) in zip(keys, replies, strict=True)
         ]
 
     async def _read_usage(self, keys: Sequence[UsageKey], now: str) -> list[Any]:
@@ -617,6 +733,7 @@ class RedisStore(StateStore):
         pending = self._pending.get((tenant, period_key))
         if pending is not None:  # usage counted in an outage belongs to the zeroed period too
             pending.input_tokens = pending.output_tokens = pending.total_tokens = 0
+            pending.cost_nanos = 0
 
     # --- overrides --------------------------------------------------------------------------
 
@@ -639,7 +756,7 @@ class RedisStore(StateStore):
             if override is None:
                 pipe.hdel(self._overrides_key, tenant)
             else:
-                pipe.hset(self._overrides_key, tenant, f"{override.tokens}:{override.period or ''}")
+                pipe.hset(self._overrides_key, tenant, _override_text(override))
             pipe.incr(self._version_key)
             await pipe.execute()
 
@@ -655,8 +772,7 @@ class RedisStore(StateStore):
         mapping, version = await self._call(self._read_overrides, recovering=recovering)
         overrides: dict[str, Override] = {}
         for raw_tenant, raw in mapping.items():
-            tokens, _, period = raw.decode().partition(":")
-            overrides[raw_tenant.decode()] = Override(int(tokens), period or None)
+            overrides[raw_tenant.decode()] = _override_of(raw.decode())
         self._overrides = overrides
         self._version = version.decode() if version is not None else "0"
 
@@ -666,6 +782,96 @@ class RedisStore(StateStore):
             pipe.get(self._version_key)
             replies: list[Any] = await pipe.execute()
         return replies
+
+    # --- usage history ------------------------------------------------------------------------
+
+    async def add_history(self, rows: Sequence[Row], retention: float) -> None:
+        """One script per hour, in one pipeline. Raises when Redis is unreachable (the caller
+        keeps the rows); a write whose answer was lost may be added twice, as usage may."""
+        if not rows:
+            return
+        by_hour: dict[int, list[str | int]] = {}
+        for row in rows:
+            args = by_hour.get(row.hour)
+            if args is None:
+                args = by_hour[row.hour] = [expires_at(row.hour, retention)]
+            prefix = f"{row.tenant}\t{row.model}\t{row.endpoint}\t"
+            for name, value in zip(_HISTORY_FIELDS, row.counts(), strict=True):
+                if value:
+                    args += [prefix + name, value]
+        await self._ensure_up()
+        try:
+            await self._call(self._write_history, by_hour)
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            raise self.unavailable_error() from None
+
+    async def _write_history(self, by_hour: dict[int, list[str | int]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for hour, args in by_hour.items():
+                await self._add_history(keys=[self._history_key(hour)], args=args, client=pipe)
+            await pipe.execute()
+
+    async def read_history(
+        self, since_hour: int, tenant: str | None = None, model: str | None = None
+    ) -> list[Row]:
+        """Every hour from `since_hour` to now, in one pipeline."""
+        await self._ensure_up()
+        now = hour_of(time.time() if self.clock is None else self.clock())
+        hours = list(range(since_hour, max(now, since_hour) + HOUR, HOUR))
+        try:
+            replies = await self._call(self._read_history, hours)
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            raise self.unavailable_error() from None
+        rows: dict[RowKey, list[int]] = {}
+        for hour, fields in zip(hours, replies, strict=True):
+            for raw_field, raw_value in fields.items():
+                head, _, counter = raw_field.decode().rpartition("\t")
+                first, _, rest = head.partition("\t")
+                model_name, _, endpoint = rest.rpartition("\t")
+                index = _HISTORY_INDEX.get(counter)
+                if index is None or not endpoint:
+                    continue  # not a field this version writes
+                if (tenant is not None and first != tenant) or (
+                    model is not None and model_name != model
+                ):
+                    continue
+                key = (hour, first, model_name, endpoint)
+                cells = rows.get(key)
+                if cells is None:
+                    cells = rows[key] = [0, 0, 0, 0, 0, 0]
+                cells[index] = int(raw_value)
+        return [Row.from_key(key, cells) for key, cells in rows.items()]
+
+    async def _read_history(self, hours: list[int]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for hour in hours:
+                pipe.hgetall(self._history_key(hour))
+            replies: list[Any] = await pipe.execute()
+        return replies
+
+    async def prune_history(self, before_hour: int) -> int:
+        """Hours expire on their own (EXPIREAT, `usage.retention` after they end); this drops
+        those kept longer by a retention since shortened."""
+        await self._ensure_up()
+        try:
+            return await self._call(self._prune_history, before_hour)
+        except _UNAVAILABLE as exc:
+            self._lost(exc)
+            raise self.unavailable_error() from None
+
+    async def _prune_history(self, before_hour: int) -> int:
+        pattern = f"{self.prefix}h:*"
+        old = []
+        async for raw in self._redis.scan_iter(match=pattern, count=1000):
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            hour = name[len(self.prefix) + 2 :]
+            if hour.isdigit() and int(hour) < before_hour:
+                old.append(name)
+        for start in range(0, len(old), 1000):
+            await self._redis.delete(*old[start : start + 1000])
+        return len(old)
 
     # --- shared rate-limit buckets ----------------------------------------------------------
 
@@ -823,6 +1029,26 @@ class RedisStore(StateStore):
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+#: The history counters' field suffixes, in `Row.counts()` order.
+_HISTORY_FIELDS = ("r", "e", "i", "ci", "o", "c")
+_HISTORY_INDEX = {name: i for i, name in enumerate(_HISTORY_FIELDS)}
+
+
+def _override_text(override: Override) -> str:
+    """`<tokens>:<period>`, with `:<nano-dollars>` when it sets a money budget (tokens empty
+    when it leaves them to the config). An override without a budget keeps the format older
+    instances read."""
+    tokens = "" if override.tokens is None else str(override.tokens)
+    text = f"{tokens}:{override.period or ''}"
+    return text if override.usd_nanos is None else f"{text}:{override.usd_nanos}"
+
+
+def _override_of(text: str) -> Override:
+    tokens, _, rest = text.partition(":")
+    period, _, usd = rest.partition(":")
+    return Override(int(tokens) if tokens else None, period or None, int(usd) if usd else None)
 
 
 __all__ = ["AdmitReply", "BucketStep", "RedisStore", "redacted_url"]

@@ -14,6 +14,13 @@ How it works, and what survives what:
 - Overrides (`aigw quota set`) and resets are rare and are written before the call returns.
 - Counters are read from disk on first use per (tenant, period); tenants never seen on disk
   start at zero without any I/O.
+- Money spent per period (`cost_nanos`) is a column of the same rows, written the same way.
+- The usage history is the `usage_hourly` table: the gateway's flusher adds its rows every
+  `usage.flush_interval` (counters added to the row of the same hour, tenant, model and
+  endpoint, capped at 2^63-1), through the same worker thread; `kill -9` loses at most that
+  interval of history.
+- A file written by an older aigw is brought up to date when it is opened (a `cost_nanos`
+  column, overrides that may hold a money budget, the history table).
 
 Faults, and what the store does about them:
 
@@ -48,12 +55,13 @@ from aigw.config import StateConfig
 from aigw.errors import ServiceUnavailableError, StateStoreError
 from aigw.state.base import Override, UsageCounters, UsageKey
 from aigw.state.memory import MemoryStore
+from aigw.usage_history import Row
 
 log = logging.getLogger("aigw.state")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
     tenant TEXT NOT NULL,
@@ -61,31 +69,90 @@ CREATE TABLE IF NOT EXISTS usage (
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
     total_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_nanos INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, period)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS overrides (
     tenant TEXT PRIMARY KEY,
-    tokens INTEGER NOT NULL,
-    period TEXT
+    tokens INTEGER,
+    period TEXT,
+    usd_nanos INTEGER
+) WITHOUT ROWID;
+-- The primary key leads with the hour: it is the index the window reads and the pruning use.
+CREATE TABLE IF NOT EXISTS usage_hourly (
+    hour INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_nanos INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, tenant, model, endpoint)
 ) WITHOUT ROWID;
 """
+# Version 1 files: usage without cost_nanos, overrides with tokens NOT NULL and no usd_nanos.
+_MIGRATE_OVERRIDES = """
+CREATE TABLE overrides_v2 (
+    tenant TEXT PRIMARY KEY,
+    tokens INTEGER,
+    period TEXT,
+    usd_nanos INTEGER
+) WITHOUT ROWID;
+INSERT INTO overrides_v2 (tenant, tokens, period) SELECT tenant, tokens, period FROM overrides;
+DROP TABLE overrides;
+ALTER TABLE overrides_v2 RENAME TO overrides;
+"""
 _UPSERT_USAGE = """
-INSERT INTO usage (tenant, period, input_tokens, output_tokens, total_tokens)
-VALUES (?, ?, ?, ?, ?)
+INSERT INTO usage (tenant, period, input_tokens, output_tokens, total_tokens, cost_nanos)
+VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (tenant, period) DO UPDATE SET
     input_tokens = excluded.input_tokens,
     output_tokens = excluded.output_tokens,
-    total_tokens = excluded.total_tokens
+    total_tokens = excluded.total_tokens,
+    cost_nanos = excluded.cost_nanos
 """
 
 _SELECT_USAGE = (
-    "SELECT input_tokens, output_tokens, total_tokens FROM usage WHERE tenant = ? AND period = ?"
+    "SELECT input_tokens, output_tokens, total_tokens, cost_nanos FROM usage"
+    " WHERE tenant = ? AND period = ?"
 )
 
-_SELECT_ALL_USAGE = "SELECT tenant, period, input_tokens, output_tokens, total_tokens FROM usage"
+_SELECT_ALL_USAGE = (
+    "SELECT tenant, period, input_tokens, output_tokens, total_tokens, cost_nanos FROM usage"
+)
 
-_Row = tuple[int, int, int]
-_UsageRow = tuple[str, str, int, int, int]
+_MAX = "9223372036854775807"
+_HISTORY_COUNTERS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost_nanos",
+)
+_ADD_HISTORY = (
+    "INSERT INTO usage_hourly (hour, tenant, model, endpoint, "
+    + ", ".join(_HISTORY_COUNTERS)
+    + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    + " ON CONFLICT (hour, tenant, model, endpoint) DO UPDATE SET "
+    # Saturating: a 64-bit counter that reached its end stays there (never turns to REAL).
+    + ", ".join(
+        f"{c} = CASE WHEN {c} > {_MAX} - excluded.{c} THEN {_MAX} ELSE {c} + excluded.{c} END"
+        for c in _HISTORY_COUNTERS
+    )
+)
+_SELECT_HISTORY = (
+    "SELECT hour, tenant, model, endpoint, "
+    + ", ".join(_HISTORY_COUNTERS)
+    + " FROM usage_hourly WHERE hour >= ?"
+)
+
+_Row = tuple[int, int, int, int]
+_UsageRow = tuple[str, str, int, int, int, int]
+_HistoryRow = tuple[int, str, str, str, int, int, int, int, int, int]
 
 #: A graceful close tries this many times, `CLOSE_RETRY_DELAY` seconds apart, to write what is
 #: unsaved before it gives up and says what is lost.
@@ -123,6 +190,8 @@ class SqliteStore(MemoryStore):
         self._identity: dict[str, tuple[int, int] | None] = {}
         #: the overrides must be written again (the file was recreated)
         self._overrides_unsaved = False
+        #: history rows read from a file that moved, to write to its successor
+        self._history_unsaved: list[_HistoryRow] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_failing = False
         self._closed = False
@@ -184,16 +253,18 @@ class SqliteStore(MemoryStore):
         for _ in range(2):  # the second round writes to the new file after a move
             batch, self._dirty = self._dirty, {}
             rows = [
-                (tenant, period_key, c.input_tokens, c.output_tokens, c.total_tokens)
+                (tenant, period_key, c.input_tokens, c.output_tokens, c.total_tokens, c.cost_nanos)
                 for (tenant, period_key), c in batch.items()
             ]
             overrides = dict(self._overrides) if self._overrides_unsaved else None
+            history, self._history_unsaved = self._history_unsaved, []
             # Marked before the write: a load queued behind it in the one worker thread reads it.
             self._on_disk.update(tenant for tenant, _ in batch)
             try:
-                moved = await self._run(self._db_flush, rows, overrides)
+                moved = await self._run(self._db_flush, rows, overrides, history)
             except BaseException:
                 self._keep_dirty(batch)
+                self._history_unsaved = history + self._history_unsaved
                 raise
             if moved is None:
                 if overrides is not None:
@@ -201,6 +272,7 @@ class SqliteStore(MemoryStore):
                 if rows:
                     self.flushes += 1
                 return
+            self._history_unsaved = history + self._history_unsaved
             self._keep_dirty(batch)  # nothing was written
             self._adopt(*moved)
 
@@ -209,20 +281,24 @@ class SqliteStore(MemoryStore):
         for key, counters in batch.items():
             self._dirty.setdefault(key, counters)
 
-    def _adopt(self, how: str, saved: list[_UsageRow]) -> None:
+    def _adopt(self, how: str, saved: list[_UsageRow], history: list[_HistoryRow]) -> None:
         """The file at `path` was deleted or replaced: everything this process knows (the rows
-        read from the old file's open handle, the counters in memory, the overrides) becomes
-        unsaved, to be written to the new file."""
-        for tenant, period_key, i, o, t in saved:
+        read from the old file's open handle, the counters in memory, the overrides, the usage
+        history) becomes unsaved, to be written to the new file."""
+        for tenant, period_key, i, o, t, c in saved:
             key = (tenant, period_key)
             if key not in self._counters and key not in self._dirty:
-                self._dirty[key] = UsageCounters(i, o, t)
+                self._dirty[key] = UsageCounters(i, o, t, 0, c)
         for key, counters in self._counters.items():
             if key not in self._dirty and (
-                counters.input_tokens or counters.output_tokens or counters.total_tokens
+                counters.input_tokens
+                or counters.output_tokens
+                or counters.total_tokens
+                or counters.cost_nanos
             ):
                 self._dirty[key] = counters
         self._overrides_unsaved = True
+        self._history_unsaved.extend(history)
         log.warning(
             "state: %s was %s while the gateway ran; writing the usage of %d tenant(s) and "
             "%d override(s) known to this process to a new file there",
@@ -318,7 +394,7 @@ class SqliteStore(MemoryStore):
         pending = self._dirty.get(key)
         if pending is not None:
             return self._install(key, pending)
-        return self._install(key, UsageCounters(*row) if row else UsageCounters())
+        return self._install(key, _counters(row))
 
     async def _get_missing(self, keys: Sequence[UsageKey]) -> list[UsageCounters]:
         result: list[UsageCounters] = []
@@ -335,7 +411,7 @@ class SqliteStore(MemoryStore):
             rows = await self._run(self._db_read_many, [key for _, key in to_read])
             for (i, _), row in zip(to_read, rows, strict=True):
                 if row is not None:
-                    result[i] = UsageCounters(*row)
+                    result[i] = _counters(row)
         return result
 
     async def tenants(self) -> set[str]:
@@ -352,6 +428,30 @@ class SqliteStore(MemoryStore):
                 f"({_describe(exc)}); it is retried with the next flush."
             ) from None
         self._write_works()
+
+    async def add_history(self, rows: Sequence[Row], retention: float) -> None:
+        if not rows:
+            return
+        await self._run(self._db_add_history, [(*row.key, *row.counts()) for row in rows])
+
+    async def read_history(
+        self, since_hour: int, tenant: str | None = None, model: str | None = None
+    ) -> list[Row]:
+        found = await self._run(self._db_read_history, since_hour, tenant, model)
+        rows = [Row(*values) for values in found]
+        # Rows of a file that moved, not written to its successor yet.
+        rows.extend(
+            Row(*values)
+            for values in self._history_unsaved
+            if values[0] >= since_hour
+            and (tenant is None or values[1] == tenant)
+            and (model is None or values[2] == model)
+        )
+        return rows
+
+    async def prune_history(self, before_hour: int) -> int:
+        self._history_unsaved = [r for r in self._history_unsaved if r[0] >= before_hour]
+        return await self._run(self._db_prune_history, before_hour)
 
     async def set_override(self, tenant: str, override: Override | None) -> None:
         try:
@@ -383,6 +483,7 @@ class SqliteStore(MemoryStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            _migrate(conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # a write: -wal exists
             identity = {suffix: _file_id(f"{self.path}{suffix}") for suffix in _FILES}
         except BaseException:
@@ -397,9 +498,13 @@ class SqliteStore(MemoryStore):
         try:
             tenants = {row[0] for row in conn.execute("SELECT DISTINCT tenant FROM usage")}
             overrides = {
-                tenant: Override(int(tokens), period)
-                for tenant, tokens, period in conn.execute(
-                    "SELECT tenant, tokens, period FROM overrides"
+                tenant: Override(
+                    None if tokens is None else int(tokens),
+                    period,
+                    None if usd is None else int(usd),
+                )
+                for tenant, tokens, period, usd in conn.execute(
+                    "SELECT tenant, tokens, period, usd_nanos FROM overrides"
                 )
             }
         except BaseException:
@@ -427,14 +532,19 @@ class SqliteStore(MemoryStore):
             return "replaced"
         return None
 
-    def _db_detach(self) -> list[_UsageRow]:
-        """Read every row through the connection to a file that moved, close it, and remove
-        its -wal and -shm files if they are still at `path`: SQLite keeps them when the
-        database file moved, and the new database at `path` would take them for its own."""
+    def _db_detach(self) -> tuple[list[_UsageRow], list[_HistoryRow]]:
+        """Read every row (usage and history) through the connection to a file that moved,
+        close it, and remove its -wal and -shm files if they are still at `path`: SQLite keeps
+        them when the database file moved, and the new database at `path` would take them for
+        its own."""
         try:
             saved = self._db().execute(_SELECT_ALL_USAGE).fetchall()
         except sqlite3.Error:
             saved = []  # unreadable: what memory holds is all there is
+        try:
+            history = self._db().execute(_SELECT_HISTORY, (0,)).fetchall()
+        except sqlite3.Error:
+            history = []
         self._db_close()
         for suffix in _FILES[1:]:
             name = f"{self.path}{suffix}"
@@ -442,20 +552,24 @@ class SqliteStore(MemoryStore):
             if ours is not None and _file_id(name) == ours:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name)
-        return saved
+        return saved, history
 
     def _db_flush(
-        self, rows: list[_UsageRow], overrides: dict[str, Override] | None
-    ) -> tuple[str, list[_UsageRow]] | None:
-        """Write usage rows (and, after a move, all overrides) in one transaction. When the
-        file moved, write nothing: read every row from the old file's handle, close it and
-        return how it moved with those rows (the next call opens a new file)."""
+        self,
+        rows: list[_UsageRow],
+        overrides: dict[str, Override] | None,
+        history: list[_HistoryRow],
+    ) -> tuple[str, list[_UsageRow], list[_HistoryRow]] | None:
+        """Write usage rows (and, after a move, all overrides and the history read from the
+        old file) in one transaction. When the file moved, write nothing: read every row from
+        the old file's handle, close it and return how it moved with those rows (the next call
+        opens a new file)."""
         moved = self._db_moved()
         if moved is not None:
             # Detached before the new file is opened: both would use the same -wal/-shm names.
-            return moved, self._db_detach()
+            return (moved, *self._db_detach())
         conn = self._db()  # opens the new file after a move
-        if not rows and overrides is None:
+        if not rows and overrides is None and not history:
             return None
         conn.execute("BEGIN")
         try:
@@ -463,9 +577,10 @@ class SqliteStore(MemoryStore):
             if overrides is not None:
                 conn.execute("DELETE FROM overrides")
                 conn.executemany(
-                    "INSERT INTO overrides (tenant, tokens, period) VALUES (?, ?, ?)",
-                    [(t, o.tokens, o.period) for t, o in overrides.items()],
+                    "INSERT INTO overrides (tenant, tokens, period, usd_nanos) VALUES (?, ?, ?, ?)",
+                    [(t, o.tokens, o.period, o.usd_nanos) for t, o in overrides.items()],
                 )
+            conn.executemany(_ADD_HISTORY, history)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
@@ -475,7 +590,7 @@ class SqliteStore(MemoryStore):
 
     def _db_read_usage(self, key: UsageKey) -> _Row | None:
         row = self._db().execute(_SELECT_USAGE, key).fetchone()
-        return (int(row[0]), int(row[1]), int(row[2])) if row else None
+        return (int(row[0]), int(row[1]), int(row[2]), int(row[3])) if row else None
 
     def _db_read_many(self, keys: list[UsageKey]) -> list[_Row | None]:
         return [self._db_read_usage(key) for key in keys]
@@ -486,11 +601,57 @@ class SqliteStore(MemoryStore):
             conn.execute("DELETE FROM overrides WHERE tenant = ?", (tenant,))
         else:
             conn.execute(
-                "INSERT INTO overrides (tenant, tokens, period) VALUES (?, ?, ?)"
+                "INSERT INTO overrides (tenant, tokens, period, usd_nanos) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (tenant) DO UPDATE SET tokens = excluded.tokens,"
-                " period = excluded.period",
-                (tenant, override.tokens, override.period),
+                " period = excluded.period, usd_nanos = excluded.usd_nanos",
+                (tenant, override.tokens, override.period, override.usd_nanos),
             )
+
+    def _db_add_history(self, rows: list[_HistoryRow]) -> None:
+        conn = self._db()
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(_ADD_HISTORY, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _db_read_history(
+        self, since_hour: int, tenant: str | None, model: str | None
+    ) -> list[_HistoryRow]:
+        sql = _SELECT_HISTORY
+        args: list[int | str] = [since_hour]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        if model is not None:
+            sql += " AND model = ?"
+            args.append(model)
+        return self._db().execute(sql, args).fetchall()
+
+    def _db_prune_history(self, before_hour: int) -> int:
+        return (
+            self._db().execute("DELETE FROM usage_hourly WHERE hour < ?", (before_hour,)).rowcount
+        )
+
+
+def _counters(row: _Row | None) -> UsageCounters:
+    if row is None:
+        return UsageCounters()
+    i, o, t, c = row
+    return UsageCounters(i, o, t, 0, c)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file of an older aigw up to this schema (in place, once)."""
+    usage = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    if "cost_nanos" not in usage:
+        conn.execute("ALTER TABLE usage ADD COLUMN cost_nanos INTEGER NOT NULL DEFAULT 0")
+    overrides = {row[1] for row in conn.execute("PRAGMA table_info(overrides)")}
+    if "usd_nanos" not in overrides:
+        conn.executescript("BEGIN;" + _MIGRATE_OVERRIDES + "COMMIT;")
 
 
 def open_error(path: Path, exc: BaseException) -> StateStoreError:
