@@ -24,16 +24,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import stat
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from aigw.config import MAX_QUOTA_TOKENS, Config
-from aigw.errors import ConfigError, GatewayError, ServiceUnavailableError
+from aigw.errors import ConfigError, GatewayError, ServiceUnavailableError, StartupError
 from aigw.limits import Limits
 from aigw.limits.quota import QuotaManager
 from aigw.pricing import parse_usd, to_nanos
+from aigw.private_socket import unsafe_directory
 from aigw.runtime import Runtime
 from aigw.usage_history import UsageQuery, hour_of, summarise
 
@@ -228,3 +233,60 @@ def _limits(gateway: AdminTarget) -> Limits:
 
 def _quota(gateway: AdminTarget) -> QuotaManager:
     return _limits(gateway).quota
+
+
+def claim_admin_socket(path: Path) -> None:
+    """Make `path` free for a new admin socket, in a private directory (made 0700 if missing).
+
+    Refuses (StartupError) when the directory, or one above it, belongs to or is writable by
+    another user (`aigw.private_socket`), when a live daemon answers there, when the path is
+    another user's socket or not a socket at all (never delete what is not ours); removes our
+    own stale socket."""
+    hint = "give this daemon another path with --admin-socket PATH"
+    directory = path.parent
+    if (reason := unsafe_directory(directory)) is not None:
+        raise StartupError(f"unsafe admin socket directory: {reason}; {hint}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot create the admin socket {path}: {exc.strerror or exc}; {hint}"
+        ) from None
+    if (reason := unsafe_directory(directory)) is not None:  # made by someone else meanwhile?
+        raise StartupError(f"unsafe admin socket directory: {reason}; {hint}")
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StartupError(f"cannot check the admin socket {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; not removing it ({hint})")
+    if st.st_uid != os.geteuid():
+        raise StartupError(
+            f"{path} is another user's socket (uid {st.st_uid}); not using or removing it ({hint})"
+        )
+    if _socket_alive(path):
+        raise StartupError(
+            f"another aigw daemon is already running on the admin socket {path}; "
+            f"stop it, or {hint} (and pass the same --admin-socket to the client commands)"
+        )
+    try:
+        path.unlink()  # stale: its daemon died without cleaning up
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StartupError(
+            f"cannot remove the stale admin socket {path}: {exc.strerror}; {hint}"
+        ) from None
+
+
+def _socket_alive(path: Path) -> bool:
+    """Whether a process accepts connections on the socket at `path` (a stale one refuses)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+        return True

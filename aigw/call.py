@@ -30,6 +30,7 @@ from aigw.logutil import RateLimitedLog
 if TYPE_CHECKING:
     from aigw.metrics import Metrics
     from aigw.runtime import Runtime
+    from aigw.tracing import AttemptSpan, RequestSpan, Tracing
 
 CHAT = "chat"
 NATIVE = "native"
@@ -55,6 +56,8 @@ class GatewayView(Protocol):
     drain_deadline: asyncio.Event
     #: one line per target and 10 s for requests that end in an upstream failure
     upstream_failures: RateLimitedLog
+    #: OpenTelemetry spans (None: tracing is off, and the pipeline checks only this)
+    tracing: Tracing | None
 
     def access_log(self, ctx: RequestContext, request: web.BaseRequest) -> None: ...
 
@@ -66,17 +69,21 @@ class Call:
     gateway's own headers for the answer (request id, rate limits, provider, cache)."""
 
     __slots__ = (
+        "answer",
+        "attempt",
         "cache",
         "cache_key",
         "charge",
         "counted",
         "ctx",
         "dialect",
+        "error",
         "gw",
         "limits",
         "request",
         "route",
         "rt",
+        "span",
         "upstream_time",
     )
 
@@ -107,6 +114,12 @@ class Call:
         #: Seconds spent waiting on upstreams, failed attempts included: the gateway overhead
         #: metric is total time minus this.
         self.upstream_time = 0.0
+        #: the request's server span and its current upstream attempt's (tracing on only)
+        self.span: RequestSpan | None = None
+        self.attempt: AttemptSpan | None = None
+        #: what ended the request in an error, and the answer a span captures (capture_content)
+        self.error: GatewayError | None = None
+        self.answer: bytes | str | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -204,6 +217,24 @@ class Call:
             if may_reject:
                 raise
 
+    def start_attempt(self, provider: str, model: str) -> bytes:
+        """A new upstream attempt's span (tracing on): the trace headers to send with it."""
+        span = self.span
+        if span is None:
+            return b""
+        attempt = self.attempt = span.attempt(self.rt.config.providers[provider], model)
+        return attempt.header_lines()
+
+    def end_attempt(
+        self, status: int | None = None, error: GatewayError | str | None = None
+    ) -> None:
+        """End the current attempt's span (tracing on): one that failed without an answer
+        (`status` None, `error`) or with an error status, or a plain answer (`status` only);
+        a delivered answer's attempt is ended by the delivery, with its usage."""
+        attempt = self.attempt
+        if attempt is not None:
+            attempt.end(status, error=error)
+
     def log_upstream_failure(self, err: GatewayError) -> None:
         ctx = self.ctx
         target = ctx.target or "-"
@@ -253,5 +284,15 @@ class Call:
                 time.monotonic() - ctx.started,
                 self.upstream_time if upstream_time is None else upstream_time,
                 ttft,
+            )
+        span = self.span
+        if span is not None:
+            span.end(
+                status,
+                tenant=ctx.tenant,
+                cache=ctx.cache,
+                usage=ctx.usage,
+                answer=self.answer,
+                error=self.error,
             )
         self.gw.access_log(ctx, self.request)

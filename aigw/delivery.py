@@ -55,6 +55,9 @@ DRAIN_AFTER_DONE = 1.0
 #: A delta event of a native Responses or Messages stream (`event: response.output_text.delta`,
 #: `event: content_block_delta`): each holds at least one token.
 NATIVE_DELTA = b"delta\ndata:"
+#: Bytes of a stream's last events kept for its attempt span (tracing on): the answer's model,
+#: id and finish reasons are read from them.
+TRACED_TAIL = 4096
 #: Status recorded for a request whose client went away first (nginx's convention).
 CLIENT_CLOSED = 499
 SSE_HEADERS = {
@@ -104,6 +107,10 @@ async def deliver(
     else:
         ctx.usage = usage_from_body(body)
     ctx.status = resp.status
+    attempt = call.attempt
+    if attempt is not None:
+        attempt.end(resp.status, usage=ctx.usage, answer=body)
+        call.answer = body
     info = ResponseInfo(resp.status, body=body, usage=ctx.usage)
     try:
         await call.observe(info, may_reject=True)
@@ -136,12 +143,15 @@ async def deliver_stream(
             lease, UpstreamError(f"The upstream answered a stream request with {content_type[:40]}")
         )
     native = route == NATIVE and dialect is not None
+    attempt = call.attempt
+    # The span's copy of the answer text (tracing.capture_content).
+    captured = attempt is not None and _captures(call)
     tap = StreamTap(
         # A translated stream is read whole, usage included: its renderer needs it.
         strip_usage=route == CHAT and not ctx.client_wants_usage,
         # A native stream of another dialect is never cached (the cache keeps canonical
         # answers), but hooks that read answers (content filter, audit) still get its text.
-        collect=rt.wants_stream_text if native else rt.collect_stream,
+        collect=(rt.wants_stream_text if native else rt.collect_stream) or captured,
         max_kept=rt.config.server.max_upstream_body,
         usage_of=dialect.stream_usage() if native and dialect is not None else None,
         done_markers=dialect.done_markers if native and dialect is not None else DONE_MARKERS,
@@ -181,6 +191,10 @@ async def deliver_stream(
         raise
     ttft = time.monotonic() - ctx.started  # arrival to first byte, as the metric says
     lease.first_byte()
+    tail = b""  # the last events read: the attempt span reads the answer's model, id, finish
+    if attempt is not None:
+        attempt.first_token()
+        tail = first
     out = web.StreamResponse(
         status=200, headers={**client_headers(resp.headers, ctx.response_headers), **SSE_HEADERS}
     )
@@ -246,6 +260,8 @@ async def deliver_stream(
                             deltas += rest.count(NATIVE_DELTA)
                     break
                 data = tap.feed(chunk)
+                if attempt is not None and data:
+                    tail = (tail + data)[-TRACED_TAIL:]
         # A native stream of another dialect ends as its upstream ends it; a chat one must
         # have finished (its finish reason or [DONE] seen).
         if failure is None and not native and not tap.done and not tap.finished:
@@ -278,6 +294,8 @@ async def deliver_stream(
         lease.neutral()
         ctx.status = CLIENT_CLOSED
         ctx.usage = tap.usage or _estimate(call, tap, deltas if native else None)
+        if attempt is not None:
+            attempt.end(200, usage=ctx.usage, answer=tail, error="the client went away")
         await call.settle(ctx.usage)
         await _after_stream(call, tap)
         _stream_done(call, upstream_started, ttft)
@@ -307,6 +325,9 @@ async def deliver_stream(
             with contextlib.suppress(ConnectionError):
                 await out.write(renderer.finish(tap.usage))
     ctx.usage = tap.usage or _estimate(call, tap, deltas if native else None)
+    if attempt is not None:
+        attempt.end(200, usage=ctx.usage, answer=tail, error=failure)
+        call.error = failure
     await call.settle(ctx.usage)
     if failure is None and tap.done and call.cache_key is not None and tap.events and not native:
         call.store(assemble_stream(tap.events, ctx.endpoint, usage=tap.usage))
@@ -404,9 +425,20 @@ def _stream_done(call: Call, upstream_started: float, ttft: float) -> None:
 
 async def _after_stream(call: Call, tap: StreamTap) -> None:
     info = ResponseInfo(call.ctx.status, usage=call.ctx.usage)
-    if call.rt.wants_stream_text and tap.events is not None:
-        info.text = _stream_text(tap.events)
+    wanted, captured = call.rt.wants_stream_text, call.span is not None and _captures(call)
+    if tap.events is not None and (wanted or captured):
+        text = _stream_text(tap.events)
+        if wanted:
+            info.text = text
+        if captured:
+            call.answer = text
     await call.observe(info, may_reject=False)  # the answer is out: nothing can take it back
+
+
+def _captures(call: Call) -> bool:
+    """The request's span records the answer text (tracing.capture_content, sampled)."""
+    tracing, span = call.gw.tracing, call.span
+    return tracing is not None and tracing.capture_content and span is not None and span.recording
 
 
 def _estimate(call: Call, tap: StreamTap, deltas: int | None = None) -> Usage | None:

@@ -125,22 +125,31 @@ async def forward(
             else:  # translated: the canonical chat form to a chat target
                 call.route = TRANSLATED
                 body = _upstream_body(ctx.body, target.model, ctx.stream, ctx.endpoint)
+            trace = call.start_attempt(target.provider, target.model) if call.span else b""
             upstream_started = time.monotonic()
             try:
                 resp = await provider.send(
-                    endpoint, body, stream=ctx.stream, timeout=left, client_headers=raw_headers
+                    endpoint,
+                    body,
+                    stream=ctx.stream,
+                    timeout=left,
+                    client_headers=raw_headers,
+                    trace_headers=trace,
                 )
             except UpstreamBusyError as err:  # our pool to it is full: not its fault
                 lease.neutral()
+                call.end_attempt(error=err)
                 last_error = err
                 continue
             except (UpstreamError, UpstreamTimeoutError) as err:
                 call.upstream_time += time.monotonic() - upstream_started
                 lease.failure(err.message)
+                call.end_attempt(error=err)
                 last_error = err
                 continue
             except BaseException:
                 lease.neutral()
+                call.end_attempt(error="cancelled")
                 raise
             headers["x-aigw-provider"] = target.provider
             headers["x-aigw-model"] = target.model
@@ -149,6 +158,7 @@ async def forward(
             if resp.status >= 400:
                 status_err = await status_error(resp, lease, target.provider)
                 call.upstream_time += time.monotonic() - upstream_started
+                call.end_attempt(resp.status, status_err)
                 if status_err.client_fault:
                     raise status_err
                 last_error = status_err
@@ -159,6 +169,7 @@ async def forward(
             if not isinstance(result, GatewayError):
                 return result
             call.upstream_time += time.monotonic() - upstream_started
+            call.end_attempt(resp.status, result)
             last_error = result
     if cooling is not None and (last_error is None or last_error.status != 429):
         # Every target that could serve is paused at its upstream's request: the client gets
@@ -213,6 +224,7 @@ async def count_natively(call: Call, raw: bytes) -> web.Response | None:
         body = raw
         if client_body.get("model") != target.model:
             body = jsonutil.dumps({**client_body, "model": target.model})
+        trace = call.start_attempt(target.provider, target.model) if call.span else b""
         try:
             resp = await rt.providers[target.provider].send(
                 "messages/count_tokens",
@@ -220,16 +232,20 @@ async def count_natively(call: Call, raw: bytes) -> web.Response | None:
                 stream=False,
                 timeout=max(deadline - time.monotonic(), 0.001),
                 client_headers=call.request.raw_headers,
+                trace_headers=trace,
             )
         except (UpstreamError, UpstreamTimeoutError) as err:
             lease.failure(err.message)
+            call.end_attempt(error=err)
             last_error = err
             continue
         except BaseException:
             lease.neutral()
+            call.end_attempt(error="cancelled")
             raise
         if resp.status >= 400:
             status_err = await status_error(resp, lease, target.provider)
+            call.end_attempt(resp.status, status_err)
             if status_err.client_fault:
                 raise status_err
             last_error = status_err
@@ -238,11 +254,13 @@ async def count_natively(call: Call, raw: bytes) -> web.Response | None:
             answer = await resp.read()
         except GatewayError as err:
             lease.failure(err.message)
+            call.end_attempt(resp.status, err)
             last_error = err
             continue
         finally:
             resp.close()
         lease.success()
+        call.end_attempt(resp.status)
         headers = client_headers(resp.headers, ctx.response_headers)
         headers.setdefault("Content-Type", "application/json")
         return web.Response(status=resp.status, body=answer, headers=headers)

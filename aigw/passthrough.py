@@ -148,6 +148,7 @@ async def pass_through(call: Call, raw: bytes, upload: Upload | None) -> web.Str
             body = jsonutil.dumps({**ctx.body, "model": target.model})
         else:
             body = raw
+        trace = call.start_attempt(target.provider, target.model) if call.span else b""
         started = time.monotonic()
         try:
             resp = await rt.providers[target.provider].forward(
@@ -156,9 +157,11 @@ async def pass_through(call: Call, raw: bytes, upload: Upload | None) -> web.Str
                 content_type=content_type,
                 timeout=left,
                 client_headers=call.request.raw_headers,
+                trace_headers=trace,
             )
         except UpstreamBusyError as err:
             lease.neutral()
+            call.end_attempt(error=err)
             last_error = err
             if _spent(upload):
                 raise
@@ -166,12 +169,14 @@ async def pass_through(call: Call, raw: bytes, upload: Upload | None) -> web.Str
         except (UpstreamError, UpstreamTimeoutError) as err:
             call.upstream_time += time.monotonic() - started
             lease.failure(err.message)
+            call.end_attempt(error=err)
             last_error = err
             if _spent(upload):
                 raise
             continue
-        except BaseException:
+        except BaseException as exc:
             lease.neutral()  # the client's own body failed (413, a broken upload), or it left
+            call.end_attempt(error=exc if isinstance(exc, GatewayError) else "cancelled")
             raise
         call.ctx.response_headers["x-aigw-provider"] = target.provider
         call.ctx.response_headers["x-aigw-model"] = target.model
@@ -179,6 +184,7 @@ async def pass_through(call: Call, raw: bytes, upload: Upload | None) -> web.Str
         if resp.status >= 400:
             refused = await status_error(resp, lease, target.provider)
             call.upstream_time += time.monotonic() - started
+            call.end_attempt(resp.status, refused)
             if refused.client_fault or _spent(upload):
                 raise refused
             last_error = refused
@@ -206,14 +212,18 @@ async def _answer(
         except GatewayError as err:
             resp.close()
             lease.failure(err.message)
+            call.end_attempt(resp.status, err)
             raise
         except BaseException:
             lease.neutral()
+            call.end_attempt(resp.status, "cancelled")
             raise
         lease.success()
         call.upstream_time += time.monotonic() - started
         ctx.usage = _usage_of_json(body) if content_type.startswith("application/json") else None
         ctx.status = resp.status
+        if call.attempt is not None:
+            call.attempt.end(resp.status, usage=ctx.usage)
         await call.settle(ctx.usage)
         call.done(resp.status)
         return web.Response(status=resp.status, body=body, headers=headers)
@@ -231,6 +241,8 @@ async def _answer(
         async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
             await out.prepare(call.request)
             lease.first_byte()
+            if call.attempt is not None:
+                call.attempt.first_token()
             async for data in chunks:
                 await out.write(data)
                 if events is not None:
@@ -238,6 +250,7 @@ async def _answer(
             await out.write_eof()
     except (ConnectionError, asyncio.CancelledError):
         lease.neutral()
+        call.end_attempt(resp.status, "the client went away")
         ctx.status = CLIENT_CLOSED
         await call.settle(None)
         call.done(CLIENT_CLOSED, call.upstream_time + (time.monotonic() - started))
@@ -248,6 +261,8 @@ async def _answer(
             lease.failure(err.message)
         else:
             lease.neutral()
+        call.end_attempt(resp.status, err if isinstance(err, GatewayError) else "timed out")
+        call.error = err if isinstance(err, GatewayError) else None
         ctx.status = 502
         await call.settle(None)
         call.done(502, call.upstream_time + (time.monotonic() - started))
@@ -259,6 +274,8 @@ async def _answer(
         resp.close()
     lease.success()
     ctx.usage = events.usage if events is not None else None
+    if call.attempt is not None:
+        call.attempt.end(resp.status, usage=ctx.usage)
     await call.settle(ctx.usage)
     call.done(resp.status, call.upstream_time + (time.monotonic() - started))
     return out

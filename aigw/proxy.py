@@ -175,6 +175,10 @@ class Proxy:
         if limits is None:
             return _error(ServiceUnavailableError("The gateway is not running."), rid, MESSAGES)
         call = Call(gw, request, ctx, rt, limits, MESSAGES)
+        if gw.tracing is not None:
+            call.span = gw.tracing.start_request(
+                "POST", request.rel_url.raw_path, request.headers, request_id=rid
+            )
         try:
             ctx.tenant = rt.auth.tenant(request.headers)
             decision = await limits.admission.take_request(ctx.tenant)
@@ -185,6 +189,8 @@ class Proxy:
             ctx.body = messages.count_tokens_to_chat(ctx.client_body)
             model = ctx.body.get("model")
             ctx.model = model if isinstance(model, str) else ""
+            if call.span is not None:
+                call.span.request(ctx.model, ctx.body)
             answer = await count_natively(call, raw)
             if answer is None:
                 estimate = limits.quota.estimate_prompt_tokens("chat/completions", ctx.body)
@@ -230,6 +236,11 @@ class Proxy:
         if limits is None:  # not started, or stopped
             return _error(ServiceUnavailableError("The gateway is not running."), rid, dialect)
         call = Call(gw, request, ctx, rt, limits, dialect)
+        tracing = gw.tracing
+        if tracing is not None:
+            call.span = tracing.start_request(
+                "POST", request.rel_url.raw_path, request.headers, request_id=rid
+            )
         metrics = gw.metrics
         if metrics is not None:
             metrics.in_flight(1)
@@ -259,6 +270,8 @@ class Proxy:
                         ctx.client_wants_usage = alias.wants_usage
                         if rt.after_hooks:
                             ctx.body = _parse_body(raw)
+                        if call.span is not None:
+                            call.span.request(ctx.model, ctx.body, stream=ctx.stream)
                         return await self._serve_cached(call, entry, req_decision)
             ctx.body = _parse_body(raw)
             model = ctx.body.get("model")  # known even when the translation refuses the body
@@ -281,6 +294,8 @@ class Proxy:
                 ctx.client_wants_usage = (
                     isinstance(opts, dict) and opts.get("include_usage") is True
                 )
+            if call.span is not None:
+                call.span.request(ctx.model, body, stream=ctx.stream)
             if cache is not None and native_only is None:  # stateful answers are not kept
                 hit = self._cache_lookup(call, cache, directives, raw_key)
                 if hit is not None:
@@ -339,6 +354,8 @@ class Proxy:
         ctx.model = model if isinstance(model, str) else ""
         for hook in call.rt.hooks:
             await hook.before_request(ctx)
+        if call.span is not None:
+            call.span.request(ctx.model, ctx.body)
         # Rate limits by request; the quota only checks the tenant still has some (nothing is
         # held: what the answer reports is recorded).
         await limits.admission.admit(ctx.tenant, call.charge, requests, ctx.response_headers)
@@ -360,6 +377,7 @@ class Proxy:
             call.log_upstream_failure(err)
         await _run_on_error(call.rt, ctx, err)
         err.headers = {**ctx.response_headers, **err.headers}
+        call.error = err
         call.done(err.status)
         return _error(err, ctx.request_id, call.dialect)
 

@@ -27,7 +27,6 @@ import os
 import random
 import signal
 import socket
-import stat
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +50,6 @@ from aigw.hooks.base import Hook
 from aigw.limits import Limits, build_limits
 from aigw.logutil import RateLimitedLog
 from aigw.paths import default_admin_socket
-from aigw.private_socket import unsafe_directory
 from aigw.providers import Provider
 from aigw.proxy import Proxy
 from aigw.runtime import Runtime, assemble, build_parts, close_all
@@ -61,6 +59,7 @@ if TYPE_CHECKING:
     from aigw.cache import ResponseCache
     from aigw.metrics import Metrics
     from aigw.state.base import StateStore
+    from aigw.tracing import Tracing
 
 log = logging.getLogger("aigw")
 access = logging.getLogger("aigw.access")
@@ -102,6 +101,8 @@ class Gateway:
         self.limits: Limits | None = None
         self.cache: ResponseCache | None = None
         self.metrics: Metrics | None = None
+        #: spans of requests and their upstream attempts (None: tracing is off)
+        self.tracing: Tracing | None = None
         providers, hook_specs = build_parts(config, None)
         self.runtime: Runtime = assemble(
             config,
@@ -146,6 +147,10 @@ class Gateway:
             from aigw.metrics import Metrics
 
             self.metrics = Metrics(True, config.metrics.tenant_label)
+        if config.tracing.enabled:
+            from aigw.tracing import build_tracing
+
+            self.tracing = build_tracing(config.tracing)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -231,6 +236,8 @@ class Gateway:
         self._runners.append(runner)
 
     def _check_admin_socket(self) -> None:
+        from aigw.admin import claim_admin_socket
+
         claim_admin_socket(self.admin_socket)
 
     def requests_in_flight(self) -> int:
@@ -290,6 +297,10 @@ class Gateway:
         if self.store is not None:
             await self.store.close()
             self.store = None
+        if self.tracing is not None:
+            # After the drain: every request's spans are queued; the export is bounded in time.
+            tracing, self.tracing = self.tracing, None
+            await tracing.close()
 
     # --- reload ----------------------------------------------------------------------------------
 
@@ -331,7 +342,7 @@ class Gateway:
             retire.add_done_callback(self._forget_task)
         restart_only = [
             name
-            for name in ("state", "cache", "metrics")
+            for name in ("state", "cache", "metrics", "tracing")
             if getattr(config, name) != getattr(old.config, name)
         ]
         # shutdown_timeout is read when the drain starts; these are read when the server is built.
@@ -560,63 +571,6 @@ def listen_error(exc: OSError, host: str, port: int) -> StartupError:
         f"cannot listen on {host_port(host, port)}: {exc.strerror}; "
         "choose another with --host / --port"
     )
-
-
-def claim_admin_socket(path: Path) -> None:
-    """Make `path` free for a new admin socket, in a private directory (made 0700 if missing).
-
-    Refuses (StartupError) when the directory, or one above it, belongs to or is writable by
-    another user (`aigw.private_socket`), when a live daemon answers there, when the path is
-    another user's socket or not a socket at all (never delete what is not ours); removes our
-    own stale socket."""
-    hint = "give this daemon another path with --admin-socket PATH"
-    directory = path.parent
-    if (reason := unsafe_directory(directory)) is not None:
-        raise StartupError(f"unsafe admin socket directory: {reason}; {hint}")
-    try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise StartupError(
-            f"cannot create the admin socket {path}: {exc.strerror or exc}; {hint}"
-        ) from None
-    if (reason := unsafe_directory(directory)) is not None:  # made by someone else meanwhile?
-        raise StartupError(f"unsafe admin socket directory: {reason}; {hint}")
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StartupError(f"cannot check the admin socket {path}: {exc.strerror}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise StartupError(f"{path} exists and is not a socket; not removing it ({hint})")
-    if st.st_uid != os.geteuid():
-        raise StartupError(
-            f"{path} is another user's socket (uid {st.st_uid}); not using or removing it ({hint})"
-        )
-    if _socket_alive(path):
-        raise StartupError(
-            f"another aigw daemon is already running on the admin socket {path}; "
-            f"stop it, or {hint} (and pass the same --admin-socket to the client commands)"
-        )
-    try:
-        path.unlink()  # stale: its daemon died without cleaning up
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StartupError(
-            f"cannot remove the stale admin socket {path}: {exc.strerror}; {hint}"
-        ) from None
-
-
-def _socket_alive(path: Path) -> bool:
-    """Whether a process accepts connections on the socket at `path` (a stale one refuses)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-        return True
 
 
 # --- running in the foreground ---------------------------------------------------------------

@@ -58,7 +58,6 @@ redacted with `aigw.redact.redact` in the export thread, as the audit log does i
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import threading
@@ -68,10 +67,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
 
-from aigw import jsonutil
 from aigw.config import OTEL_INSTALL_HINT, ProviderConfig, TracingConfig, missing_otel_module
 from aigw.errors import ConfigError, ConfigProblem, GatewayError, UpstreamStatusError
 from aigw.exchange import Usage
+from aigw.genai import (
+    OPERATIONS,
+    Content,
+    answer_finish_reasons,
+    head_string,
+    input_messages,
+    output_messages,
+    provider_name,
+    request_settings,
+    usage_attributes,
+)
 from aigw.otlp import LostSpansLog, OtlpHttpExporter, SpanEncoder
 
 if TYPE_CHECKING:
@@ -84,43 +93,12 @@ log = logging.getLogger("aigw.tracing")
 
 #: The event on an attempt span when its first streamed content arrived.
 FIRST_TOKEN_EVENT: Final = "gen_ai.first_token"
-#: Characters kept of each captured content attribute (input messages, output messages).
-MAX_CONTENT_CHARS: Final = 16 * 1024
 #: How long `shutdown()` waits for the last spans to reach the collector by default.
 SHUTDOWN_TIMEOUT: Final = 5.0
 #: Spans per export request (the SDK's default).
 MAX_EXPORT_BATCH: Final = 512
 #: How often (seconds) a failing collector may write a line to the log.
 LOG_INTERVAL: Final = 60.0
-
-#: `gen_ai.operation.name` by API route (the path after /v1/); other routes have none.
-OPERATIONS: Final[Mapping[str, str]] = {
-    "chat/completions": "chat",
-    "responses": "chat",
-    "messages": "chat",
-    "completions": "text_completion",
-    "embeddings": "embeddings",
-}
-#: `gen_ai.provider.name` by upstream host (exact, or a suffix when it starts with "."), for
-#: OpenAI-compatible providers whose host says who runs the model; else by provider type.
-PROVIDER_HOSTS: Final[tuple[tuple[str, str], ...]] = (
-    ("api.openai.com", "openai"),
-    (".openai.azure.com", "azure.ai.openai"),
-    (".services.ai.azure.com", "azure.ai.inference"),
-    ("models.inference.ai.azure.com", "azure.ai.inference"),
-    ("api.anthropic.com", "anthropic"),
-    ("generativelanguage.googleapis.com", "gcp.gemini"),
-    ("aiplatform.googleapis.com", "gcp.vertex_ai"),
-    (".aiplatform.googleapis.com", "gcp.vertex_ai"),
-    ("api.mistral.ai", "mistral_ai"),
-    ("api.groq.com", "groq"),
-    ("api.deepseek.com", "deepseek"),
-    ("api.x.ai", "x_ai"),
-    ("api.perplexity.ai", "perplexity"),
-    ("api.cohere.com", "cohere"),
-    ("api.cohere.ai", "cohere"),
-)
-PROVIDER_TYPES: Final[Mapping[str, str]] = {"openai": "openai", "mock": "aigw.mock"}
 
 # W3C Trace Context: version-traceid-parentid-flags, lower-case hex; a later version may append
 # fields after a "-", version 00 may not.
@@ -394,16 +372,16 @@ class RequestSpan:
         attributes = self.attributes
         if model:
             attributes["gen_ai.request.model"] = model
-        inherited = self.inherited = _request_settings(body)
+        inherited = self.inherited = request_settings(body)
         if stream:
             inherited["gen_ai.request.stream"] = True
         attributes.update(inherited)
         if self._tracing.capture_content:
             system, messages = input_messages(body)
             if system:
-                attributes["gen_ai.system_instructions"] = _Content(system)
+                attributes["gen_ai.system_instructions"] = Content(system)
             if messages:
-                attributes["gen_ai.input.messages"] = _Content(messages)
+                attributes["gen_ai.input.messages"] = Content(messages)
 
     def attempt(self, provider: ProviderConfig, model: str) -> AttemptSpan:
         """A client span for one try at an upstream (`model`: the upstream's model name),
@@ -439,11 +417,11 @@ class RequestSpan:
         if cache is not None:
             attributes["aigw.cache.hit"] = cache == "hit"
         if usage is not None:
-            _usage(usage, attributes)
+            usage_attributes(usage, attributes)
         if answer is not None and tracing.capture_content:
             messages = output_messages(answer)
             if messages:
-                attributes["gen_ai.output.messages"] = _Content(messages)
+                attributes["gen_ai.output.messages"] = Content(messages)
         span_status = tracing._ok
         if error is not None or status >= 400:
             attributes["error.type"] = _error_type(error, status)
@@ -558,15 +536,15 @@ class AttemptSpan:
         if status is not None:
             attributes["http.response.status_code"] = status
         if usage is not None:
-            _usage(usage, attributes)
+            usage_attributes(usage, attributes)
         if answer is not None:
             if response_model is None:
-                response_model = _head_string(answer, b'"model"')
-            response_id = _head_string(answer, b'"id"')
+                response_model = head_string(answer, b'"model"')
+            response_id = head_string(answer, b'"id"')
             if response_id is not None:
                 attributes["gen_ai.response.id"] = response_id
             if finish_reasons is None:
-                finish_reasons = _finish_reasons(answer)
+                finish_reasons = answer_finish_reasons(answer)
         if response_model:
             attributes["gen_ai.response.model"] = response_model
         if finish_reasons:
@@ -622,51 +600,6 @@ class _Upstream:
         return cls(attributes)
 
 
-def provider_name(provider: ProviderConfig) -> str:
-    """`gen_ai.provider.name`: who runs the model, by the upstream's host when it is a known
-    vendor's, else by the provider type (an OpenAI-compatible server speaks the `openai`
-    flavour of the conventions)."""
-    if provider.type == "openai" and provider.base_url:
-        try:
-            host = (urlsplit(provider.base_url).hostname or "").lower()
-        except ValueError:
-            host = ""
-        for pattern, name in PROVIDER_HOSTS:
-            if host == pattern or (pattern.startswith(".") and host.endswith(pattern)):
-                return name
-    return PROVIDER_TYPES.get(provider.type, provider.type)
-
-
-def _request_settings(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The request's GenAI settings, which its attempt spans repeat (the conventions put them
-    on the client span)."""
-    settings: dict[str, Any] = {}
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            settings["gen_ai.request.max_tokens"] = value
-            break
-    for key, name in (
-        ("temperature", "gen_ai.request.temperature"),
-        ("top_p", "gen_ai.request.top_p"),
-    ):
-        value = body.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            settings[name] = float(value)
-    return settings
-
-
-def _usage(usage: Usage, attributes: dict[str, Any]) -> None:
-    attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
-    attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
-    if usage.cached_tokens:
-        attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cached_tokens
-    if usage.cache_write_tokens:
-        attributes["gen_ai.usage.cache_write.input_tokens"] = usage.cache_write_tokens
-    if usage.reasoning_tokens:
-        attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
-
-
 def _error_type(error: BaseException | str | None, status: int) -> str:
     """A low-cardinality `error.type`: the gateway's error code, the upstream's status, or the
     exception's class name."""
@@ -696,252 +629,6 @@ def _client_fault(error: BaseException | str, status: int) -> bool:
     if isinstance(error, GatewayError):
         return error.status < 500
     return 400 <= status < 500
-
-
-# An answer's model, id and finish reasons are found with `bytes.find` (C speed, no parse of a
-# maybe large body) and one anchored match for the string after the key. Top-level keys come
-# first in every dialect's answer and in each stream chunk; a key inside the answer's text is
-# escaped (\\"model\\") and never matches.
-_STRING_AFTER_KEY = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*"([^"\\]{1,256})"')
-_HEAD: Final = 2048  # where an answer's top-level "id" and "model" are looked for
-_FINISH_KEYS: Final = (b'"finish_reason"', b'"stop_reason"')
-
-
-def _head_string(data: bytes, key: bytes) -> str | None:
-    """The string value of the first `key` (b'"model"') in the answer's head; None when absent
-    or null."""
-    at = data.find(key, 0, _HEAD)
-    if at < 0:
-        return None
-    m = _STRING_AFTER_KEY.match(data, at + len(key))
-    return m.group(1).decode("utf-8", "replace") if m is not None else None
-
-
-def _finish_reasons(data: bytes) -> tuple[str, ...]:
-    """Every non-null `finish_reason` (OpenAI) or `stop_reason` (Anthropic), in order."""
-    out: list[str] = []
-    for key in _FINISH_KEYS:
-        at = data.find(key)
-        while at >= 0 and len(out) < 128:
-            m = _STRING_AFTER_KEY.match(data, at + len(key))
-            if m is not None and len(m.group(1)) <= 64:
-                out.append(m.group(1).decode("ascii", "replace"))
-            at = data.find(key, at + len(key))
-        if out:
-            break
-    return tuple(out)
-
-
-# --- captured content (capture_content) ------------------------------------------------------
-
-
-class _Content:
-    """A captured-content attribute until export: the message structure, texts already cut to
-    `MAX_CONTENT_CHARS` in all; redacted and written as JSON in the export thread."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: list[dict[str, Any]]) -> None:
-        self.value = value
-
-    def render(self) -> str:
-        from aigw.redact import redact
-
-        def clean(node: Any) -> Any:
-            if isinstance(node, dict):
-                return {
-                    k: redact(v) if k in _TEXT_KEYS and isinstance(v, str) else clean(v)
-                    for k, v in node.items()
-                }
-            if isinstance(node, list):
-                return [clean(item) for item in node]
-            return node
-
-        return json.dumps(clean(self.value), ensure_ascii=False, separators=(",", ":"))
-
-
-#: Keys of the GenAI message parts whose values are the model's or the user's text.
-_TEXT_KEYS: Final = frozenset({"content", "arguments", "response"})
-
-
-class _Budget:
-    """What is left of `MAX_CONTENT_CHARS` for one attribute."""
-
-    __slots__ = ("left",)
-
-    def __init__(self) -> None:
-        self.left = MAX_CONTENT_CHARS
-
-    def take(self, text: str) -> str | None:
-        """`text`, cut to what is left (before the last whitespace within it: a token cut in
-        half could be a secret the redactor no longer recognises); None when nothing is left."""
-        if self.left <= 0:
-            return None
-        if len(text) <= self.left:
-            self.left -= len(text)
-            return text
-        cut = text[: self.left]
-        self.left = 0
-        space = max(cut.rfind(" "), cut.rfind("\n"), cut.rfind("\t"))
-        return (cut[:space] if space > 0 else "") + " [truncated]"
-
-
-def input_messages(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(system instructions, input messages) of a request in the GenAI conventions' shapes,
-    from an OpenAI chat/completions/embeddings/responses or Anthropic messages body; texts cut
-    to `MAX_CONTENT_CHARS` in all."""
-    budget = _Budget()
-    system: list[dict[str, Any]] = []
-    messages: list[dict[str, Any]] = []
-    instructions = body.get("system", body.get("instructions"))
-    if instructions is not None:
-        system = _parts(instructions, budget)
-    raw = body.get("messages")
-    if raw is None:
-        raw = body.get("input", body.get("prompt"))
-    if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], str)):
-        parts = _parts(raw, budget)
-        if parts:
-            messages.append({"role": "user", "parts": parts})
-    elif isinstance(raw, list):
-        for item in raw:
-            if budget.left <= 0:
-                break
-            if isinstance(item, dict):
-                message = _message(item, budget)
-                if message is not None:
-                    messages.append(message)
-    return system, messages
-
-
-def output_messages(answer: bytes | str) -> list[dict[str, Any]]:
-    """The answer in the GenAI conventions' output-message shape: one message per choice of a
-    JSON answer (OpenAI chat/completions/responses, Anthropic messages), or the text of a
-    stream; texts cut to `MAX_CONTENT_CHARS` in all."""
-    budget = _Budget()
-    if isinstance(answer, str):
-        parts = _parts(answer, budget)
-        return [{"role": "assistant", "parts": parts}] if parts else []
-    try:
-        data = jsonutil.loads(answer)
-    except ValueError:
-        return []
-    if not isinstance(data, dict):
-        return []
-    out: list[dict[str, Any]] = []
-    choices = data.get("choices")
-    if isinstance(choices, list):
-        for choice in choices:
-            if not isinstance(choice, dict):
-                continue
-            message = choice.get("message")
-            if isinstance(message, dict):
-                found = _message(message, budget) or {"role": "assistant", "parts": []}
-            else:
-                found = {"role": "assistant", "parts": _parts(choice.get("text"), budget)}
-            if isinstance(choice.get("finish_reason"), str):
-                found["finish_reason"] = choice["finish_reason"]
-            out.append(found)
-    elif isinstance(data.get("content"), list):  # Anthropic messages
-        found = {"role": "assistant", "parts": _parts(data["content"], budget)}
-        if isinstance(data.get("stop_reason"), str):
-            found["finish_reason"] = data["stop_reason"]
-        out.append(found)
-    elif isinstance(data.get("output"), list):  # OpenAI responses
-        for item in data["output"]:
-            if isinstance(item, dict):
-                message = _message(item, budget)
-                if message is not None:
-                    out.append(message)
-    return out
-
-
-def _message(item: Mapping[str, Any], budget: _Budget) -> dict[str, Any] | None:
-    role = item.get("role")
-    kind = item.get("type")
-    if kind in ("function_call", "tool_use"):  # a responses/Anthropic tool call item
-        return {"role": "assistant", "parts": [_tool_call(item, budget)]}
-    if kind == "function_call_output":
-        response = budget.take(_text_of(item.get("output")))
-        return {
-            "role": "tool",
-            "parts": [
-                {"type": "tool_call_response", "id": item.get("call_id"), "response": response}
-            ],
-        }
-    if not isinstance(role, str):
-        return None
-    if role == "tool":
-        response = budget.take(_text_of(item.get("content")))
-        part = {"type": "tool_call_response", "id": item.get("tool_call_id"), "response": response}
-        return {"role": role, "parts": [part]}
-    parts = _parts(item.get("content"), budget)
-    calls = item.get("tool_calls")
-    if isinstance(calls, list):
-        parts.extend(_tool_call(call, budget) for call in calls if isinstance(call, dict))
-    return {"role": role, "parts": parts}
-
-
-def _parts(content: Any, budget: _Budget) -> list[dict[str, Any]]:
-    """Message parts of a content value: a string, a list of strings, or a list of blocks."""
-    if isinstance(content, str):
-        text = budget.take(content)
-        return [{"type": "text", "content": text}] if text is not None else []
-    parts: list[dict[str, Any]] = []
-    if not isinstance(content, list):
-        return parts
-    for block in content:
-        if budget.left <= 0:
-            break
-        if isinstance(block, str):
-            parts.extend(_parts(block, budget))
-        elif isinstance(block, dict):
-            kind = block.get("type")
-            if isinstance(block.get("text"), str):
-                text = budget.take(block["text"])
-                if text is not None:
-                    parts.append({"type": "text", "content": text})
-            elif kind == "tool_use":
-                parts.append(_tool_call(block, budget))
-            elif kind == "tool_result":
-                response = budget.take(_text_of(block.get("content")))
-                parts.append(
-                    {
-                        "type": "tool_call_response",
-                        "id": block.get("tool_use_id"),
-                        "response": response,
-                    }
-                )
-            elif isinstance(kind, str):
-                parts.append({"type": kind})  # an image, audio, file...: its kind, not its data
-    return parts
-
-
-def _tool_call(call: Mapping[str, Any], budget: _Budget) -> dict[str, Any]:
-    function = call.get("function")
-    source = function if isinstance(function, dict) else call
-    arguments = source.get("arguments", source.get("input"))
-    if not isinstance(arguments, str) and arguments is not None:
-        arguments = jsonutil.dumps(arguments).decode()
-    return {
-        "type": "tool_call",
-        "id": call.get("id", call.get("call_id")),
-        "name": source.get("name"),
-        "arguments": budget.take(arguments) if arguments is not None else None,
-    }
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)
-        )
-    return ""
-
-
-# --- export --------------------------------------------------------------------------------
 
 
 def _remote_parent(tracing: Tracing, headers: Mapping[str, str]) -> SpanContext | None:

@@ -39,10 +39,11 @@ from typing import Any
 from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, web
 
 from aigw import __version__
+from aigw.admin import claim_admin_socket
 from aigw.config import Config, format_duration
 from aigw.errors import StartupError
 from aigw.paths import default_admin_socket
-from aigw.server import claim_admin_socket, host_port, listen_error
+from aigw.server import host_port, listen_error
 
 log = logging.getLogger("aigw")
 

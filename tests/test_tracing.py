@@ -34,16 +34,8 @@ from aigw.errors import (
     UpstreamTimeoutError,
 )
 from aigw.exchange import Usage
-from aigw.tracing import (
-    FIRST_TOKEN_EVENT,
-    MAX_CONTENT_CHARS,
-    Tracing,
-    TracingStats,
-    build_tracing,
-    input_messages,
-    output_messages,
-    provider_name,
-)
+from aigw.genai import MAX_CONTENT_CHARS, input_messages, output_messages, provider_name
+from aigw.tracing import FIRST_TOKEN_EVENT, Tracing, TracingStats, build_tracing
 from tests.clock import FakeClock
 from tests.otlp_receiver import OtlpReceiver, SpanRecord
 from tests.upstream import Upstream

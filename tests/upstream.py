@@ -47,6 +47,8 @@ class Upstream:
         self.behaviour = Behaviour()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        #: every request's headers as sent (repeated names kept), lower-case names
+        self.header_lists: list[list[tuple[str, str]]] = []
         self.disconnects = 0  # streams whose client (the gateway) went away
         self.disconnected = asyncio.Event()
         self.chunks_sent = 0
@@ -85,6 +87,7 @@ class Upstream:
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        self.header_lists.append([(k.lower(), v) for k, v in request.headers.items()])
         b = self.behaviour
         if b.hang:
             await asyncio.sleep(3600)
