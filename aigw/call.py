@@ -260,13 +260,14 @@ class Call:
         self.counted = True
         ctx = self.ctx
         config = self.rt.config
+        # A request of another dialect runs as chat/completions: it is counted under the API
+        # the client called.
+        endpoint = ctx.endpoint
+        if ctx.dialect != CHAT and endpoint == "chat/completions":
+            endpoint = ctx.dialect
         if ctx.tenant and config.usage.enabled:
             charge = self.charge
-            # A request of another dialect runs as chat/completions: it is kept under its own
-            # API. A model nobody configured (a 404, a refusal before the body) is kept as "-".
-            endpoint = ctx.endpoint
-            if ctx.dialect != CHAT and endpoint == "chat/completions":
-                endpoint = ctx.dialect
+            # A model nobody configured (a 404, a refusal before the body) is kept as "-".
             self.limits.history.record(
                 ctx.tenant,
                 ctx.model if ctx.model in config.models else "-",
@@ -284,6 +285,7 @@ class Call:
                 time.monotonic() - ctx.started,
                 self.upstream_time if upstream_time is None else upstream_time,
                 ttft,
+                endpoint,
             )
         span = self.span
         if span is not None:

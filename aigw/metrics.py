@@ -53,8 +53,9 @@ CIRCUIT_STATES: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
 #: (exposed name, type, labels, help). aigw_tokens_total and aigw_cost_usd_total lose `tenant`
 #: when the tenant label is turned off.
 METRICS_DOC: list[tuple[str, str, tuple[str, ...], str]] = [
-    ("aigw_requests_total", "counter", ("model", "target", "status"),
-     "Finished requests by gateway model, answering target and HTTP status."),
+    ("aigw_requests_total", "counter", ("model", "target", "status", "endpoint"),
+     "Finished requests by gateway model, answering target, HTTP status and the API called "
+     "(chat/completions, responses, messages, images/generations, ...)."),
     ("aigw_request_duration_seconds", "histogram", ("model",),
      "Whole request time, from arrival to the last byte sent."),
     ("aigw_time_to_first_token_seconds", "histogram", ("model",),
@@ -157,7 +158,7 @@ class Metrics:
         self._model = LabelFolder(max_models)
         self._target = LabelFolder(max_targets)
         # Cells by folded labels (what is exposed) ...
-        self._requests: dict[tuple[str, str, str], list[int]] = {}
+        self._requests: dict[tuple[str, str, str, str], list[int]] = {}
         self._durations: dict[str, tuple[_Hist, _Hist]] = {}
         self._tokens: dict[tuple[str, ...], tuple[list[int], list[int], list[int]]] = {}
         self._costs: dict[tuple[str, ...], list[int]] = {}  # nano-dollars
@@ -191,15 +192,22 @@ class Metrics:
         duration: float,
         upstream_time: float,
         ttft: float | None,
+        endpoint: str = "chat/completions",
     ) -> None:
         """One finished request (any status). `upstream_time` is the time spent waiting on
-        upstreams (0 for cache hits and rejections); `ttft` is set for streams only."""
+        upstreams (0 for cache hits and rejections); `ttft` is set for streams only; `endpoint`
+        is the API the client called (a fixed set: the gateway's routes)."""
         if not self.enabled:
             return
-        key = (model, target, status)
+        key = (model, target, status, endpoint)
         cell = self._requests_fast.get(key)
         if cell is None:
-            folded = (self._model(model), self._target(target or ""), _status_label(status))
+            folded = (
+                self._model(model),
+                self._target(target or ""),
+                _status_label(status),
+                endpoint,
+            )
             cell = self._requests.setdefault(folded, [0])
             if len(self._requests_fast) < _MAX_CACHED:
                 self._requests_fast[key] = cell
@@ -327,7 +335,9 @@ class Metrics:
     def collect(self) -> Iterator[Metric]:
         """The metric families, in METRICS_DOC order."""
         requests = CounterMetricFamily(
-            "aigw_requests", _HELP["aigw_requests_total"], labels=("model", "target", "status")
+            "aigw_requests",
+            _HELP["aigw_requests_total"],
+            labels=("model", "target", "status", "endpoint"),
         )
         for labels, cell in self._requests.items():
             requests.add_metric(labels, cell[0])

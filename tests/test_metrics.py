@@ -25,6 +25,12 @@ def value(
     return got[(name, tuple(sorted(labels.items())))]
 
 
+def chat_requests(
+    got: dict[tuple[str, tuple[tuple[str, str], ...]], float], **labels: str
+) -> float:
+    return value(got, "aigw_requests_total", endpoint="chat/completions", **labels)
+
+
 def known_workload(m: Metrics) -> None:
     for _ in range(3):
         m.in_flight(1)
@@ -54,9 +60,39 @@ def test_known_workload_exact_counts() -> None:
     m = Metrics(enabled=True, tenant_label=True)
     known_workload(m)
     got = samples(m)
-    assert value(got, "aigw_requests_total", model="gpt", target="openai/gpt", status="200") == 4
-    assert value(got, "aigw_requests_total", model="gpt", target="local/llama", status="502") == 1
-    assert value(got, "aigw_requests_total", model="gpt", target="", status="429") == 1
+    assert (
+        value(
+            got,
+            "aigw_requests_total",
+            model="gpt",
+            target="openai/gpt",
+            status="200",
+            endpoint="chat/completions",
+        )
+        == 4
+    )
+    assert (
+        value(
+            got,
+            "aigw_requests_total",
+            model="gpt",
+            target="local/llama",
+            status="502",
+            endpoint="chat/completions",
+        )
+        == 1
+    )
+    assert (
+        value(
+            got,
+            "aigw_requests_total",
+            model="gpt",
+            target="",
+            status="429",
+            endpoint="chat/completions",
+        )
+        == 1
+    )
     assert value(got, "aigw_request_duration_seconds_count", model="gpt") == 6
     assert value(got, "aigw_request_duration_seconds_sum", model="gpt") == pytest.approx(
         0.75 + 1.5 + 0.05 + 0.0004
@@ -130,7 +166,17 @@ def test_label_cardinality_is_bounded() -> None:
     assert value(got, "aigw_tokens_total", tenant=OTHER, model="model-0", kind="prompt") == 47
     models = {dict(labels)["model"] for name, labels in got if name == "aigw_requests_total"}
     assert models == {"model-0", "model-1", OTHER}
-    assert value(got, "aigw_requests_total", model=OTHER, target="t", status="200") == 48
+    assert (
+        value(
+            got,
+            "aigw_requests_total",
+            model=OTHER,
+            target="t",
+            status="200",
+            endpoint="chat/completions",
+        )
+        == 48
+    )
 
 
 def test_unknown_kinds_are_programming_errors() -> None:

@@ -140,10 +140,10 @@ async def test_known_workload_exact_counts(
     samples, families = await scrape(gw)
 
     assert named(samples, "aigw_requests_total") == {
-        labelset(model="gpt-test", target=TARGET, status="200"): 8,
-        labelset(model="gpt-test", target=TARGET, status="500"): 2,
-        labelset(model="gpt-test", target="", status="400"): 1,
-        labelset(model="gpt-test", target="cache", status="200"): 1,
+        labelset(model="gpt-test", target=TARGET, status="200", endpoint="chat/completions"): 8,
+        labelset(model="gpt-test", target=TARGET, status="500", endpoint="chat/completions"): 2,
+        labelset(model="gpt-test", target="", status="400", endpoint="chat/completions"): 1,
+        labelset(model="gpt-test", target="cache", status="200", endpoint="chat/completions"): 1,
     }
     assert check_histogram(samples, "aigw_request_duration_seconds", model="gpt-test") == 12
     assert check_histogram(samples, "aigw_time_to_first_token_seconds", model="gpt-test") == 3
@@ -232,11 +232,15 @@ async def test_rejections_by_reason(upstream: Upstream, start_gateway: Any, sock
         labelset(reason="invalid"): 0,
     }
     assert named(samples, "aigw_requests_total") == {
-        labelset(model="", target="", status="401"): 1,  # refused before the body was read
-        labelset(model="", target="", status="429"): 2,  # rate limit: before the body too
-        labelset(model="gpt-test", target="", status="429"): 1,
-        labelset(model="gpt-test", target="", status="400"): 1,
-        labelset(model="gpt-test", target=TARGET, status="200"): 1,
+        labelset(
+            model="", target="", status="401", endpoint="chat/completions"
+        ): 1,  # refused before the body was read
+        labelset(
+            model="", target="", status="429", endpoint="chat/completions"
+        ): 2,  # rate limit: before the body too
+        labelset(model="gpt-test", target="", status="429", endpoint="chat/completions"): 1,
+        labelset(model="gpt-test", target="", status="400", endpoint="chat/completions"): 1,
+        labelset(model="gpt-test", target=TARGET, status="200", endpoint="chat/completions"): 1,
     }
     assert len(upstream.requests) == 1
 
@@ -287,7 +291,7 @@ async def test_abandoned_stream_is_counted(
     await wait_for(settled, "the abandoned request to finish")
     samples, _ = await scrape(gw)
     assert named(samples, "aigw_requests_total") == {
-        labelset(model="gpt-test", target=TARGET, status="499"): 1
+        labelset(model="gpt-test", target=TARGET, status="499", endpoint="chat/completions"): 1
     }
     assert check_histogram(samples, "aigw_request_duration_seconds", model="gpt-test") == 1
     assert check_histogram(samples, "aigw_time_to_first_token_seconds", model="gpt-test") == 1

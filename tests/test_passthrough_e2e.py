@@ -350,13 +350,21 @@ async def test_every_endpoint_fails_over_through_the_balancer_and_is_counted(
     async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
         families = list(text_string_to_metric_families(await r.text()))
     done = {
-        (sample.labels["model"], sample.labels["target"], sample.labels["status"]): sample.value
+        (
+            sample.labels["model"],
+            sample.labels["target"],
+            sample.labels["status"],
+            sample.labels["endpoint"],
+        ): sample.value
         for family in families
         if family.name == "aigw_requests"
         for sample in family.samples
         if sample.name == "aigw_requests_total"
     }
-    assert done == {(model, f"up1/up-{model}", "200"): 1.0 for model in MODELS}
+    assert done == {
+        (model, f"up1/up-{model}", "200", path): 1.0
+        for model, path in zip(MODELS, paths, strict=True)
+    }
     assert await quota_used(gw) == tuple(
         a + b for a, b in zip(usage_of(IMAGE_USAGE), usage_of(TRANSCRIPTION_USAGE), strict=True)
     )

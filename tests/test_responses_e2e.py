@@ -651,9 +651,27 @@ async def test_metrics_count_responses_requests(
         def value(name: str, **labels: str) -> float:
             return samples.get((name, frozenset(labels.items())), 0.0)  # noqa: B023
 
-        assert value("aigw_requests_total", model="gpt-test", target=target, status="200") == 2
+        assert (
+            value(
+                "aigw_requests_total",
+                model="gpt-test",
+                target=target,
+                status="200",
+                endpoint="responses",
+            )
+            == 2
+        )
         # A body the translation refuses still counts under its model.
-        assert value("aigw_requests_total", model="gpt-test", target="", status="400") == 1
+        assert (
+            value(
+                "aigw_requests_total",
+                model="gpt-test",
+                target="",
+                status="400",
+                endpoint="responses",
+            )
+            == 1
+        )
         assert value("aigw_rejections_total", reason="invalid") == 1
         assert value("aigw_tokens_total", tenant="default", model="gpt-test", kind="prompt") == 100
         assert (

@@ -211,7 +211,10 @@ async def test_a_stream_delivered_up_to_done_is_complete_when_the_client_leaves_
         await stream.close()  # what the SDK does after [DONE]
         assert "".join(text) == TEXT
     await client.close()
-    counted = 'aigw_requests_total{model="gpt-test",status="200",target="up/up-model"} 3.0'
+    counted = (
+        'aigw_requests_total{endpoint="chat/completions",model="gpt-test",status="200",'
+        'target="up/up-model"} 3.0'
+    )
     for _ in range(250):  # until the gateway has noticed the three closes
         metrics = await _metrics(gw)
         if counted in metrics:
