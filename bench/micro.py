@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from aigw.cache import CachedResponse, ResponseCache, cache_key, parse_cache_con
 from aigw.choices import STRATEGY_CLASSES  # noqa: E402
 from aigw.config import (  # noqa: E402
     AuthKey,
+    Config,
     HealthConfig,
     ModelConfig,
     QuotaConfig,
@@ -60,6 +62,7 @@ from aigw.config import (  # noqa: E402
 )
 from aigw.hooks.base import RequestContext, Usage  # noqa: E402
 from aigw.hooks.validation import ValidationHook  # noqa: E402
+from aigw.limits.budget import Pricing  # noqa: E402
 from aigw.limits.quota import QuotaManager  # noqa: E402
 from aigw.limits.ratelimit import RateLimiter  # noqa: E402
 from aigw.limits.ratelimit import headers as rate_headers  # noqa: E402
@@ -83,6 +86,10 @@ BALANCER_BUDGET = 20.0  # issue 3 #7
 QUOTA_BUDGET = 30.0  # issue 4 #7
 METRICS_BUDGET = 15.0  # issue 5 #5b
 MONEY_BUDGET = 5.0  # money issue: price lookup + cost + rollup
+#: A gateway model whose one target is priced by the shipped table (the money items).
+BENCH_MODELS = {
+    "bench-model": ModelConfig("bench-model", targets=(TargetConfig("p", "gpt-4o-mini"),))
+}
 
 
 @dataclass(slots=True)
@@ -200,7 +207,23 @@ async def quota_items(tmp: Path) -> tuple[list[Item], list[Any]]:
             limiter.refund_tokens(TENANT, tokens - USAGE.total_tokens)
             await quota.commit(reservation, USAGE)
 
+        money_quota = QuotaManager(
+            store, QuotaConfig(default=10**15, tenants_usd={TENANT: Decimal(10**8)})
+        )
+        pricing = Pricing(Config(models=BENCH_MODELS))
+
+        async def budget(quota: QuotaManager = money_quota, pricing: Pricing = pricing) -> None:
+            # The money half of admission and settlement (Admission.money, Call.settle).
+            prompt, tokens = quota.estimate(ENDPOINT, CHAT)
+            nanos = 0
+            if quota.budget(TENANT)[0] > 0:
+                nanos = pricing.estimate("bench-model", prompt, tokens - prompt)
+            reservation = await quota.reserve(TENANT, tokens, nanos=nanos)
+            spent = pricing.cost("gpt-4o-mini", USAGE) or 0
+            await quota.commit(reservation, USAGE, spent)
+
         await checks()
+        await budget()
         assert limiter.check_request(TENANT).allowed and limiter.check_tokens(TENANT, 1).allowed
         items.append(
             Item(
@@ -215,6 +238,14 @@ async def quota_items(tmp: Path) -> tuple[list[Item], list[Any]]:
                 f"  same + estimate_tokens, x-ratelimit headers, token refund, {backend}",
                 None,
                 whole,
+                QUOTA_BUDGET,
+            )
+        )
+        items.append(
+            Item(
+                f"  quota + money budget: estimate, price, reserve, cost, commit, {backend}",
+                None,
+                budget,
                 QUOTA_BUDGET,
             )
         )
@@ -285,12 +316,33 @@ def money_items() -> list[Item]:
     def unpriced() -> None:
         one("llama3.1")
 
+    pricing = Pricing(Config(models=BENCH_MODELS))
+    metrics = Metrics(True, True)
+    wired_rollup = UsageRollup()
+
+    def wired(model: str = "gpt-4o-mini", usage: Usage = USAGE) -> None:
+        # What Call.settle and Call.done add for money and history, as they do it (the token
+        # metric was there before).
+        nanos = pricing.cost(model, usage)
+        if nanos is None:
+            metrics.unpriced(model)
+        elif nanos:
+            metrics.cost(TENANT, "bench-model", nanos)
+        wired_rollup.record(TENANT, "bench-model", ENDPOINT, usage, nanos or 0, False)
+
     price = table.lookup("gpt-4o-mini")
     assert price is not None and cost_nanos(USAGE, price) == 7_200
     one()
-    assert len(rollup) == 1
+    wired()
+    assert len(rollup) == 1 and len(wired_rollup) == 1
     return [
         Item("money: price lookup + cost_nanos + rollup.record", one, None, MONEY_BUDGET),
+        Item(
+            "  as wired: Pricing.cost + cost metric + rollup.record",
+            wired,
+            None,
+            MONEY_BUDGET,
+        ),
         Item("  same, dated Anthropic name, cached tokens", snapshot, None, MONEY_BUDGET),
         Item("  same, unpriced model (cost 0)", unpriced, None, MONEY_BUDGET),
         Item("  cost() as an exact Decimal (display, not per request)", lambda: cost(USAGE, price)),

@@ -8,7 +8,7 @@ In one run this starts, all on 127.0.0.1 and all cleaned up on exit (Ctrl+C incl
   OpenAI `chat.completion` JSON, and `POST /sse/v1/chat/completions` with a fixed SSE stream;
 - bench/passthrough.py, the naive floor (aiohttp web server + one ClientSession);
 - `python -m aigw serve` twice: features off, and features on (auth, rate limit, sqlite quota,
-  2 balanced targets, metrics, validation);
+  a money budget with prices, the usage history, 2 balanced targets, metrics, validation);
 
 pins the proxies to CPU 0 and nginx + wrk to CPU 1, runs wrk (`bench/post.lua`) against every target
 at every concurrency, and prints throughput, p50/p99, CPU per request and RSS with ratios to the
@@ -348,7 +348,10 @@ rate_limit:
   burst: 1000000
 quota:
   default: 1000000000000         # on (reserve and reconcile every request), never exhausted
+  default_usd: 1000000000        # a money budget too: priced, reserved and settled, never spent
   period: daily
+prices:
+  {UPSTREAM_MODEL}: {{input: 0.15, output: 0.60}}
 hooks: [validation]
 metrics: {{enabled: true}}
 """

@@ -25,7 +25,9 @@ from aigw.limits.quota import QuotaManager
 from aigw.pricing import Price, PriceTable, cost_nanos, estimate_nanos, to_nanos
 from aigw.state import StateStore, open_store
 from aigw.state.base import Override
+from aigw.state.redis import RedisStore
 from tests.clock import FakeClock as Clock
+from tests.redis_server import RedisServer
 
 STORES = ["memory", "sqlite", "redis"]
 NOW = datetime.fromisoformat("2024-03-10T12:00:00+00:00").timestamp()
@@ -392,3 +394,49 @@ async def test_a_state_file_of_the_previous_version_opens_with_everything_kept(
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         assert conn.execute("SELECT * FROM overrides").fetchall() == [("t", 500, "daily", USD)]
         assert conn.execute("SELECT total_tokens, cost_nanos FROM usage").fetchall() == [(31, 5)]
+
+
+# --- redis outages: money is enforced locally and reconciled -----------------------------------
+
+
+async def test_fail_open_enforces_the_budget_locally_and_reconciles_the_spending(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore(redis_server.url, recovery_interval=0.02)
+    await store.open()
+    try:
+        qm = QuotaManager(store, QuotaConfig(default_usd=Decimal("1")), clock=Clock(NOW))
+        await qm.commit(await qm.reserve("t", 10, nanos=USD // 10), Usage(1, 1, 2), USD // 10)
+        in_flight = await qm.reserve("t", 10, nanos=USD // 10)  # held while Redis dies
+
+        redis_server.kill()
+        for _ in range(5):  # served, counted locally
+            await qm.commit(await qm.reserve("t", 10, nanos=USD // 10), Usage(1, 1, 2), USD // 10)
+        assert not store.available
+        await qm.commit(in_flight, Usage(1, 1, 2), USD // 20)
+        # From the last spending seen in Redis ($0.10 spent + $0.10 held) plus what was counted
+        # since ($0.50 + $0.05): $0.25 is left, and not a nano-dollar more.
+        await qm.release(await qm.reserve("t", 1, nanos=USD // 4 - USD // 10))
+        with pytest.raises(QuotaExceededError, match="budget"):
+            await qm.reserve("t", 1, nanos=USD // 4 + 1)
+
+        redis_server.start()
+        await wait_for(lambda: store.available)
+        [status] = await qm.status("t")
+        assert nanos_of(status.cost_usd) == USD // 10 + 5 * USD // 10 + USD // 20
+        key = ("t", qm.window("daily").key)
+        assert (await store.get_usage([key]))[0].reserved_nanos == 0
+    finally:
+        await store.close()
+
+
+def nanos_of(usd: float) -> int:
+    return to_nanos(Decimal(repr(usd)))
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for the store's recovery task to reach Redis again."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)

@@ -71,12 +71,6 @@ class Charge:
         """The completion's share of `estimate` (max output tokens times n)."""
         return self.estimate - self.prompt_estimate
 
-    @property
-    def held_nanos(self) -> int:
-        """Money held for the request, its extensions included."""
-        held = self.reservation.nanos if self.reservation is not None else 0
-        return held + sum(extension.nanos for extension in self.extensions)
-
 
 class Admission:
     """In-process admission: the rate limiter's buckets, then the quota manager's reserve.

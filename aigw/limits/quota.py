@@ -275,17 +275,6 @@ class QuotaManager:
         raise overrides_unsettled()
 
     @staticmethod
-    def exceeded(
-        tenant: str, limit: int, window: PeriodWindow, used: int, reserved: int, tokens: int
-    ) -> QuotaExceededError:
-        """The 429 for a refused reservation of `tokens`. When the request would fit but for
-        what the tenant's own requests in flight hold, it may be retried once they settle."""
-        return QuotaExceededError(
-            _exceeded_message(tenant, limit, window, used, reserved, tokens),
-            retryable=used + tokens <= limit,
-        )
-
-    @staticmethod
     def refused(
         tenant: str,
         limit: int,

@@ -437,7 +437,12 @@ class SqliteStore(MemoryStore):
     async def read_history(
         self, since_hour: int, tenant: str | None = None, model: str | None = None
     ) -> list[Row]:
-        found = await self._run(self._db_read_history, since_hour, tenant, model)
+        try:
+            found = await self._run(self._db_read_history, since_hour, tenant, model)
+        except _STORAGE_ERRORS as exc:
+            raise ServiceUnavailableError(
+                f"Reading the usage history from the state database failed ({_describe(exc)})."
+            ) from None
         rows = [Row(*values) for values in found]
         # Rows of a file that moved, not written to its successor yet.
         rows.extend(
